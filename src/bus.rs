@@ -1,0 +1,138 @@
+//! The bus between workers: bounded `crossbeam-channel` inboxes woken by `mio::Waker`.
+//! Nothing here ever blocks: a full inbox parks messages in a bounded per-peer outbox, and
+//! past that, messages are dropped and counted (see [`Bus::send`]).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use crate::topic::TopicName;
+
+/// Capacity of each worker's inbox, in messages. Large enough to absorb bursts from every
+/// peer for a few loop turns; small enough that a stuck worker holds bounded memory.
+pub const INBOX_CAPACITY: usize = 64 * 1024;
+
+/// Messages a sender may park for one peer while that peer's inbox is full, before it starts
+/// dropping (and counting) publications to it.
+pub const OUTBOX_CAPACITY: usize = 64 * 1024;
+
+/// Which connection sent a message, so `--no-echo` can skip it on its own worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub worker: u16,
+    pub conn: u64,
+}
+
+/// A message on its way through the server: framed once, shared by every hop and subscriber.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: TopicName,
+    /// The complete server frame (header + payload), encoded once.
+    pub frame: Bytes,
+    /// Arrival at the server, for the fan-out latency histogram.
+    pub received: Instant,
+    pub origin: Origin,
+}
+
+/// What workers tell each other.
+#[derive(Debug)]
+pub enum BusMsg {
+    /// To a topic's owner: number this and fan it out.
+    Publish(Publication),
+    /// From the owner to a worker with subscribers: deliver message number `seq`.
+    Deliver { seq: u64, publication: Publication },
+    /// To a topic's owner: `worker` gained its first (`active`) or lost its last subscriber.
+    Interest { topic: TopicName, worker: u16, active: bool },
+}
+
+impl BusMsg {
+    /// Interest changes are never dropped: losing one would silently cut a worker off a topic
+    /// (or leak the owner's state). They are rare (first/last subscriber per worker).
+    fn droppable(&self) -> bool {
+        !matches!(self, BusMsg::Interest { .. })
+    }
+}
+
+/// The sending side of one peer worker.
+pub struct PeerLink {
+    pub inbox: Sender<BusMsg>,
+    pub waker: Arc<mio::Waker>,
+}
+
+/// A worker's view of the bus: links to every worker (itself included, unused) and per-peer
+/// outboxes that keep order when an inbox is momentarily full.
+pub struct Bus {
+    me: usize,
+    links: Vec<PeerLink>,
+    outboxes: Vec<VecDeque<BusMsg>>,
+    /// Peers that received something this turn and need one wake-up.
+    to_wake: Vec<bool>,
+    pub inbox: Receiver<BusMsg>,
+    /// Publications dropped because a peer's inbox and outbox were both full.
+    pub dropped: u64,
+}
+
+impl Bus {
+    pub fn new(me: usize, links: Vec<PeerLink>, inbox: Receiver<BusMsg>) -> Self {
+        let n = links.len();
+        Bus { me, links, outboxes: (0..n).map(|_| VecDeque::new()).collect(), to_wake: vec![false; n], inbox, dropped: 0 }
+    }
+
+    pub fn me(&self) -> usize {
+        self.me
+    }
+
+    pub fn workers(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Queue `msg` for worker `to`. Never blocks. Policy when `to` is overwhelmed: its inbox
+    /// full, the message waits in our outbox (order kept); with the outbox full too, a
+    /// publication is dropped and counted in `dropped` (shown as `full_drops` in stats) —
+    /// like a slow consumer, a worker that cannot keep up loses messages rather than making
+    /// every other worker wait or grow memory without bound.
+    pub fn send(&mut self, to: usize, msg: BusMsg) {
+        self.to_wake[to] = true;
+        let outbox = &mut self.outboxes[to];
+        if outbox.is_empty() {
+            match self.links[to].inbox.try_send(msg) {
+                Ok(()) => return,
+                Err(TrySendError::Full(msg)) => outbox.push_back(msg),
+                Err(TrySendError::Disconnected(_)) => {} // the peer has exited (shutdown)
+            }
+        } else if outbox.len() < OUTBOX_CAPACITY || !msg.droppable() {
+            outbox.push_back(msg);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Move parked messages into inboxes that have room, then wake each peer that got
+    /// something this turn — once per turn, however many messages it got.
+    pub fn flush(&mut self) {
+        for (to, outbox) in self.outboxes.iter_mut().enumerate() {
+            while let Some(msg) = outbox.pop_front() {
+                match self.links[to].inbox.try_send(msg) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(msg)) => {
+                        outbox.push_front(msg);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => outbox.clear(),
+                }
+            }
+            if std::mem::take(&mut self.to_wake[to]) {
+                // A failed wake means the peer's poll is gone: it is shutting down.
+                let _ = self.links[to].waker.wake();
+            }
+        }
+    }
+
+    /// True while some messages wait for room in a peer's inbox (poll again soon).
+    pub fn has_parked(&self) -> bool {
+        self.outboxes.iter().any(|o| !o.is_empty())
+    }
+}

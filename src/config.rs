@@ -1,0 +1,175 @@
+//! Command-line configuration: every knob the server has, with its default and why.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Herald's settings. Defaults are chosen for a feed server on the open internet:
+/// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "herald", version, about = "Thread-per-core WebSocket fan-out server")]
+pub struct Config {
+    /// Address to listen on for ws:// (port 0 picks a free port; the real one is printed).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+
+    /// Number of worker threads (default: one per core in --cores, or per available core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Cores to pin workers to, e.g. `0,1` or `2-3` (default: all available cores).
+    #[arg(long, value_parser = parse_core_list)]
+    pub cores: Option<CoreList>,
+
+    /// Do not deliver a message back to the connection that sent it.
+    #[arg(long)]
+    pub no_echo: bool,
+
+    /// Largest message (after reassembling fragments) a client may send; larger closes with 1009.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_message: usize,
+
+    /// Cap on a connection's unsent output bytes; a subscriber over it is closed (1008, slow
+    /// consumer). Never below one whole message: see [`Config::backlog_limit`].
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_backlog: usize,
+
+    /// Time a client has to complete its HTTP upgrade before it is dropped (slow-loris defence).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Silence after which the server pings a client; two intervals of silence drop it.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing close frames before exiting anyway.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often to print a stats line on stdout (0 turns it off).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+}
+
+impl Config {
+    /// Parse from `std::env::args`, exiting with clap's message on bad flags.
+    pub fn from_args() -> Self {
+        let config = Config::parse();
+        if let Err(msg) = config.validate() {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n")).exit();
+        }
+        config
+    }
+
+    /// The effective per-connection output cap: `--max-backlog`, but always room for one
+    /// whole largest message (plus its frame header), so a big message alone never counts
+    /// as a slow consumer.
+    pub fn backlog_limit(&self) -> usize {
+        self.max_backlog.max(self.max_message.saturating_add(MAX_FRAME_HEADER))
+    }
+
+    /// Cross-field checks clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.threads == Some(0) {
+            return Err("--threads must be at least 1".into());
+        }
+        if self.threads.is_some_and(|n| n > MAX_WORKERS) {
+            return Err(format!("--threads must be at most {MAX_WORKERS}"));
+        }
+        if self.max_message == 0 {
+            return Err("--max-message must be at least 1 byte".into());
+        }
+        if self.max_backlog == 0 {
+            return Err("--max-backlog must be at least 1 byte".into());
+        }
+        for (name, d) in [
+            ("--handshake-timeout", self.handshake_timeout),
+            ("--ping-interval", self.ping_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound on workers: worker ids travel as `u16` on the bus, and more threads than
+/// cores only adds context switches.
+pub const MAX_WORKERS: usize = 1024;
+
+/// Longest server frame header (64-bit length, no mask).
+const MAX_FRAME_HEADER: usize = 10;
+
+/// A list of core ids given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreList(pub Vec<usize>);
+
+/// Parses `0,1`, `2-5`, or a mix like `0,2-3`.
+pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
+    let mut cores = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad core list entry `{part}` (expected e.g. 0,1 or 2-3)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cores.is_empty() {
+        return Err("the core list is empty".into());
+    }
+    Ok(CoreList(cores))
+}
+
+/// Parses `5`, `5s`, `1.5s`, `500ms` or `2m` into a duration (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration `{s}` (expected e.g. 5s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        other => return Err(format!("bad duration unit `{other}` in `{s}` (use ms, s or m)")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+        return Err(format!("duration `{s}` is out of range (0 to 24h)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn core_lists() {
+        assert_eq!(parse_core_list("0,1").unwrap(), CoreList(vec![0, 1]));
+        assert_eq!(parse_core_list("0,2-4").unwrap(), CoreList(vec![0, 2, 3, 4]));
+        assert!(parse_core_list("3-1").is_err());
+        assert!(parse_core_list("a").is_err());
+        assert!(parse_core_list("").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! One client connection: its lifecycle state machine and the output it still owes the peer.
+//! Sized for the idle case: no read or write buffer lives here unless bytes are pending.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use mio::net::TcpStream;
+
+use crate::frame::Assembly;
+use crate::topic::TopicName;
+
+/// Where a connection is in its life. Every transition happens in `worker`, one place each.
+#[derive(Debug)]
+pub enum Phase {
+    /// Waiting for a complete HTTP request head (dropped at the handshake deadline).
+    Handshake { since: u32 },
+    /// Upgraded and subscribed to `topic`; `slot` is its index in the topic's subscriber list
+    /// (for O(1) removal). `last_ping` is when keep-alive last pinged it.
+    Open { topic: TopicName, slot: u32, last_ping: u32 },
+    /// We sent a close frame and wait for the peer's (or its EOF) until the grace period ends.
+    Closing { since: u32 },
+    /// Our last bytes (HTTP response or close reply) are queued; once written, we send FIN.
+    Flushing { since: u32 },
+    /// FIN sent; reading and discarding until the peer's EOF, so unread bytes don't turn our
+    /// close into a reset that could destroy the response we just sent.
+    Lingering { since: u32 },
+}
+
+/// A queued run of frame bytes. `messages` and `received` let the fan-out latency be recorded
+/// when the bytes finally reach the kernel.
+#[derive(Debug)]
+pub struct OutChunk {
+    pub data: Bytes,
+    pub received: Instant,
+    pub messages: u32,
+}
+
+/// Output the kernel has not accepted yet, in order. Empty (and allocation-free) for the vast
+/// majority of connections: bytes are written directly and only the refused part lands here.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<OutChunk>,
+    bytes: usize,
+    /// The front chunk is partly written: it must be finished before anything else (a close frame).
+    front_started: bool,
+}
+
+/// Result of writing a queue out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    pub bytes: usize,
+    /// Chunks completed, for the stats.
+    pub chunks: usize,
+}
+
+impl OutQueue {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Unsent bytes, compared against `--max-backlog`.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn push(&mut self, chunk: OutChunk) {
+        self.bytes += chunk.data.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Give up on what was not started (a slow consumer is being closed); a partly written
+    /// frame is kept so the stream stays well-formed for the close frame that follows.
+    pub fn truncate_unstarted(&mut self) {
+        let keep = usize::from(self.front_started).min(self.chunks.len());
+        self.chunks.truncate(keep);
+        self.bytes = self.chunks.iter().map(|c| c.data.len()).sum();
+        self.chunks.shrink_to_fit();
+    }
+
+    /// Write as much as the kernel takes in one vectored write. `on_done` sees each completed
+    /// chunk (for latency). `Ok` with fewer bytes than queued means the socket is full; a
+    /// writable event will resume it.
+    pub fn write_to(&mut self, socket: &mut TcpStream, mut on_done: impl FnMut(&OutChunk)) -> io::Result<Written> {
+        let mut written = Written::default();
+        while !self.chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut offered = 0;
+            for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                *slot = IoSlice::new(&chunk.data);
+                offered += chunk.data.len();
+            }
+            let count = self.chunks.len().min(slices.len());
+            let n = match socket.write_vectored(&slices[..count]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            written.bytes += n;
+            written.chunks += self.consume(n, &mut on_done);
+            if n < offered {
+                break; // the kernel took only part: its buffer is full until the next writable event
+            }
+        }
+        if self.chunks.is_empty() && self.chunks.capacity() > 4 {
+            self.chunks.shrink_to_fit(); // a burst is over: don't keep its memory per connection
+        }
+        Ok(written)
+    }
+
+    /// Drop `n` written bytes from the front, reporting each chunk that is now complete.
+    fn consume(&mut self, n: usize, on_done: &mut impl FnMut(&OutChunk)) -> usize {
+        self.bytes -= n;
+        let mut left = n;
+        let mut completed = 0;
+        while let Some(front) = self.chunks.front_mut() {
+            if left < front.data.len() {
+                front.data.advance(left);
+                self.front_started |= left > 0;
+                break;
+            }
+            left -= front.data.len();
+            if let Some(done) = self.chunks.pop_front() {
+                on_done(&done);
+            }
+            self.front_started = false;
+            completed += 1;
+        }
+        completed
+    }
+}
+
+/// A client socket and everything Herald keeps for it.
+#[derive(Debug)]
+pub struct Conn {
+    pub socket: TcpStream,
+    /// Unique per worker for the life of the process: pairs with the slab key so a late
+    /// message can't reach the next tenant of a reused slot.
+    pub id: u64,
+    pub phase: Phase,
+    /// Worker tick of the last frame (or request bytes) heard from the peer.
+    pub last_heard: u32,
+    pub out: OutQueue,
+    /// Bytes of an incomplete request head or frame, and a fragmented message in progress.
+    /// `None` for an idle connection.
+    pub inbound: Option<Box<Inbound>>,
+    /// Already listed in the worker's to-flush list this turn.
+    pub queued_for_flush: bool,
+}
+
+/// Partial input carried between reads.
+#[derive(Debug, Default)]
+pub struct Inbound {
+    pub pending: Vec<u8>,
+    pub assembly: Assembly,
+}
+
+impl Inbound {
+    /// Nothing is carried: the box can be dropped.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && !self.assembly.is_open()
+    }
+}
+
+impl Conn {
+    pub fn new(socket: TcpStream, id: u64, now: u32) -> Self {
+        Conn {
+            socket,
+            id,
+            phase: Phase::Handshake { since: now },
+            last_heard: now,
+            out: OutQueue::default(),
+            inbound: None,
+            queued_for_flush: false,
+        }
+    }
+
+    /// The topic this connection receives, while it is open.
+    pub fn topic(&self) -> Option<&TopicName> {
+        match &self.phase {
+            Phase::Open { topic, .. } => Some(topic),
+            _ => None,
+        }
+    }
+}

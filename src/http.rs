@@ -1,0 +1,219 @@
+//! The HTTP/1.1 side of a connection, sans-IO: bytes of a request head in, a decision out
+//! (upgrade to a topic, answer a plain request, or refuse with a status), and the response bytes.
+
+use tungstenite::handshake::derive_accept_key;
+
+use crate::topic::{self, TopicError};
+
+/// Largest request head accepted. Browsers send well under 2 KiB; more is abuse (431).
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// Most headers a request may carry; more is treated like an oversized head.
+const MAX_HEADERS: usize = 64;
+
+/// What a complete request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade for `topic`; `accept` goes into the 101 response.
+    Upgrade { topic: String, accept: String },
+    /// `GET /health`: liveness probe.
+    Health,
+}
+
+/// A complete head: what it asks for and how many bytes it took (frames may follow it).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub request: Request,
+    pub len: usize,
+}
+
+/// Every way a request is refused, each with its HTTP status. This is the one table that
+/// turns a client's HTTP mistake into an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("invalid topic: {0}")]
+    BadTopic(TopicError),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("this is a WebSocket endpoint: upgrade required")]
+    UpgradeRequired,
+    #[error("unsupported Sec-WebSocket-Version (only 13)")]
+    UnsupportedVersion,
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+}
+
+impl HttpError {
+    /// Status code and reason phrase.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            HttpError::BadRequest(_) | HttpError::BadTopic(_) => (400, "Bad Request"),
+            HttpError::NotFound => (404, "Not Found"),
+            HttpError::MethodNotAllowed => (405, "Method Not Allowed"),
+            HttpError::UpgradeRequired | HttpError::UnsupportedVersion => (426, "Upgrade Required"),
+            HttpError::HeadTooLarge => (431, "Request Header Fields Too Large"),
+        }
+    }
+
+    /// Extra headers the RFCs ask for with this status.
+    fn extra_headers(&self) -> &'static str {
+        match self {
+            HttpError::MethodNotAllowed => "Allow: GET\r\n",
+            HttpError::UpgradeRequired => "Upgrade: websocket\r\n",
+            HttpError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        }
+    }
+
+    /// The full response; the connection is closed after it.
+    pub fn response(&self) -> Vec<u8> {
+        let (code, reason) = self.status();
+        plain_response(code, reason, self.extra_headers(), &format!("{self}\n"))
+    }
+}
+
+/// A small `text/plain` response that ends the connection.
+pub fn plain_response(code: u16, reason: &str, extra_headers: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The `200 ok` answer to `GET /health`.
+pub fn health_response() -> Vec<u8> {
+    plain_response(200, "OK", "Cache-Control: no-store\r\n", "ok")
+}
+
+/// The `101 Switching Protocols` answer that opens the WebSocket.
+pub fn upgrade_response(accept: &str) -> Vec<u8> {
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Parse what has arrived of a request head. `Ok(None)`: incomplete, read more.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(_) => return Err(HttpError::BadRequest("malformed HTTP request")),
+    };
+    let request = route(&req)?;
+    Ok(Some(Head { request, len }))
+}
+
+/// Decide what a parsed request gets.
+fn route(req: &httparse::Request) -> Result<Request, HttpError> {
+    let method = req.method.unwrap_or_default();
+    let target = req.path.unwrap_or_default();
+    if req.version != Some(1) {
+        return Err(HttpError::BadRequest("HTTP/1.1 required"));
+    }
+    if method != "GET" {
+        return Err(HttpError::MethodNotAllowed);
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let Some(upgrade) = header("upgrade") else {
+        return match path {
+            "/health" => Ok(Request::Health),
+            _ if topic::topic_from_target(target).is_ok() => Err(HttpError::UpgradeRequired),
+            _ => Err(HttpError::NotFound),
+        };
+    };
+    if !has_token(upgrade, "websocket") {
+        return Err(HttpError::BadRequest("Upgrade header must be websocket"));
+    }
+    if !header("connection").is_some_and(|c| has_token(c, "upgrade")) {
+        return Err(HttpError::BadRequest("Connection header must include Upgrade"));
+    }
+    if header("host").is_none() {
+        return Err(HttpError::BadRequest("missing Host header"));
+    }
+    if header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(HttpError::UnsupportedVersion);
+    }
+    let key = header("sec-websocket-key").map(str::trim).unwrap_or("");
+    if !is_valid_key(key) {
+        return Err(HttpError::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
+    let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
+    Ok(Request::Upgrade { topic: topic.to_owned(), accept: derive_accept_key(key.as_bytes()) })
+}
+
+/// Comma-separated header tokens, compared case-insensitively (`Connection: keep-alive, Upgrade`).
+fn has_token(value: &str, token: &str) -> bool {
+    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// A nonce of 16 bytes in base64 is 22 significant characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 24
+        && b[22..] == *b"=="
+        && b[..22].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn accepts_a_valid_upgrade() {
+        let req = upgrade("/prices/BTC-USD", "Sec-WebSocket-Version: 13\r\n");
+        let head = parse_head(req.as_bytes()).unwrap().unwrap();
+        assert_eq!(head.len, req.len());
+        assert_eq!(
+            head.request,
+            Request::Upgrade { topic: "prices/BTC-USD".into(), accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() }
+        );
+    }
+
+    #[test]
+    fn partial_heads_ask_for_more() {
+        let req = upgrade("/chat", "Sec-WebSocket-Version: 13\r\n");
+        assert_eq!(parse_head(&req.as_bytes()[..20]), Ok(None));
+    }
+
+    #[test]
+    fn refusals_carry_their_status() {
+        let status = |r: &str| parse_head(r.as_bytes()).unwrap_err().status().0;
+        assert_eq!(status(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")), 426);
+        assert_eq!(status(&upgrade("/chat", "")), 426);
+        assert_eq!(status(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")), 400);
+        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        assert_eq!(status("GARBAGE\r\n\r\n"), 400);
+        let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(status(&huge), 431);
+    }
+
+    #[test]
+    fn health() {
+        let head = parse_head(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.request, Request::Health);
+    }
+}

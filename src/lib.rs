@@ -1,0 +1,17 @@
+//! Herald: a thread-per-core WebSocket fan-out server.
+//!
+//! Each worker thread owns a core, a `mio` poll, an `SO_REUSEPORT` listener and a slab of
+//! connections; workers exchange messages over bounded channels. See `docs/architecture.md`.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod fanout;
+pub mod frame;
+pub mod http;
+pub mod os;
+pub mod server;
+pub mod stats;
+pub mod topic;
+mod worker;

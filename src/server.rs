@@ -1,0 +1,176 @@
+//! Start-up and the control thread: raise limits, bind one listener per worker, start the
+//! pinned workers, print stats while they run, and on SIGINT/SIGTERM drain them and print
+//! the final report.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::bus::{Bus, PeerLink, INBOX_CAPACITY};
+use crate::config::Config;
+use crate::os;
+use crate::stats::{self, Counters, SharedCounters};
+use crate::worker::{Worker, WorkerParts, WorkerReport, WAKER};
+
+/// A started server: its address and the handles the control loop needs.
+pub struct Server {
+    pub addr: SocketAddr,
+    workers: Vec<JoinHandle<WorkerReport>>,
+    wakers: Vec<Arc<Waker>>,
+    shared: Vec<Arc<SharedCounters>>,
+    shutdown: Arc<AtomicBool>,
+    config: Arc<Config>,
+}
+
+/// Why the server could not start; each is a clear message for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot set up worker {index}: {source}")]
+    Worker { index: usize, source: io::Error },
+}
+
+impl Server {
+    /// Bind, print the start-up lines, and start the workers.
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let limit = os::raise_file_limit();
+        let cores = os::plan_cores(config.cores.as_ref().map(|c| c.0.as_slice()), config.threads);
+        let count = cores.len();
+        let (addr, listeners) =
+            os::bind_listeners(config.listen, count).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+
+        println!("listening on ws://{addr}");
+        let core_names: Vec<String> =
+            cores.iter().map(|c| c.map_or_else(|| "-".to_string(), |c| c.id.to_string())).collect();
+        println!("workers: {count} (cores {})", core_names.join(","));
+        match limit {
+            Ok(limit) => println!(
+                "capacity: {} connections (open-file limit {}, raised from {})",
+                limit.connection_capacity(count),
+                limit.now,
+                limit.before
+            ),
+            Err(e) => println!("capacity: unknown (cannot read the open-file limit: {e})"),
+        }
+
+        let config = Arc::new(config);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut polls = Vec::with_capacity(count);
+        let mut links = Vec::with_capacity(count);
+        let mut inboxes = Vec::with_capacity(count);
+        for index in 0..count {
+            let poll = Poll::new().map_err(|source| StartError::Worker { index, source })?;
+            let waker = Waker::new(poll.registry(), WAKER).map_err(|source| StartError::Worker { index, source })?;
+            let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
+            links.push((tx, Arc::new(waker)));
+            inboxes.push(rx);
+            polls.push(poll);
+        }
+        let wakers: Vec<Arc<Waker>> = links.iter().map(|(_, w)| w.clone()).collect();
+        let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
+
+        let mut workers = Vec::with_capacity(count);
+        for (index, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
+            let peers = links.iter().map(|(tx, waker)| PeerLink { inbox: tx.clone(), waker: waker.clone() }).collect();
+            let parts = WorkerParts {
+                index,
+                poll,
+                listener,
+                bus: Bus::new(index, peers, inbox),
+                config: config.clone(),
+                shared: shared[index].clone(),
+                shutdown: shutdown.clone(),
+            };
+            let worker = Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
+            let core = cores[index];
+            let handle = std::thread::Builder::new()
+                .name(format!("herald-w{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            eprintln!("herald: worker {index}: could not pin to core {}", core.id);
+                        }
+                    }
+                    worker.run()
+                })
+                .map_err(|source| StartError::Worker { index, source })?;
+            workers.push(handle);
+        }
+        Ok(Server { addr, workers, wakers, shared, shutdown, config })
+    }
+
+    /// Print stats until SIGINT/SIGTERM, then drain the workers and print the final report.
+    /// A second signal during the drain exits at once.
+    pub fn run_until_signal(self) -> io::Result<()> {
+        const SIGNALS: Token = Token(0);
+        let mut poll = Poll::new()?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut events = Events::with_capacity(8);
+        let interval = self.config.stats_interval;
+        let mut last = (Instant::now(), self.snapshot());
+        loop {
+            let timeout = (!interval.is_zero()).then(|| interval.saturating_sub(last.0.elapsed()));
+            match poll.poll(&mut events, timeout) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            if signals.pending().next().is_some() {
+                break;
+            }
+            if !interval.is_zero() && last.0.elapsed() >= interval {
+                let now = (Instant::now(), self.snapshot());
+                println!("{}", stats::stats_line(&last.1, &now.1, now.0 - last.0));
+                last = now;
+            }
+        }
+        println!("shutting down: closing connections (drain timeout {:?})", self.config.drain_timeout);
+        std::thread::spawn(move || {
+            // A second signal means "now": skip the rest of the drain.
+            let mut again = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok();
+            if again.as_mut().is_some_and(|s| s.forever().next().is_some()) {
+                eprintln!("herald: second signal, exiting without draining");
+                std::process::exit(1);
+            }
+        });
+        self.stop();
+        Ok(())
+    }
+
+    /// Ask the workers to drain, wait for them, and print the totals and latency percentiles.
+    pub fn stop(self) {
+        let started = Instant::now();
+        self.shutdown.store(true, Relaxed);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+        let mut totals = Vec::new();
+        let mut latency = stats::new_latency_histogram();
+        for (index, handle) in self.workers.into_iter().enumerate() {
+            match handle.join() {
+                Ok(report) => {
+                    totals.push(report.counters);
+                    let _ = latency.add(&report.latency);
+                }
+                Err(_) => eprintln!("herald: worker {index} panicked"),
+            }
+        }
+        let total = Counters::sum(&totals);
+        println!("drained in {} ms; {} connections left open", started.elapsed().as_millis(), total.open);
+        println!("{}", stats::totals_line(&total));
+        println!("{}", stats::latency_line(&latency));
+    }
+
+    fn snapshot(&self) -> Vec<Counters> {
+        self.shared.iter().map(|s| s.read()).collect()
+    }
+}

@@ -1,0 +1,200 @@
+//! Bytes in: reading sockets into the worker's one scratch buffer, the HTTP upgrade, and
+//! client frames. A connection keeps bytes only while a request head or frame is incomplete.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use super::{Worker, READS_PER_EVENT};
+use crate::bus::{Origin, Publication};
+use crate::conn::{Inbound, OutChunk, Phase};
+use crate::frame::{self, Event};
+use crate::http::{self, Request};
+use crate::topic::TopicName;
+
+impl Worker {
+    /// Read until the socket is empty (edge-triggered) or the fairness budget runs out.
+    pub(super) fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            match conn.socket.read(&mut self.scratch) {
+                Ok(0) => return self.hang_up(key),
+                Ok(n) => {
+                    conn.last_heard = self.tick;
+                    if !self.on_bytes(key, n) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.hang_up(key),
+            }
+        }
+        self.read_again.push(key);
+    }
+
+    /// Resume connections whose read budget ran out last turn.
+    pub(super) fn retry_reads(&mut self) {
+        let keys = std::mem::take(&mut self.read_again);
+        for &key in &keys {
+            self.on_readable(key);
+        }
+        let mut keys = keys;
+        keys.clear();
+        if self.read_again.is_empty() {
+            self.read_again = keys; // keep the allocation
+        }
+    }
+
+    /// Route `n` fresh bytes in `scratch` by phase. Returns false when the connection stops
+    /// reading (closed or closing).
+    fn on_bytes(&mut self, key: usize, n: usize) -> bool {
+        match self.conns[key].phase {
+            Phase::Handshake { .. } => self.on_request_bytes(key, n),
+            Phase::Open { .. } | Phase::Closing { .. } => self.on_frame_bytes(key, n),
+            Phase::Flushing { .. } | Phase::Lingering { .. } => true, // discarded
+        }
+    }
+
+    /// Bytes of the HTTP request head. A complete head is answered or upgraded; frames the
+    /// client sent right behind it are kept and parsed at once.
+    fn on_request_bytes(&mut self, key: usize, n: usize) -> bool {
+        let mut inbound = self.borrow_inbound(key);
+        inbound.pending.extend_from_slice(&self.scratch[..n]);
+        let parsed = http::parse_head(&inbound.pending);
+        match parsed {
+            Ok(None) => {
+                self.return_inbound(key, inbound);
+                true
+            }
+            Err(e) => {
+                inbound.pending.clear();
+                self.return_inbound(key, inbound);
+                self.counters.rejected += 1;
+                self.reply_and_close(key, e.response());
+                false
+            }
+            Ok(Some(head)) => {
+                inbound.pending.drain(..head.len);
+                let has_frames = !inbound.pending.is_empty();
+                self.return_inbound(key, inbound);
+                match head.request {
+                    Request::Health => {
+                        self.reply_and_close(key, http::health_response());
+                        false
+                    }
+                    Request::Upgrade { topic, accept } => {
+                        self.open(key, &topic, &accept);
+                        !has_frames || self.on_frame_bytes(key, 0)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Complete the upgrade: answer 101 and subscribe the connection to its topic.
+    fn open(&mut self, key: usize, topic: &str, accept: &str) {
+        // Share the name with existing subscribers instead of allocating another copy.
+        let name: TopicName = match self.topics.local.get_key_value(topic) {
+            Some((existing, _)) => existing.clone(),
+            None => Arc::from(topic),
+        };
+        let response = http::upgrade_response(accept);
+        self.queue_output(key, response.into(), 0);
+        self.subscribe(key, name);
+    }
+
+    /// Client frames: the carried partial frame plus `n` fresh bytes from `scratch`.
+    fn on_frame_bytes(&mut self, key: usize, n: usize) -> bool {
+        let mut inbound = self.borrow_inbound(key);
+        let mut events = std::mem::take(&mut self.frame_events);
+        let max = self.config.max_message;
+        let result = {
+            let Inbound { pending, assembly } = &mut *inbound;
+            if pending.is_empty() {
+                let r = frame::decode(&mut self.scratch[..n], assembly, max, &mut events);
+                if let Ok(used) = r {
+                    pending.extend_from_slice(&self.scratch[used..n]);
+                }
+                r
+            } else {
+                pending.extend_from_slice(&self.scratch[..n]);
+                let r = frame::decode(pending, assembly, max, &mut events);
+                if let Ok(used) = r {
+                    pending.drain(..used);
+                }
+                r
+            }
+        };
+        self.return_inbound(key, inbound);
+        let mut reading = self.on_frame_events(key, &mut events);
+        self.frame_events = events;
+        if let Err(e) = result {
+            if reading {
+                self.fail(key, e.close_code(), e.reason());
+            } else {
+                self.hang_up(key);
+            }
+            reading = false;
+        }
+        reading
+    }
+
+    /// Act on decoded frames in order. While closing, only the peer's close matters.
+    fn on_frame_events(&mut self, key: usize, events: &mut Vec<Event>) -> bool {
+        for event in events.drain(..) {
+            let Some(conn) = self.conns.get(key) else { return false };
+            let topic = match &conn.phase {
+                Phase::Open { topic, .. } => topic.clone(),
+                Phase::Closing { .. } if matches!(event, Event::Close(_)) => {
+                    self.hang_up(key); // close handshake complete: we close TCP first
+                    return false;
+                }
+                _ => continue,
+            };
+            match event {
+                Event::Message(frame) => {
+                    self.counters.msgs_in += 1;
+                    let origin = Origin { worker: self.index as u16, conn: conn.id };
+                    self.publish(Publication { topic, frame, received: self.now, origin });
+                }
+                Event::Ping(pong) => self.queue_output(key, pong, 0),
+                Event::Close(reply) => {
+                    self.reply_and_close(key, reply);
+                    return false;
+                }
+            }
+        }
+        matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::Open { .. }))
+    }
+
+    /// Take the connection's partial-input state, or lend it the worker's empty one.
+    fn borrow_inbound(&mut self, key: usize) -> Box<Inbound> {
+        match self.conns[key].inbound.take() {
+            Some(inbound) => inbound,
+            None => self.spare_inbound.take().unwrap_or_default(),
+        }
+    }
+
+    /// Give partial-input state back: the connection keeps it only if it carries something,
+    /// so an idle connection holds no buffer at all.
+    fn return_inbound(&mut self, key: usize, mut inbound: Box<Inbound>) {
+        if inbound.is_idle() {
+            if inbound.pending.capacity() > 0 {
+                inbound.pending = Vec::new();
+            }
+            self.spare_inbound = Some(inbound);
+        } else if let Some(conn) = self.conns.get_mut(key) {
+            conn.inbound = Some(inbound);
+        }
+    }
+
+    /// Queue bytes for this connection's end-of-turn write.
+    pub(super) fn queue_output(&mut self, key: usize, data: bytes::Bytes, messages: u32) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        conn.out.push(OutChunk { data, received: self.now, messages });
+        if !conn.queued_for_flush {
+            conn.queued_for_flush = true;
+            self.to_flush.push(key);
+        }
+    }
+}

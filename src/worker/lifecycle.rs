@@ -1,0 +1,147 @@
+//! How connections end, and the timers that end them: every transition out of `Open` and
+//! every deadline lives here.
+
+use std::net::Shutdown;
+
+use super::{Worker, CLOSE_GRACE};
+use crate::conn::Phase;
+use crate::frame;
+
+/// Close code and reason sent to every client when the server shuts down.
+const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
+/// Close code and reason for a subscriber that fell `--max-backlog` behind.
+const SLOW_CONSUMER: (u16, &str) = (1008, "slow consumer");
+
+/// What the sweep decided for one connection.
+enum Expired {
+    HangUp,
+    /// The handshake deadline passed (counted as a rejected handshake).
+    HandshakeTimeout,
+    Ping,
+}
+
+impl Worker {
+    /// Drop the connection now: leave its topic, deregister and close the socket.
+    pub(super) fn hang_up(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let Phase::Open { topic, slot, .. } = &conn.phase {
+            self.unsubscribe(topic, *slot);
+        }
+    }
+
+    /// Leave `Open` (if open): the connection stops receiving topic messages at once.
+    fn leave_topic(&mut self, key: usize, next: Phase) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let previous = std::mem::replace(&mut conn.phase, next);
+        if let Phase::Open { topic, slot, .. } = previous {
+            self.unsubscribe(&topic, slot);
+        }
+    }
+
+    /// Server-initiated close (protocol error, shutdown): send our close frame and wait for
+    /// the peer's, within the grace period.
+    pub(super) fn fail(&mut self, key: usize, code: u16, reason: &str) {
+        self.leave_topic(key, Phase::Closing { since: self.tick });
+        self.queue_output(key, frame::close_frame(code, reason), 0);
+    }
+
+    /// Send final bytes (an HTTP response or the reply to the peer's close), then close TCP.
+    pub(super) fn reply_and_close(&mut self, key: usize, last: impl Into<bytes::Bytes>) {
+        self.leave_topic(key, Phase::Flushing { since: self.tick });
+        self.queue_output(key, last.into(), 0);
+    }
+
+    /// A subscriber over `--max-backlog`: drop what it has not started receiving, close it
+    /// with 1008 (best effort: it may not read that either), and count it.
+    pub(super) fn close_slow_consumer(&mut self, key: usize) {
+        self.counters.slow_closes += 1;
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.out.truncate_unstarted();
+        }
+        let (code, reason) = SLOW_CONSUMER;
+        self.reply_and_close(key, frame::close_frame(code, reason));
+    }
+
+    /// Our last bytes are out: send FIN and linger until the peer closes too.
+    pub(super) fn finish_flushing(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.socket.shutdown(Shutdown::Write).is_err() {
+            return self.hang_up(key);
+        }
+        conn.phase = Phase::Lingering { since: self.tick };
+    }
+
+    /// Once per tick: handshake deadlines, keep-alive pings and silence limits, and the grace
+    /// period of closing connections. A linear pass over the slab: a few ns per connection.
+    pub(super) fn sweep(&mut self) {
+        let now = self.tick;
+        let handshake = Self::ticks(self.config.handshake_timeout);
+        let ping = Self::ticks(self.config.ping_interval);
+        let grace = Self::ticks(CLOSE_GRACE);
+        let mut expired = Vec::new();
+        for (key, conn) in self.conns.iter() {
+            let verdict = match conn.phase {
+                Phase::Handshake { since } if now.saturating_sub(since) >= handshake => Some(Expired::HandshakeTimeout),
+                Phase::Open { last_ping, .. } => {
+                    let silent = now.saturating_sub(conn.last_heard);
+                    if silent >= 2 * ping {
+                        Some(Expired::HangUp)
+                    } else if silent >= ping && now.saturating_sub(last_ping) >= ping {
+                        Some(Expired::Ping)
+                    } else {
+                        None
+                    }
+                }
+                Phase::Closing { since } | Phase::Flushing { since } | Phase::Lingering { since }
+                    if now.saturating_sub(since) >= grace =>
+                {
+                    Some(Expired::HangUp)
+                }
+                _ => None,
+            };
+            if let Some(v) = verdict {
+                expired.push((key, v));
+            }
+        }
+        for (key, verdict) in expired {
+            match verdict {
+                Expired::HangUp => self.hang_up(key),
+                Expired::HandshakeTimeout => {
+                    self.counters.rejected += 1;
+                    self.hang_up(key);
+                }
+                Expired::Ping => {
+                    if let Some(Phase::Open { last_ping, .. }) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+                        *last_ping = now;
+                    }
+                    self.queue_output(key, frame::ping_frame(), 0);
+                }
+            }
+        }
+    }
+
+    /// Shutdown: stop accepting, drop unfinished handshakes, and send 1001 to every open
+    /// connection; the loop then runs until they are gone or the drain deadline passes.
+    pub(super) fn begin_drain(&mut self) {
+        self.drain_deadline = Some(self.now + self.config.drain_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            match self.conns[key].phase {
+                Phase::Handshake { .. } => self.hang_up(key),
+                Phase::Open { .. } => {
+                    let (code, reason) = GOING_AWAY;
+                    self.fail(key, code, reason);
+                }
+                _ => {}
+            }
+        }
+        self.flush();
+    }
+}

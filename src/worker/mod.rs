@@ -1,0 +1,301 @@
+//! A worker: one thread, pinned to one core, with its own `mio::Poll`, its own `SO_REUSEPORT`
+//! listener and its own slab of connections. The loop below is the spine of the server; each
+//! step is delegated: `input` (bytes in), `output` (the fan-out hot path and writes),
+//! `lifecycle` (closing and timers).
+
+mod input;
+mod lifecycle;
+mod output;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::Config;
+use crate::conn::{Conn, Inbound};
+use crate::fanout::{Staged, Topics};
+use crate::frame;
+use crate::os;
+use crate::stats::{self, Counters, SharedCounters};
+
+/// Token of the worker's listener; connection tokens are slab keys, far below these.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker other workers (and the control thread) use to get our attention.
+pub const WAKER: Token = Token(usize::MAX);
+
+/// Timer granularity: handshake deadlines, keep-alive and close grace periods are checked by
+/// one sweep over the slab per tick. A sweep costs a few ns per connection, so even 100k
+/// connections cost well under 1% of a core at this rate.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How long a closing connection may take to finish its close handshake or flush.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Back-off when the process is out of file descriptors: accepting again sooner would only
+/// spin on `EMFILE`; existing connections are served meanwhile.
+const FD_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Socket reads per readiness event before yielding to other connections (fairness: one
+/// flooding client cannot starve the rest; it is resumed next turn).
+const READS_PER_EVENT: usize = 8;
+
+/// Bus messages handled per turn before sockets get their turn again.
+const INBOX_PER_TURN: usize = 16 * 1024;
+
+/// Size of the per-worker read buffer every connection reads into.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// What a worker hands back when it exits.
+pub struct WorkerReport {
+    pub counters: Counters,
+    pub latency: Histogram<u64>,
+}
+
+/// Everything a worker thread owns. Nothing here is shared except the bus endpoints, the
+/// published counters and the shutdown flag.
+pub struct Worker {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    next_conn_id: u64,
+    topics: Topics,
+    bus: Bus,
+    config: Arc<Config>,
+    /// One read buffer for all connections of this worker.
+    scratch: Vec<u8>,
+    /// An empty `Inbound` lent to connections that have none while their bytes are parsed.
+    spare_inbound: Option<Box<Inbound>>,
+    frame_events: Vec<frame::Event>,
+    /// Connections with queued output to write at the end of this turn.
+    to_flush: Vec<usize>,
+    /// Connections whose read budget ran out; read again next turn.
+    read_again: Vec<usize>,
+    /// Connections to close once the current pass over a topic's subscribers is done.
+    doomed: Vec<(usize, u64, Doom)>,
+    counters: Counters,
+    shared: Arc<SharedCounters>,
+    latency: Histogram<u64>,
+    started: Instant,
+    now: Instant,
+    tick: u32,
+    next_sweep: Instant,
+    accept_paused_until: Option<Instant>,
+    shutdown: Arc<AtomicBool>,
+    drain_deadline: Option<Instant>,
+}
+
+/// Why a connection found broken mid-pass must be closed.
+#[derive(Debug, Clone, Copy)]
+enum Doom {
+    /// The socket failed (reset, broken pipe).
+    Broken,
+    /// Its unsent output passed `--max-backlog`.
+    SlowConsumer,
+}
+
+/// The parts a worker is built from (made by the server before the thread starts).
+pub struct WorkerParts {
+    pub index: usize,
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub bus: Bus,
+    pub config: Arc<Config>,
+    pub shared: Arc<SharedCounters>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn new(parts: WorkerParts) -> io::Result<Self> {
+        let WorkerParts { index, poll, mut listener, bus, config, shared, shutdown } = parts;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
+        Ok(Worker {
+            index,
+            poll,
+            listener: Some(listener),
+            conns: Slab::with_capacity(1024),
+            next_conn_id: 1,
+            topics: Topics::default(),
+            bus,
+            config,
+            scratch: vec![0; SCRATCH_LEN],
+            spare_inbound: None,
+            frame_events: Vec::new(),
+            to_flush: Vec::new(),
+            read_again: Vec::new(),
+            doomed: Vec::new(),
+            counters: Counters::default(),
+            shared,
+            latency: stats::new_latency_histogram(),
+            started: now,
+            now,
+            tick: 0,
+            next_sweep: now + TICK,
+            accept_paused_until: None,
+            shutdown,
+            drain_deadline: None,
+        })
+    }
+
+    /// The event loop. One turn: wait for readiness, handle socket events, handle the bus
+    /// inbox, run timers, then write everything queued this turn (once per connection) and
+    /// wake the peers we sent to. Returns at shutdown, after draining.
+    pub fn run(mut self) -> WorkerReport {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("herald: worker {}: poll failed: {e}", self.index);
+                    break;
+                }
+            }
+            self.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => {} // the inbox is drained below every turn
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() {
+                            self.on_writable(key);
+                        }
+                    }
+                }
+            }
+            self.drain_inbox();
+            self.retry_reads();
+            self.run_timers();
+            self.flush();
+            self.bus.flush();
+            self.publish_counters();
+            if self.shutdown_done() {
+                break;
+            }
+        }
+        self.publish_counters();
+        WorkerReport { counters: self.counters, latency: self.latency }
+    }
+
+    /// Sleep until the next timer, or not at all while work is waiting.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.read_again.is_empty() || !self.bus.inbox.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        let mut deadline = self.next_sweep;
+        if let Some(t) = self.accept_paused_until {
+            deadline = deadline.min(t);
+        }
+        if let Some(t) = self.drain_deadline {
+            deadline = deadline.min(t);
+        }
+        let mut timeout = deadline.saturating_duration_since(now);
+        if self.bus.has_parked() {
+            timeout = timeout.min(Duration::from_millis(1)); // retry a full peer inbox soon
+        }
+        Some(timeout)
+    }
+
+    /// Accept until the listener is empty (edge-triggered: a missed connection would wait for
+    /// the next one to arrive).
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((socket, _)) => self.admit(socket),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    if os::is_fd_exhaustion(&e) {
+                        self.counters.fd_pauses += 1;
+                    } else {
+                        eprintln!("herald: worker {}: accept failed: {e}", self.index);
+                    }
+                    self.accept_paused_until = Some(self.now + FD_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Take a new socket into the slab and the poll.
+    fn admit(&mut self, mut socket: TcpStream) {
+        // Herald coalesces its own writes per turn; Nagle would only add delay on top.
+        let _ = socket.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), interest) {
+            eprintln!("herald: worker {}: register failed: {e}", self.index);
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        entry.insert(Conn::new(socket, id, self.tick));
+        self.counters.accepted += 1;
+    }
+
+    /// Handle what other workers sent, up to a budget per turn.
+    fn drain_inbox(&mut self) {
+        for _ in 0..INBOX_PER_TURN {
+            let Ok(msg) = self.bus.inbox.try_recv() else { return };
+            match msg {
+                BusMsg::Publish(publication) => self.sequence_and_route(publication),
+                BusMsg::Deliver { seq, publication } => {
+                    let staged = Staged { seq, frame: publication.frame, received: publication.received, origin: publication.origin };
+                    self.topics.stage(staged, &publication.topic);
+                }
+                BusMsg::Interest { topic, worker, active } => self.topics.set_interest(&topic, worker, active),
+            }
+        }
+    }
+
+    /// Timers: resume accepting after an fd back-off, and sweep deadlines once per tick.
+    fn run_timers(&mut self) {
+        if self.accept_paused_until.is_some_and(|t| self.now >= t) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        if self.now >= self.next_sweep {
+            self.tick = (self.now.duration_since(self.started).as_millis() / TICK.as_millis()) as u32;
+            self.next_sweep = self.now + TICK;
+            self.sweep();
+        }
+    }
+
+    fn publish_counters(&mut self) {
+        self.counters.open = self.conns.len() as u64;
+        self.counters.full_drops = self.bus.dropped;
+        self.shared.publish(&self.counters);
+    }
+
+    /// Start draining when the shutdown flag is up; report true once drained or out of time.
+    fn shutdown_done(&mut self) -> bool {
+        if self.drain_deadline.is_none() && self.shutdown.load(Relaxed) {
+            self.begin_drain();
+        }
+        match self.drain_deadline {
+            Some(deadline) => self.conns.is_empty() || self.now >= deadline,
+            None => false,
+        }
+    }
+
+    /// Converts a duration into whole ticks (at least one).
+    fn ticks(d: Duration) -> u32 {
+        (d.as_millis().div_ceil(TICK.as_millis())).max(1) as u32
+    }
+}
