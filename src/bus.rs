@@ -45,7 +45,11 @@ pub enum BusMsg {
     /// From the owner to a worker with subscribers: deliver message number `seq`.
     Deliver { seq: u64, publication: Publication },
     /// To a topic's owner: `worker` gained its first (`active`) or lost its last subscriber.
-    Interest { topic: TopicName, worker: u16, active: bool },
+    Interest {
+        topic: TopicName,
+        worker: u16,
+        active: bool,
+    },
 }
 
 impl BusMsg {
@@ -78,7 +82,14 @@ pub struct Bus {
 impl Bus {
     pub fn new(me: usize, links: Vec<PeerLink>, inbox: Receiver<BusMsg>) -> Self {
         let n = links.len();
-        Bus { me, links, outboxes: (0..n).map(|_| VecDeque::new()).collect(), to_wake: vec![false; n], inbox, dropped: 0 }
+        Bus {
+            me,
+            links,
+            outboxes: (0..n).map(|_| VecDeque::new()).collect(),
+            to_wake: vec![false; n],
+            inbox,
+            dropped: 0,
+        }
     }
 
     pub fn me(&self) -> usize {
@@ -99,7 +110,7 @@ impl Bus {
         let outbox = &mut self.outboxes[to];
         if outbox.is_empty() {
             match self.links[to].inbox.try_send(msg) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(TrySendError::Full(msg)) => outbox.push_back(msg),
                 Err(TrySendError::Disconnected(_)) => {} // the peer has exited (shutdown)
             }

@@ -8,7 +8,11 @@ use clap::Parser;
 /// Herald's settings. Defaults are chosen for a feed server on the open internet:
 /// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "herald", version, about = "Thread-per-core WebSocket fan-out server")]
+#[command(
+    name = "herald",
+    version,
+    about = "Thread-per-core WebSocket fan-out server"
+)]
 pub struct Config {
     /// Address to listen on for ws:// (port 0 picks a free port; the real one is printed).
     #[arg(long, default_value = "127.0.0.1:9000")]
@@ -66,7 +70,8 @@ impl Config {
     /// whole largest message (plus its frame header), so a big message alone never counts
     /// as a slow consumer.
     pub fn backlog_limit(&self) -> usize {
-        self.max_backlog.max(self.max_message.saturating_add(MAX_FRAME_HEADER))
+        self.max_backlog
+            .max(self.max_message.saturating_add(MAX_FRAME_HEADER))
     }
 
     /// Cross-field checks clap cannot express.
@@ -113,7 +118,8 @@ pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
         let bad = || format!("bad core list entry `{part}` (expected e.g. 0,1 or 2-3)");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
                 if a > b {
                     return Err(bad());
                 }
@@ -131,7 +137,9 @@ pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
 /// Parses `5`, `5s`, `1.5s`, `500ms` or `2m` into a duration (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num
         .parse()
@@ -140,9 +148,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" => value * 60.0,
-        other => return Err(format!("bad duration unit `{other}` in `{s}` (use ms, s or m)")),
+        other => {
+            return Err(format!(
+                "bad duration unit `{other}` in `{s}` (use ms, s or m)"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
         return Err(format!("duration `{s}` is out of range (0 to 24h)"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -167,7 +179,10 @@ mod tests {
     #[test]
     fn core_lists() {
         assert_eq!(parse_core_list("0,1").unwrap(), CoreList(vec![0, 1]));
-        assert_eq!(parse_core_list("0,2-4").unwrap(), CoreList(vec![0, 2, 3, 4]));
+        assert_eq!(
+            parse_core_list("0,2-4").unwrap(),
+            CoreList(vec![0, 2, 3, 4])
+        );
         assert!(parse_core_list("3-1").is_err());
         assert!(parse_core_list("a").is_err());
         assert!(parse_core_list("").is_err());

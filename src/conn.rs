@@ -18,7 +18,11 @@ pub enum Phase {
     Handshake { since: u32 },
     /// Upgraded and subscribed to `topic`; `slot` is its index in the topic's subscriber list
     /// (for O(1) removal). `last_ping` is when keep-alive last pinged it.
-    Open { topic: TopicName, slot: u32, last_ping: u32 },
+    Open {
+        topic: TopicName,
+        slot: u32,
+        last_ping: u32,
+    },
     /// We sent a close frame and wait for the peer's (or its EOF) until the grace period ends.
     Closing { since: u32 },
     /// Our last bytes (HTTP response or close reply) are queued; once written, we send FIN.
@@ -82,7 +86,11 @@ impl OutQueue {
     /// Write as much as the kernel takes in one vectored write. `on_done` sees each completed
     /// chunk (for latency). `Ok` with fewer bytes than queued means the socket is full; a
     /// writable event will resume it.
-    pub fn write_to(&mut self, socket: &mut TcpStream, mut on_done: impl FnMut(&OutChunk)) -> io::Result<Written> {
+    pub fn write_to(
+        &mut self,
+        socket: &mut TcpStream,
+        mut on_done: impl FnMut(&OutChunk),
+    ) -> io::Result<Written> {
         let mut written = Written::default();
         while !self.chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); 64];

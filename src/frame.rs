@@ -74,7 +74,12 @@ impl Assembly {
 /// Decode as many whole frames from `buf` as it holds, unmasking in place. Returns how many
 /// bytes were consumed; the rest is an incomplete frame to retry with more bytes. Stops after
 /// a close frame (nothing after it is read).
-pub fn decode(buf: &mut [u8], asm: &mut Assembly, max_message: usize, out: &mut Vec<Event>) -> Result<usize, FrameError> {
+pub fn decode(
+    buf: &mut [u8],
+    asm: &mut Assembly,
+    max_message: usize,
+    out: &mut Vec<Event>,
+) -> Result<usize, FrameError> {
     let mut pos = 0;
     while pos < buf.len() {
         let mut cursor = Cursor::new(&buf[pos..]);
@@ -121,13 +126,17 @@ pub fn decode(buf: &mut [u8], asm: &mut Assembly, max_message: usize, out: &mut 
                     check_utf8_prefix(asm, false)?;
                 }
             }
-            OpCode::Control(Control::Ping) => out.push(Event::Ping(encode(OpCode::Control(Control::Pong), payload))),
+            OpCode::Control(Control::Ping) => {
+                out.push(Event::Ping(encode(OpCode::Control(Control::Pong), payload)))
+            }
             OpCode::Control(Control::Pong) => {}
             OpCode::Control(Control::Close) => {
                 out.push(Event::Close(close_reply(payload)?));
                 return Ok(pos);
             }
-            OpCode::Control(Control::Reserved(_)) => return Err(FrameError::Protocol("reserved opcode")),
+            OpCode::Control(Control::Reserved(_)) => {
+                return Err(FrameError::Protocol("reserved opcode"))
+            }
         }
     }
     Ok(pos)
@@ -135,7 +144,12 @@ pub fn decode(buf: &mut [u8], asm: &mut Assembly, max_message: usize, out: &mut 
 
 /// The rules a header must pass before its payload is even waited for, so an oversized
 /// message is refused as soon as its length is known.
-fn check_header(header: &FrameHeader, len: u64, asm: &Assembly, max_message: usize) -> Result<(), FrameError> {
+fn check_header(
+    header: &FrameHeader,
+    len: u64,
+    asm: &Assembly,
+    max_message: usize,
+) -> Result<(), FrameError> {
     if header.rsv1 || header.rsv2 || header.rsv3 {
         return Err(FrameError::Protocol("reserved bits set"));
     }
@@ -143,13 +157,23 @@ fn check_header(header: &FrameHeader, len: u64, asm: &Assembly, max_message: usi
         return Err(FrameError::Protocol("client frames must be masked"));
     }
     match header.opcode {
-        OpCode::Control(_) if !header.is_final => Err(FrameError::Protocol("fragmented control frame")),
-        OpCode::Control(_) if len > MAX_CONTROL_PAYLOAD => Err(FrameError::Protocol("control frame too long")),
+        OpCode::Control(_) if !header.is_final => {
+            Err(FrameError::Protocol("fragmented control frame"))
+        }
+        OpCode::Control(_) if len > MAX_CONTROL_PAYLOAD => {
+            Err(FrameError::Protocol("control frame too long"))
+        }
         OpCode::Control(_) => Ok(()),
-        OpCode::Data(Data::Continue) if !asm.is_open() => Err(FrameError::Protocol("continuation without a message")),
-        OpCode::Data(Data::Continue) if asm.payload.len() as u64 + len > max_message as u64 => Err(FrameError::TooLarge),
+        OpCode::Data(Data::Continue) if !asm.is_open() => {
+            Err(FrameError::Protocol("continuation without a message"))
+        }
+        OpCode::Data(Data::Continue) if asm.payload.len() as u64 + len > max_message as u64 => {
+            Err(FrameError::TooLarge)
+        }
         OpCode::Data(Data::Continue) => Ok(()),
-        OpCode::Data(_) if asm.is_open() => Err(FrameError::Protocol("new message inside a fragmented one")),
+        OpCode::Data(_) if asm.is_open() => {
+            Err(FrameError::Protocol("new message inside a fragmented one"))
+        }
         OpCode::Data(_) if len > max_message as u64 => Err(FrameError::TooLarge),
         OpCode::Data(_) => Ok(()),
     }
@@ -197,7 +221,14 @@ fn is_valid_close_code(code: u16) -> bool {
 /// Frame a payload as the server sends it: final, unmasked. Unmasked server frames are the
 /// same bytes for every subscriber, which is what lets one encoding serve them all.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+    };
     let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, &mut out);
@@ -266,7 +297,10 @@ mod tests {
     fn text_message_is_reframed_unmasked() {
         let (r, out) = run(&client_frame(0x81, b"hello"));
         assert_eq!(r, Ok(11));
-        assert_eq!(out, vec![Event::Message(Bytes::from_static(b"\x81\x05hello"))]);
+        assert_eq!(
+            out,
+            vec![Event::Message(Bytes::from_static(b"\x81\x05hello"))]
+        );
     }
 
     #[test]
@@ -278,7 +312,10 @@ mod tests {
         assert_eq!(r, Ok(bytes.len()));
         assert_eq!(
             out,
-            vec![Event::Ping(Bytes::from_static(b"\x8a\x01p")), Event::Message(Bytes::from_static(b"\x81\x05hello"))]
+            vec![
+                Event::Ping(Bytes::from_static(b"\x8a\x01p")),
+                Event::Message(Bytes::from_static(b"\x81\x05hello"))
+            ]
         );
     }
 
@@ -300,10 +337,19 @@ mod tests {
         assert_eq!(code(&client_frame(0x09, b"x")), 1002, "fragmented ping");
         assert_eq!(code(&client_frame(0x89, &[0; 126])), 1002, "long ping");
         assert_eq!(code(&client_frame(0x88, &[3])), 1002, "one-byte close");
-        assert_eq!(code(&client_frame(0x88, &1005u16.to_be_bytes())), 1002, "close code 1005");
+        assert_eq!(
+            code(&client_frame(0x88, &1005u16.to_be_bytes())),
+            1002,
+            "close code 1005"
+        );
         assert_eq!(code(b"\x81\x01x"), 1002, "unmasked");
         let mut big = Vec::new();
-        let r = decode(&mut client_frame(0x82, &[0; 100]), &mut Assembly::default(), 99, &mut big);
+        let r = decode(
+            &mut client_frame(0x82, &[0; 100]),
+            &mut Assembly::default(),
+            99,
+            &mut big,
+        );
         assert_eq!(r.unwrap_err().close_code(), 1009);
     }
 

@@ -103,7 +103,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Complete(_)) => return Err(HttpError::HeadTooLarge),
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(HttpError::HeadTooLarge)
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(_) => return Err(HttpError::BadRequest("malformed HTTP request")),
@@ -140,7 +142,9 @@ fn route(req: &httparse::Request) -> Result<Request, HttpError> {
         return Err(HttpError::BadRequest("Upgrade header must be websocket"));
     }
     if !header("connection").is_some_and(|c| has_token(c, "upgrade")) {
-        return Err(HttpError::BadRequest("Connection header must include Upgrade"));
+        return Err(HttpError::BadRequest(
+            "Connection header must include Upgrade",
+        ));
     }
     if header("host").is_none() {
         return Err(HttpError::BadRequest("missing Host header"));
@@ -150,15 +154,22 @@ fn route(req: &httparse::Request) -> Result<Request, HttpError> {
     }
     let key = header("sec-websocket-key").map(str::trim).unwrap_or("");
     if !is_valid_key(key) {
-        return Err(HttpError::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64"));
+        return Err(HttpError::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
     }
     let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
-    Ok(Request::Upgrade { topic: topic.to_owned(), accept: derive_accept_key(key.as_bytes()) })
+    Ok(Request::Upgrade {
+        topic: topic.to_owned(),
+        accept: derive_accept_key(key.as_bytes()),
+    })
 }
 
 /// Comma-separated header tokens, compared case-insensitively (`Connection: keep-alive, Upgrade`).
 fn has_token(value: &str, token: &str) -> bool {
-    value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+    value
+        .split(',')
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// A nonce of 16 bytes in base64 is 22 significant characters and `==`.
@@ -166,7 +177,9 @@ fn is_valid_key(key: &str) -> bool {
     let b = key.as_bytes();
     b.len() == 24
         && b[22..] == *b"=="
-        && b[..22].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        && b[..22]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 #[cfg(test)]
@@ -187,7 +200,10 @@ mod tests {
         assert_eq!(head.len, req.len());
         assert_eq!(
             head.request,
-            Request::Upgrade { topic: "prices/BTC-USD".into(), accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() }
+            Request::Upgrade {
+                topic: "prices/BTC-USD".into(),
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
         );
     }
 
@@ -200,9 +216,15 @@ mod tests {
     #[test]
     fn refusals_carry_their_status() {
         let status = |r: &str| parse_head(r.as_bytes()).unwrap_err().status().0;
-        assert_eq!(status(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")), 426);
+        assert_eq!(
+            status(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
+            426
+        );
         assert_eq!(status(&upgrade("/chat", "")), 426);
-        assert_eq!(status(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")), 400);
+        assert_eq!(
+            status(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
+            400
+        );
         assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
         assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
         assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
@@ -213,7 +235,9 @@ mod tests {
 
     #[test]
     fn health() {
-        let head = parse_head(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().unwrap();
+        let head = parse_head(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(head.request, Request::Health);
     }
 }

@@ -52,7 +52,10 @@ pub fn reuseport_listener(addr: SocketAddr) -> io::Result<mio::net::TcpListener>
 
 /// Bind `count` listeners on one address. With port 0 the first bind picks the port and the
 /// others join it, so all workers share the one port that gets printed.
-pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr, Vec<mio::net::TcpListener>)> {
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<(SocketAddr, Vec<mio::net::TcpListener>)> {
     let first = reuseport_listener(addr)?;
     let actual = first.local_addr()?;
     let mut listeners = vec![first];
@@ -64,15 +67,27 @@ pub fn bind_listeners(addr: SocketAddr, count: usize) -> io::Result<(SocketAddr,
 
 /// Pick the core each worker is pinned to: the requested list, or every core the process may
 /// run on; workers beyond the list wrap around.
-pub fn plan_cores(requested: Option<&[usize]>, threads: Option<usize>) -> Vec<Option<core_affinity::CoreId>> {
+pub fn plan_cores(
+    requested: Option<&[usize]>,
+    threads: Option<usize>,
+) -> Vec<Option<core_affinity::CoreId>> {
     let available = core_affinity::get_core_ids().unwrap_or_default();
     let cores: Vec<core_affinity::CoreId> = match requested {
-        Some(list) => list.iter().map(|&id| core_affinity::CoreId { id }).collect(),
+        Some(list) => list
+            .iter()
+            .map(|&id| core_affinity::CoreId { id })
+            .collect(),
         None => available,
     };
     let count = threads.unwrap_or(cores.len().max(1));
     (0..count)
-        .map(|i| if cores.is_empty() { None } else { Some(cores[i % cores.len()]) })
+        .map(|i| {
+            if cores.is_empty() {
+                None
+            } else {
+                Some(cores[i % cores.len()])
+            }
+        })
         .collect()
 }
 

@@ -27,6 +27,9 @@ pub struct Server {
     shared: Vec<Arc<SharedCounters>>,
     shutdown: Arc<AtomicBool>,
     config: Arc<Config>,
+    /// Registered before the first line is printed, so a signal sent as soon as a script
+    /// sees `listening on` is never the default "terminate now".
+    signals: Signals,
 }
 
 /// Why the server could not start; each is a clear message for the operator.
@@ -36,20 +39,31 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error("cannot set up worker {index}: {source}")]
     Worker { index: usize, source: io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
 }
 
 impl Server {
     /// Bind, print the start-up lines, and start the workers.
     pub fn start(config: Config) -> Result<Server, StartError> {
+        let signals = Signals::new([SIGINT, SIGTERM]).map_err(StartError::Signals)?;
         let limit = os::raise_file_limit();
-        let cores = os::plan_cores(config.cores.as_ref().map(|c| c.0.as_slice()), config.threads);
+        let cores = os::plan_cores(
+            config.cores.as_ref().map(|c| c.0.as_slice()),
+            config.threads,
+        );
         let count = cores.len();
         let (addr, listeners) =
-            os::bind_listeners(config.listen, count).map_err(|source| StartError::Bind { addr: config.listen, source })?;
+            os::bind_listeners(config.listen, count).map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
 
         println!("listening on ws://{addr}");
-        let core_names: Vec<String> =
-            cores.iter().map(|c| c.map_or_else(|| "-".to_string(), |c| c.id.to_string())).collect();
+        let core_names: Vec<String> = cores
+            .iter()
+            .map(|c| c.map_or_else(|| "-".to_string(), |c| c.id.to_string()))
+            .collect();
         println!("workers: {count} (cores {})", core_names.join(","));
         match limit {
             Ok(limit) => println!(
@@ -68,7 +82,8 @@ impl Server {
         let mut inboxes = Vec::with_capacity(count);
         for index in 0..count {
             let poll = Poll::new().map_err(|source| StartError::Worker { index, source })?;
-            let waker = Waker::new(poll.registry(), WAKER).map_err(|source| StartError::Worker { index, source })?;
+            let waker = Waker::new(poll.registry(), WAKER)
+                .map_err(|source| StartError::Worker { index, source })?;
             let (tx, rx) = crossbeam_channel::bounded(INBOX_CAPACITY);
             links.push((tx, Arc::new(waker)));
             inboxes.push(rx);
@@ -78,8 +93,16 @@ impl Server {
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
 
         let mut workers = Vec::with_capacity(count);
-        for (index, ((poll, listener), inbox)) in polls.into_iter().zip(listeners).zip(inboxes).enumerate() {
-            let peers = links.iter().map(|(tx, waker)| PeerLink { inbox: tx.clone(), waker: waker.clone() }).collect();
+        for (index, ((poll, listener), inbox)) in
+            polls.into_iter().zip(listeners).zip(inboxes).enumerate()
+        {
+            let peers = links
+                .iter()
+                .map(|(tx, waker)| PeerLink {
+                    inbox: tx.clone(),
+                    waker: waker.clone(),
+                })
+                .collect();
             let parts = WorkerParts {
                 index,
                 poll,
@@ -89,7 +112,8 @@ impl Server {
                 shared: shared[index].clone(),
                 shutdown: shutdown.clone(),
             };
-            let worker = Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
+            let worker =
+                Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
             let core = cores[index];
             let handle = std::thread::Builder::new()
                 .name(format!("herald-w{index}"))
@@ -104,16 +128,24 @@ impl Server {
                 .map_err(|source| StartError::Worker { index, source })?;
             workers.push(handle);
         }
-        Ok(Server { addr, workers, wakers, shared, shutdown, config })
+        Ok(Server {
+            addr,
+            workers,
+            wakers,
+            shared,
+            shutdown,
+            config,
+            signals,
+        })
     }
 
     /// Print stats until SIGINT/SIGTERM, then drain the workers and print the final report.
     /// A second signal during the drain exits at once.
-    pub fn run_until_signal(self) -> io::Result<()> {
+    pub fn run_until_signal(mut self) -> io::Result<()> {
         const SIGNALS: Token = Token(0);
         let mut poll = Poll::new()?;
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut self.signals, SIGNALS, Interest::READABLE)?;
         let mut events = Events::with_capacity(8);
         let interval = self.config.stats_interval;
         let mut last = (Instant::now(), self.snapshot());
@@ -124,7 +156,7 @@ impl Server {
                 Err(e) => return Err(e),
                 Ok(()) => {}
             }
-            if signals.pending().next().is_some() {
+            if self.signals.pending().next().is_some() {
                 break;
             }
             if !interval.is_zero() && last.0.elapsed() >= interval {
@@ -133,7 +165,10 @@ impl Server {
                 last = now;
             }
         }
-        println!("shutting down: closing connections (drain timeout {:?})", self.config.drain_timeout);
+        println!(
+            "shutting down: closing connections (drain timeout {:?})",
+            self.config.drain_timeout
+        );
         std::thread::spawn(move || {
             // A second signal means "now": skip the rest of the drain.
             let mut again = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok();
@@ -165,7 +200,11 @@ impl Server {
             }
         }
         let total = Counters::sum(&totals);
-        println!("drained in {} ms; {} connections left open", started.elapsed().as_millis(), total.open);
+        println!(
+            "drained in {} ms; {} connections left open",
+            started.elapsed().as_millis(),
+            total.open
+        );
         println!("{}", stats::totals_line(&total));
         println!("{}", stats::latency_line(&latency));
     }

@@ -47,8 +47,19 @@ impl Counters {
     }
 
     fn from_array(a: [u64; FIELDS]) -> Self {
-        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses] = a;
-        Counters { open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses }
+        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses] =
+            a;
+        Counters {
+            open,
+            accepted,
+            msgs_in,
+            frames_out,
+            bytes_out,
+            slow_closes,
+            full_drops,
+            rejected,
+            fd_pauses,
+        }
     }
 
     /// Sum over workers (the gauge `open` sums too).
@@ -83,7 +94,8 @@ impl SharedCounters {
 
 /// A histogram of microseconds from 1 µs to 1 hour at 3 significant digits.
 pub fn new_latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 sigfigs is valid"))
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 sigfigs is valid"))
 }
 
 /// The periodic stats line: connections per worker and per-second rates since the last line.
@@ -141,18 +153,37 @@ mod tests {
     fn stats_line_shows_per_worker_conns_and_rates() {
         let prev = [Counters::default(), Counters::default()];
         let now = [
-            Counters { open: 3, msgs_in: 10, frames_out: 30, ..Default::default() },
-            Counters { open: 2, msgs_in: 10, frames_out: 20, slow_closes: 1, ..Default::default() },
+            Counters {
+                open: 3,
+                msgs_in: 10,
+                frames_out: 30,
+                ..Default::default()
+            },
+            Counters {
+                open: 2,
+                msgs_in: 10,
+                frames_out: 20,
+                slow_closes: 1,
+                ..Default::default()
+            },
         ];
         let line = stats_line(&prev, &now, Duration::from_secs(2));
-        assert!(line.starts_with("stats: conns=5 (w0=3 w1=2) msgs_in/s=10 frames_out/s=25"), "{line}");
+        assert!(
+            line.starts_with("stats: conns=5 (w0=3 w1=2) msgs_in/s=10 frames_out/s=25"),
+            "{line}"
+        );
         assert!(line.contains("slow_closes=1"), "{line}");
     }
 
     #[test]
     fn shared_counters_round_trip() {
         let shared = SharedCounters::default();
-        let c = Counters { open: 1, accepted: 2, fd_pauses: 9, ..Default::default() };
+        let c = Counters {
+            open: 1,
+            accepted: 2,
+            fd_pauses: 9,
+            ..Default::default()
+        };
         shared.publish(&c);
         assert_eq!(shared.read(), c);
     }

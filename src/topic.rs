@@ -38,7 +38,8 @@ pub fn validate(name: &str) -> Result<(), TopicError> {
     if name.len() > MAX_TOPIC_LEN {
         return Err(TopicError::TooLong);
     }
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/');
+    let allowed =
+        |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':' | b'/');
     if name.bytes().all(allowed) {
         Ok(())
     } else {
@@ -66,8 +67,14 @@ mod tests {
         assert_eq!(topic_from_target("/"), Err(TopicError::Empty));
         assert_eq!(topic_from_target("/a b"), Err(TopicError::BadChar));
         assert_eq!(topic_from_target("/caf%C3%A9"), Err(TopicError::BadChar));
-        assert_eq!(topic_from_target(&format!("/{}", "a".repeat(256))), Ok(&*"a".repeat(256)));
-        assert_eq!(topic_from_target(&format!("/{}", "a".repeat(257))), Err(TopicError::TooLong));
+        assert_eq!(
+            topic_from_target(&format!("/{}", "a".repeat(256))),
+            Ok(&*"a".repeat(256))
+        );
+        assert_eq!(
+            topic_from_target(&format!("/{}", "a".repeat(257))),
+            Err(TopicError::TooLong)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use super::{Worker, READS_PER_EVENT};
+use super::{Doom, Worker, READS_PER_EVENT};
 use crate::bus::{Origin, Publication};
 use crate::conn::{Inbound, OutChunk, Phase};
 use crate::frame::{self, Event};
@@ -15,7 +15,9 @@ impl Worker {
     /// Read until the socket is empty (edge-triggered) or the fairness budget runs out.
     pub(super) fn on_readable(&mut self, key: usize) {
         for _ in 0..READS_PER_EVENT {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             match conn.socket.read(&mut self.scratch) {
                 Ok(0) => return self.hang_up(key),
                 Ok(n) => {
@@ -142,7 +144,9 @@ impl Worker {
     /// Act on decoded frames in order. While closing, only the peer's close matters.
     fn on_frame_events(&mut self, key: usize, events: &mut Vec<Event>) -> bool {
         for event in events.drain(..) {
-            let Some(conn) = self.conns.get(key) else { return false };
+            let Some(conn) = self.conns.get(key) else {
+                return false;
+            };
             let topic = match &conn.phase {
                 Phase::Open { topic, .. } => topic.clone(),
                 Phase::Closing { .. } if matches!(event, Event::Close(_)) => {
@@ -154,8 +158,16 @@ impl Worker {
             match event {
                 Event::Message(frame) => {
                     self.counters.msgs_in += 1;
-                    let origin = Origin { worker: self.index as u16, conn: conn.id };
-                    self.publish(Publication { topic, frame, received: self.now, origin });
+                    let origin = Origin {
+                        worker: self.index as u16,
+                        conn: conn.id,
+                    };
+                    self.publish(Publication {
+                        topic,
+                        frame,
+                        received: self.now,
+                        origin,
+                    });
                 }
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
@@ -164,7 +176,10 @@ impl Worker {
                 }
             }
         }
-        matches!(self.conns.get(key).map(|c| &c.phase), Some(Phase::Open { .. }))
+        matches!(
+            self.conns.get(key).map(|c| &c.phase),
+            Some(Phase::Open { .. })
+        )
     }
 
     /// Take the connection's partial-input state, or lend it the worker's empty one.
@@ -188,10 +203,21 @@ impl Worker {
         }
     }
 
-    /// Queue bytes for this connection's end-of-turn write.
+    /// Queue bytes for this connection's end-of-turn write. A peer that makes us queue more
+    /// than the backlog limit (say, pings it never reads the pongs of) is a slow consumer.
     pub(super) fn queue_output(&mut self, key: usize, data: bytes::Bytes, messages: u32) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        conn.out.push(OutChunk { data, received: self.now, messages });
+        let limit = self.config.backlog_limit();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.out.push(OutChunk {
+            data,
+            received: self.now,
+            messages,
+        });
+        if conn.out.bytes() > limit && matches!(conn.phase, Phase::Open { .. }) {
+            self.doomed.push((key, conn.id, Doom::SlowConsumer));
+        }
         if !conn.queued_for_flush {
             conn.queued_for_flush = true;
             self.to_flush.push(key);

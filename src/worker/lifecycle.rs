@@ -35,7 +35,9 @@ impl Worker {
 
     /// Leave `Open` (if open): the connection stops receiving topic messages at once.
     fn leave_topic(&mut self, key: usize, next: Phase) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let previous = std::mem::replace(&mut conn.phase, next);
         if let Phase::Open { topic, slot, .. } = previous {
             self.unsubscribe(&topic, slot);
@@ -68,7 +70,9 @@ impl Worker {
 
     /// Our last bytes are out: send FIN and linger until the peer closes too.
     pub(super) fn finish_flushing(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.socket.shutdown(Shutdown::Write).is_err() {
             return self.hang_up(key);
         }
@@ -85,7 +89,9 @@ impl Worker {
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter() {
             let verdict = match conn.phase {
-                Phase::Handshake { since } if now.saturating_sub(since) >= handshake => Some(Expired::HandshakeTimeout),
+                Phase::Handshake { since } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::HandshakeTimeout)
+                }
                 Phase::Open { last_ping, .. } => {
                     let silent = now.saturating_sub(conn.last_heard);
                     if silent >= 2 * ping {
@@ -96,7 +102,9 @@ impl Worker {
                         None
                     }
                 }
-                Phase::Closing { since } | Phase::Flushing { since } | Phase::Lingering { since }
+                Phase::Closing { since }
+                | Phase::Flushing { since }
+                | Phase::Lingering { since }
                     if now.saturating_sub(since) >= grace =>
                 {
                     Some(Expired::HangUp)
@@ -115,7 +123,9 @@ impl Worker {
                     self.hang_up(key);
                 }
                 Expired::Ping => {
-                    if let Some(Phase::Open { last_ping, .. }) = self.conns.get_mut(key).map(|c| &mut c.phase) {
+                    if let Some(Phase::Open { last_ping, .. }) =
+                        self.conns.get_mut(key).map(|c| &mut c.phase)
+                    {
                         *last_ping = now;
                     }
                     self.queue_output(key, frame::ping_frame(), 0);

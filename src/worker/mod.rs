@@ -114,8 +114,17 @@ pub struct WorkerParts {
 
 impl Worker {
     pub fn new(parts: WorkerParts) -> io::Result<Self> {
-        let WorkerParts { index, poll, mut listener, bus, config, shared, shutdown } = parts;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let WorkerParts {
+            index,
+            poll,
+            mut listener,
+            bus,
+            config,
+            shared,
+            shutdown,
+        } = parts;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         let now = Instant::now();
         Ok(Worker {
             index,
@@ -184,7 +193,10 @@ impl Worker {
             }
         }
         self.publish_counters();
-        WorkerReport { counters: self.counters, latency: self.latency }
+        WorkerReport {
+            counters: self.counters,
+            latency: self.latency,
+        }
     }
 
     /// Sleep until the next timer, or not at all while work is waiting.
@@ -214,11 +226,17 @@ impl Worker {
             return;
         }
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((socket, _)) => self.admit(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     if os::is_fd_exhaustion(&e) {
                         self.counters.fd_pauses += 1;
@@ -239,7 +257,11 @@ impl Worker {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), interest) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, Token(key), interest)
+        {
             eprintln!("herald: worker {}: register failed: {e}", self.index);
             return;
         }
@@ -252,14 +274,25 @@ impl Worker {
     /// Handle what other workers sent, up to a budget per turn.
     fn drain_inbox(&mut self) {
         for _ in 0..INBOX_PER_TURN {
-            let Ok(msg) = self.bus.inbox.try_recv() else { return };
+            let Ok(msg) = self.bus.inbox.try_recv() else {
+                return;
+            };
             match msg {
                 BusMsg::Publish(publication) => self.sequence_and_route(publication),
                 BusMsg::Deliver { seq, publication } => {
-                    let staged = Staged { seq, frame: publication.frame, received: publication.received, origin: publication.origin };
+                    let staged = Staged {
+                        seq,
+                        frame: publication.frame,
+                        received: publication.received,
+                        origin: publication.origin,
+                    };
                     self.topics.stage(staged, &publication.topic);
                 }
-                BusMsg::Interest { topic, worker, active } => self.topics.set_interest(&topic, worker, active),
+                BusMsg::Interest {
+                    topic,
+                    worker,
+                    active,
+                } => self.topics.set_interest(&topic, worker, active),
             }
         }
     }
@@ -271,7 +304,8 @@ impl Worker {
             self.accept_all();
         }
         if self.now >= self.next_sweep {
-            self.tick = (self.now.duration_since(self.started).as_millis() / TICK.as_millis()) as u32;
+            self.tick =
+                (self.now.duration_since(self.started).as_millis() / TICK.as_millis()) as u32;
             self.next_sweep = self.now + TICK;
             self.sweep();
         }

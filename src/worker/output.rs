@@ -15,12 +15,10 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-
 use super::{Doom, Worker};
 use crate::bus::{BusMsg, Origin, Publication};
 use crate::conn::{OutChunk, Phase};
-use crate::fanout::Staged;
+use crate::fanout::{cork, Staged};
 use crate::topic::{self, TopicName};
 
 impl Worker {
@@ -39,18 +37,39 @@ impl Worker {
     /// subscribers, in that order: one sender per topic is what makes one order per topic.
     pub(super) fn sequence_and_route(&mut self, publication: Publication) {
         let me = self.bus.me() as u16;
-        let Some((seq, interested)) = self.topics.sequence(&publication.topic) else { return };
+        let Some((seq, interested)) = self.topics.sequence(&publication.topic) else {
+            return;
+        };
         let mut local = false;
         for &worker in interested {
             if worker == me {
                 local = true;
             } else {
-                self.bus.send(worker as usize, BusMsg::Deliver { seq, publication: publication.clone() });
+                self.bus.send(
+                    worker as usize,
+                    BusMsg::Deliver {
+                        seq,
+                        publication: publication.clone(),
+                    },
+                );
             }
         }
         if local {
-            let Publication { topic, frame, received, origin } = publication;
-            self.topics.stage(Staged { seq, frame, received, origin }, &topic);
+            let Publication {
+                topic,
+                frame,
+                received,
+                origin,
+            } = publication;
+            self.topics.stage(
+                Staged {
+                    seq,
+                    frame,
+                    received,
+                    origin,
+                },
+                &topic,
+            );
         }
     }
 
@@ -61,14 +80,19 @@ impl Worker {
             self.send_interest(&topic, true);
         }
         let last_ping = self.tick;
-        self.conns[key].phase = Phase::Open { topic, slot: subscribed.slot, last_ping };
+        self.conns[key].phase = Phase::Open {
+            topic,
+            slot: subscribed.slot,
+            last_ping,
+        };
     }
 
     /// Remove a connection from its topic (it is closing); the last one here tells the owner.
     pub(super) fn unsubscribe(&mut self, topic: &TopicName, slot: u32) {
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {
-            if let Some(Phase::Open { slot, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase) {
+            if let Some(Phase::Open { slot, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
+            {
                 *slot = new_slot;
             }
         }
@@ -83,7 +107,14 @@ impl Worker {
         if owner == me {
             self.topics.set_interest(topic, me as u16, active);
         } else {
-            self.bus.send(owner, BusMsg::Interest { topic: topic.clone(), worker: me as u16, active });
+            self.bus.send(
+                owner,
+                BusMsg::Interest {
+                    topic: topic.clone(),
+                    worker: me as u16,
+                    active,
+                },
+            );
         }
     }
 
@@ -111,7 +142,9 @@ impl Worker {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
         let backlog_limit = self.config.backlog_limit();
         for name in &dirty {
-            let Some(topic) = self.topics.local.get_mut(name) else { continue };
+            let Some(topic) = self.topics.local.get_mut(name) else {
+                continue;
+            };
             let batch = std::mem::take(&mut topic.batch);
             if batch.is_empty() {
                 continue;
@@ -122,12 +155,21 @@ impl Worker {
             let me = self.bus.me() as u16;
             let mut complete: u64 = 0;
             for &key in &topic.subscribers {
-                let Some(conn) = self.conns.get_mut(key) else { continue };
-                let own = Origin { worker: me, conn: conn.id };
+                let Some(conn) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                let own = Origin {
+                    worker: me,
+                    conn: conn.id,
+                };
                 if self.config.no_echo && batch.iter().any(|s| s.origin == own) {
                     // The sender is here and must not get its own message: queue the others.
                     for staged in batch.iter().filter(|s| s.origin != own) {
-                        conn.out.push(OutChunk { data: staged.frame.clone(), received: staged.received, messages: 1 });
+                        conn.out.push(OutChunk {
+                            data: staged.frame.clone(),
+                            received: staged.received,
+                            messages: 1,
+                        });
                     }
                     if !conn.out.is_empty() && !conn.queued_for_flush {
                         conn.queued_for_flush = true;
@@ -138,12 +180,20 @@ impl Worker {
                         Ok(n) if n == corked.len() => complete += 1,
                         Ok(n) => {
                             self.counters.bytes_out += n as u64;
-                            conn.out.push(OutChunk { data: corked.slice(n..), received: oldest, messages });
+                            conn.out.push(OutChunk {
+                                data: corked.slice(n..),
+                                received: oldest,
+                                messages,
+                            });
                         }
                         Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
                     }
                 } else {
-                    conn.out.push(OutChunk { data: corked.clone(), received: oldest, messages });
+                    conn.out.push(OutChunk {
+                        data: corked.clone(),
+                        received: oldest,
+                        messages,
+                    });
                 }
                 if conn.out.bytes() > backlog_limit {
                     self.doomed.push((key, conn.id, Doom::SlowConsumer));
@@ -195,7 +245,9 @@ impl Worker {
     }
 
     fn write_queued(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let latency = &mut self.latency;
         let counters = &mut self.counters;
         let now = Instant::now();
@@ -217,20 +269,6 @@ impl Worker {
             Err(_) => self.hang_up(key),
         }
     }
-}
-
-/// One buffer with the turn's messages of a topic back to back: the same bytes go to every
-/// subscriber, so they are gathered once here rather than once per subscriber (as iovecs).
-/// A single message is already a buffer and is shared as is.
-fn cork(batch: &[Staged]) -> Bytes {
-    if let [only] = batch {
-        return only.frame.clone();
-    }
-    let mut buf = BytesMut::with_capacity(batch.iter().map(|s| s.frame.len()).sum());
-    for staged in batch {
-        buf.extend_from_slice(&staged.frame);
-    }
-    buf.freeze()
 }
 
 /// One `write`, retried only on `EINTR`; `WouldBlock` is zero bytes written.
