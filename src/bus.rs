@@ -147,3 +147,77 @@ impl Bus {
         self.outboxes.iter().any(|o| !o.is_empty())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publication() -> BusMsg {
+        BusMsg::Publish(Publication {
+            topic: "t".into(),
+            frame: Bytes::from_static(b"\x81\x01x"),
+            received: Instant::now(),
+            origin: Origin { worker: 0, conn: 1 },
+        })
+    }
+
+    /// A bus from worker 0 to a peer whose inbox holds only `capacity` messages.
+    fn bus_with_tiny_peer(capacity: usize) -> (Bus, Receiver<BusMsg>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (own_tx, own_rx) = crossbeam_channel::bounded(1);
+        let (peer_tx, peer_rx) = crossbeam_channel::bounded(capacity);
+        let links = vec![
+            PeerLink {
+                inbox: own_tx,
+                waker: waker.clone(),
+            },
+            PeerLink {
+                inbox: peer_tx,
+                waker,
+            },
+        ];
+        (Bus::new(0, links, own_rx), peer_rx, poll)
+    }
+
+    #[test]
+    fn a_full_inbox_parks_in_order_then_drops_and_counts() {
+        let (mut bus, peer, _poll) = bus_with_tiny_peer(2);
+        for _ in 0..2 + OUTBOX_CAPACITY + 5 {
+            bus.send(1, publication());
+        }
+        assert!(bus.has_parked());
+        assert_eq!(
+            bus.dropped, 5,
+            "only what fits neither inbox nor outbox is dropped"
+        );
+        // Interest changes are never dropped, even past the cap.
+        bus.send(
+            1,
+            BusMsg::Interest {
+                topic: "t".into(),
+                worker: 0,
+                active: true,
+            },
+        );
+        assert_eq!(bus.dropped, 5);
+        // The peer drains; flushing moves parked messages over in order.
+        let mut received = 0;
+        while bus.has_parked() {
+            while peer.try_recv().is_ok() {
+                received += 1;
+            }
+            bus.flush();
+        }
+        while let Ok(msg) = peer.try_recv() {
+            received += 1;
+            if received == 2 + OUTBOX_CAPACITY + 1 {
+                assert!(
+                    matches!(msg, BusMsg::Interest { .. }),
+                    "the interest change came last"
+                );
+            }
+        }
+        assert_eq!(received, 2 + OUTBOX_CAPACITY + 1);
+    }
+}
