@@ -1,0 +1,140 @@
+//! The line protocol between the parent and its worker processes.
+//!
+//! Worker → parent (its stdout): `progress OPEN RECEIVED SENT ERRORS HIST` once a second,
+//! `ready` when all its connection attempts finished, `report STATS` at the end, or
+//! `fatal MESSAGE`. Parent → worker (its stdin): `go T0` (CLOCK_MONOTONIC ns) to start traffic;
+//! end of input means abort.
+
+use hdrhistogram::Histogram;
+
+use crate::stats::{decode_hist, encode_hist, Stats};
+
+/// A message from a worker process.
+#[derive(Debug)]
+pub enum ChildMsg {
+    /// Once-a-second gauges and deltas.
+    Progress {
+        /// Open connections.
+        open: u64,
+        /// Messages received since the last line.
+        received: u64,
+        /// Messages sent since the last line.
+        sent: u64,
+        /// Errors so far.
+        errors: u64,
+        /// Latencies recorded since the last line.
+        hist: Histogram<u64>,
+    },
+    /// Connection attempts finished.
+    Ready,
+    /// Final results.
+    Report(Box<Stats>),
+    /// The worker process could not run.
+    Fatal(String),
+}
+
+impl ChildMsg {
+    /// The line to write (without newline).
+    pub fn encode(&self) -> String {
+        match self {
+            ChildMsg::Progress {
+                open,
+                received,
+                sent,
+                errors,
+                hist,
+            } => format!(
+                "progress {open} {received} {sent} {errors} {}",
+                encode_hist(hist)
+            ),
+            ChildMsg::Ready => "ready".into(),
+            ChildMsg::Report(s) => format!("report {}", s.encode()),
+            ChildMsg::Fatal(m) => format!("fatal {}", m.replace('\n', " ")),
+        }
+    }
+
+    /// Parses a line written by [`encode`](Self::encode).
+    pub fn decode(line: &str) -> Result<ChildMsg, String> {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match verb {
+            "ready" => Ok(ChildMsg::Ready),
+            "fatal" => Ok(ChildMsg::Fatal(rest.to_string())),
+            "report" => Stats::decode(rest).map(|s| ChildMsg::Report(Box::new(s))),
+            "progress" => {
+                let f: Vec<&str> = rest.split(' ').collect();
+                if f.len() != 5 {
+                    return Err(format!("bad progress line {line:?}"));
+                }
+                let n = |i: usize| {
+                    f[i].parse::<u64>()
+                        .map_err(|_| format!("bad progress line {line:?}"))
+                };
+                Ok(ChildMsg::Progress {
+                    open: n(0)?,
+                    received: n(1)?,
+                    sent: n(2)?,
+                    errors: n(3)?,
+                    hist: decode_hist(f[4])?,
+                })
+            }
+            _ => Err(format!("unexpected line from worker: {line:?}")),
+        }
+    }
+}
+
+/// Parses the parent's `go T0` line.
+pub fn parse_go(line: &str) -> Option<u64> {
+    line.trim()
+        .strip_prefix("go ")?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&t| t > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::new_histogram;
+
+    #[test]
+    fn round_trips() {
+        let mut h = new_histogram();
+        h.saturating_record(12_345);
+        let msg = ChildMsg::Progress {
+            open: 5,
+            received: 6,
+            sent: 7,
+            errors: 8,
+            hist: h,
+        };
+        match ChildMsg::decode(&msg.encode()).expect("decodes") {
+            ChildMsg::Progress {
+                open,
+                received,
+                sent,
+                errors,
+                hist,
+            } => {
+                assert_eq!((open, received, sent, errors), (5, 6, 7, 8));
+                assert_eq!(hist.len(), 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let st = Stats {
+            delivered: 42,
+            ..Stats::default()
+        };
+        match ChildMsg::decode(&ChildMsg::Report(Box::new(st)).encode()).expect("decodes") {
+            ChildMsg::Report(s) => assert_eq!(s.delivered, 42),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ChildMsg::decode("ready"), Ok(ChildMsg::Ready)));
+        assert!(matches!(ChildMsg::decode("fatal a b"), Ok(ChildMsg::Fatal(m)) if m == "a b"));
+        assert!(ChildMsg::decode("progress 1 2").is_err());
+        assert!(ChildMsg::decode("hello").is_err());
+        assert_eq!(parse_go("go 123\n"), Some(123));
+        assert_eq!(parse_go("go x"), None);
+        assert_eq!(parse_go("stop"), None);
+    }
+}
