@@ -23,7 +23,8 @@ pub enum Phase {
         slot: u32,
         last_ping: u32,
     },
-    /// We sent a close frame and wait for the peer's (or its EOF) until the grace period ends.
+    /// We sent a close frame (shutdown) and wait for the peer's (or its EOF) until the grace
+    /// period ends.
     Closing { since: u32 },
     /// Our last bytes (HTTP response or close reply) are queued; once written, we send FIN.
     Flushing { since: u32 },

@@ -44,9 +44,16 @@ impl Worker {
         }
     }
 
-    /// Server-initiated close (protocol error, shutdown): send our close frame and wait for
-    /// the peer's, within the grace period.
+    /// Fail the connection (RFC 6455 7.1.7) for a peer's protocol error: send our close
+    /// frame with the error's code, then close TCP ourselves without waiting for a reply.
     pub(super) fn fail(&mut self, key: usize, code: u16, reason: &str) {
+        self.reply_and_close(key, frame::close_frame(code, reason));
+    }
+
+    /// A clean server-initiated close (shutdown): send our close frame and wait for the
+    /// peer's reply, within the grace period, so browsers see a clean `onclose`.
+    fn go_away(&mut self, key: usize) {
+        let (code, reason) = GOING_AWAY;
         self.leave_topic(key, Phase::Closing { since: self.tick });
         self.queue_output(key, frame::close_frame(code, reason), 0);
     }
@@ -145,10 +152,7 @@ impl Worker {
         for key in keys {
             match self.conns[key].phase {
                 Phase::Handshake { .. } => self.hang_up(key),
-                Phase::Open { .. } => {
-                    let (code, reason) = GOING_AWAY;
-                    self.fail(key, code, reason);
-                }
+                Phase::Open { .. } => self.go_away(key),
                 _ => {}
             }
         }
