@@ -21,13 +21,13 @@ enum Expired {
 }
 
 impl Worker {
-    /// Drop the connection now: leave its topic, deregister and close the socket.
+    /// Drop the connection now: leave its topic and close the socket (closing the last
+    /// descriptor of a socket removes it from epoll, so no separate deregister call).
     pub(super) fn hang_up(&mut self, key: usize) {
         if !self.conns.contains(key) {
             return;
         }
-        let mut conn = self.conns.remove(key);
-        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let conn = self.conns.remove(key);
         if let Phase::Open { topic, slot, .. } = &conn.phase {
             self.unsubscribe(topic, *slot);
         }
