@@ -8,7 +8,7 @@ use super::{Doom, Worker, READS_PER_EVENT};
 use crate::bus::{Origin, Publication};
 use crate::conn::{Inbound, OutChunk, Phase};
 use crate::frame::{self, Event};
-use crate::http::{self, Request};
+use crate::http::{self, Head, Request};
 use crate::topic::TopicName;
 
 impl Worker {
@@ -19,7 +19,7 @@ impl Worker {
                 return;
             };
             match conn.socket.read(&mut self.scratch) {
-                Ok(0) => return self.hang_up(key),
+                Ok(0) => return self.on_eof(key),
                 Ok(n) => {
                     conn.last_heard = self.tick;
                     if !self.on_bytes(key, n) {
@@ -47,8 +47,17 @@ impl Worker {
         }
     }
 
-    /// Route `n` fresh bytes in `scratch` by phase. Returns false when the connection stops
-    /// reading (closed or closing).
+    /// The peer closed its side. Whatever we still owed it (the reply to its close) gets one
+    /// last write attempt; then the connection is gone.
+    fn on_eof(&mut self, key: usize) {
+        if matches!(self.conns[key].phase, Phase::Flushing { .. }) {
+            self.write_queued(key);
+        }
+        self.hang_up(key);
+    }
+
+    /// Route `n` fresh bytes in `scratch` by phase. Returns false when the connection is gone
+    /// (or, for a handshake, waits for its response to be written).
     fn on_bytes(&mut self, key: usize, n: usize) -> bool {
         match self.conns[key].phase {
             Phase::Handshake { .. } => self.on_request_bytes(key, n),
@@ -58,37 +67,41 @@ impl Worker {
     }
 
     /// Bytes of the HTTP request head. A complete head is answered or upgraded; frames the
-    /// client sent right behind it are kept and parsed at once.
+    /// client sent right behind it are kept and parsed at once. Anything after a plain
+    /// HTTP request is discarded: the connection closes after the response.
     fn on_request_bytes(&mut self, key: usize, n: usize) -> bool {
         let mut inbound = self.borrow_inbound(key);
         inbound.pending.extend_from_slice(&self.scratch[..n]);
         let parsed = http::parse_head(&inbound.pending);
+        match &parsed {
+            Ok(Some(head)) if matches!(head.request, Request::Upgrade { .. }) => {
+                inbound.pending.drain(..head.len);
+            }
+            Ok(None) => {}
+            _ => inbound.pending.clear(),
+        }
+        let has_frames = !inbound.pending.is_empty();
+        self.return_inbound(key, inbound);
         match parsed {
-            Ok(None) => {
-                self.return_inbound(key, inbound);
+            Ok(None) => true,
+            Ok(Some(Head {
+                request: Request::Upgrade { topic, accept },
+                ..
+            })) => {
+                self.open(key, &topic, &accept);
+                !has_frames || self.on_frame_bytes(key, 0)
+            }
+            Ok(Some(Head {
+                request: Request::Health,
+                ..
+            })) => {
+                self.reply_and_close(key, http::health_response());
                 true
             }
             Err(e) => {
-                inbound.pending.clear();
-                self.return_inbound(key, inbound);
                 self.counters.rejected += 1;
                 self.reply_and_close(key, e.response());
-                false
-            }
-            Ok(Some(head)) => {
-                inbound.pending.drain(..head.len);
-                let has_frames = !inbound.pending.is_empty();
-                self.return_inbound(key, inbound);
-                match head.request {
-                    Request::Health => {
-                        self.reply_and_close(key, http::health_response());
-                        false
-                    }
-                    Request::Upgrade { topic, accept } => {
-                        self.open(key, &topic, &accept);
-                        !has_frames || self.on_frame_bytes(key, 0)
-                    }
-                }
+                true
             }
         }
     }
@@ -128,30 +141,31 @@ impl Worker {
             }
         };
         self.return_inbound(key, inbound);
-        let mut reading = self.on_frame_events(key, &mut events);
+        self.on_frame_events(key, &mut events);
         self.frame_events = events;
         if let Err(e) = result {
-            if reading {
-                self.fail(key, e.close_code(), e.reason());
-            } else {
-                self.hang_up(key);
+            match self.conns.get(key).map(|c| &c.phase) {
+                Some(Phase::Open { .. }) => self.fail(key, e.close_code(), e.reason()),
+                Some(_) => self.hang_up(key), // garbage while closing: no more courtesy
+                None => {}
             }
-            reading = false;
         }
-        reading
+        // Keep reading until the socket is empty, whatever the phase: with edge-triggered
+        // readiness an unread close frame or EOF would otherwise wait for the grace timeout.
+        self.conns.contains(key)
     }
 
     /// Act on decoded frames in order. While closing, only the peer's close matters.
-    fn on_frame_events(&mut self, key: usize, events: &mut Vec<Event>) -> bool {
+    fn on_frame_events(&mut self, key: usize, events: &mut Vec<Event>) {
         for event in events.drain(..) {
             let Some(conn) = self.conns.get(key) else {
-                return false;
+                return;
             };
             let topic = match &conn.phase {
                 Phase::Open { topic, .. } => topic.clone(),
                 Phase::Closing { .. } if matches!(event, Event::Close(_)) => {
                     self.hang_up(key); // close handshake complete: we close TCP first
-                    return false;
+                    return;
                 }
                 _ => continue,
             };
@@ -172,14 +186,10 @@ impl Worker {
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
                     self.reply_and_close(key, reply);
-                    return false;
+                    return;
                 }
             }
         }
-        matches!(
-            self.conns.get(key).map(|c| &c.phase),
-            Some(Phase::Open { .. })
-        )
     }
 
     /// Take the connection's partial-input state, or lend it the worker's empty one.

@@ -244,7 +244,7 @@ impl Worker {
         }
     }
 
-    fn write_queued(&mut self, key: usize) {
+    pub(super) fn write_queued(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
