@@ -1,6 +1,7 @@
 //! Command-line configuration: every knob the server has, with its default and why.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -17,6 +18,22 @@ pub struct Config {
     /// Address to listen on for ws:// (port 0 picks a free port; the real one is printed).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
+
+    /// Address for wss:// beside the ws:// one (needs --tls-cert and --tls-key).
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
+
+    /// PEM certificate chain for wss://. Without --listen-tls, --listen serves wss:// instead.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for the certificate.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve this directory's files to plain GET requests instead of the embedded demo page.
+    #[arg(long = "static", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
 
     /// Number of worker threads (default: one per core in --cores, or per available core).
     #[arg(long)]
@@ -74,8 +91,28 @@ impl Config {
             .max(self.max_message.saturating_add(MAX_FRAME_HEADER))
     }
 
+    /// The listening endpoints: each address and whether it speaks TLS.
+    pub fn endpoints(&self) -> Vec<(SocketAddr, bool)> {
+        match (self.listen_tls, self.tls_cert.is_some()) {
+            (None, true) => vec![(self.listen, true)],
+            (Some(tls), _) => vec![(self.listen, false), (tls, true)],
+            (None, false) => vec![(self.listen, false)],
+        }
+    }
+
     /// Cross-field checks clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(dir) = &self.static_dir {
+            if !dir.is_dir() {
+                return Err(format!(
+                    "--static {}: not a readable directory",
+                    dir.display()
+                ));
+            }
+        }
+        if self.listen_tls.is_some() && self.tls_cert.is_none() {
+            return Err("--listen-tls needs --tls-cert FILE and --tls-key FILE".into());
+        }
         if self.threads == Some(0) {
             return Err("--threads must be at least 1".into());
         }

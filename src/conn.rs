@@ -2,13 +2,15 @@
 //! Sized for the idle case: no read or write buffer lives here unless bytes are pending.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 
 use crate::frame::Assembly;
+use crate::tls;
 use crate::topic::TopicName;
 
 /// Where a connection is in its life. Every transition happens in `worker`, one place each.
@@ -89,7 +91,7 @@ impl OutQueue {
     /// writable event will resume it.
     pub fn write_to(
         &mut self,
-        socket: &mut TcpStream,
+        socket: &mut impl Write,
         mut on_done: impl FnMut(&OutChunk),
     ) -> io::Result<Written> {
         let mut written = Written::default();
@@ -157,6 +159,31 @@ pub struct Conn {
     pub inbound: Option<Box<Inbound>>,
     /// Already listed in the worker's to-flush list this turn.
     pub queued_for_flush: bool,
+    /// The TLS session of a `wss://` connection; `None` for plain ones.
+    pub tls: Option<Box<ServerConnection>>,
+}
+
+/// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
+pub struct Output<'a> {
+    socket: &'a mut TcpStream,
+    tls: Option<&'a mut ServerConnection>,
+}
+
+impl Write for Output<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.socket.write_vectored(bufs),
+            Some(tls) => tls::write_vectored(tls, self.socket, bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Partial input carried between reads.
@@ -174,7 +201,7 @@ impl Inbound {
 }
 
 impl Conn {
-    pub fn new(socket: TcpStream, id: u64, now: u32) -> Self {
+    pub fn new(socket: TcpStream, id: u64, now: u32, tls: Option<Box<ServerConnection>>) -> Self {
         Conn {
             socket,
             id,
@@ -183,7 +210,55 @@ impl Conn {
             out: OutQueue::default(),
             inbound: None,
             queued_for_flush: false,
+            tls,
         }
+    }
+
+    /// Read plaintext (decrypting first on a `wss://` connection). `Ok(0)` is end of stream.
+    pub fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.socket.read(buf),
+            Some(tls) => tls::read(tls, &mut self.socket, buf),
+        }
+    }
+
+    /// The output queue and the writer it drains into, borrowed together.
+    pub fn queue_and_output(&mut self) -> (&mut OutQueue, Output<'_>) {
+        let output = Output {
+            socket: &mut self.socket,
+            tls: self.tls.as_deref_mut(),
+        };
+        (&mut self.out, output)
+    }
+
+    /// A writer for output that bypasses the queue (the fan-out's direct write).
+    pub fn output(&mut self) -> Output<'_> {
+        Output {
+            socket: &mut self.socket,
+            tls: self.tls.as_deref_mut(),
+        }
+    }
+
+    /// Write TLS records the session still holds; true when none are left (always for plain).
+    pub fn flush_tls(&mut self) -> io::Result<bool> {
+        match &mut self.tls {
+            None => Ok(true),
+            Some(tls) => tls::flush(tls, &mut self.socket),
+        }
+    }
+
+    /// Bytes still owed to the peer: queued output, or TLS records not yet written.
+    pub fn output_pending(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// End our side of the stream: TLS close_notify (best effort), then FIN.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            tls.send_close_notify();
+            let _ = tls::flush(tls, &mut self.socket);
+        }
+        self.socket.shutdown(std::net::Shutdown::Write)
     }
 
     /// The topic this connection receives, while it is open.

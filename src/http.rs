@@ -4,6 +4,7 @@
 use tungstenite::handshake::derive_accept_key;
 
 use crate::topic::{self, TopicError};
+use crate::web;
 
 /// Largest request head accepted. Browsers send well under 2 KiB; more is abuse (431).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -18,6 +19,8 @@ pub enum Request {
     Upgrade { topic: String, accept: String },
     /// `GET /health`: liveness probe.
     Health,
+    /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
+    Page { target: String },
 }
 
 /// A complete head: what it asks for and how many bytes it took (frames may follow it).
@@ -90,6 +93,30 @@ pub fn health_response() -> Vec<u8> {
     plain_response(200, "OK", "Cache-Control: no-store\r\n", "ok")
 }
 
+/// The answer to a plain `GET` of `target`: the demo page (or a file under `static_dir`);
+/// otherwise 426 for a topic path (it is a WebSocket endpoint) and 404 for anything else.
+pub fn page_response(
+    target: &str,
+    static_dir: Option<&std::path::Path>,
+) -> Result<Vec<u8>, HttpError> {
+    match web::lookup(target, static_dir) {
+        web::Page::Found { content_type, body } => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            Ok(out)
+        }
+        web::Page::NotFound if topic::topic_from_target(target).is_ok() => {
+            Err(HttpError::UpgradeRequired)
+        }
+        web::Page::NotFound => Err(HttpError::NotFound),
+    }
+}
+
 /// The `101 Switching Protocols` answer that opens the WebSocket.
 pub fn upgrade_response(accept: &str) -> Vec<u8> {
     format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
@@ -134,8 +161,9 @@ fn route(req: &httparse::Request) -> Result<Request, HttpError> {
     let Some(upgrade) = header("upgrade") else {
         return match path {
             "/health" => Ok(Request::Health),
-            _ if topic::topic_from_target(target).is_ok() => Err(HttpError::UpgradeRequired),
-            _ => Err(HttpError::NotFound),
+            _ => Ok(Request::Page {
+                target: target.to_owned(),
+            }),
         };
     };
     if !has_token(upgrade, "websocket") {
@@ -226,8 +254,12 @@ mod tests {
             400
         );
         assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
-        assert_eq!(status("GET /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 426);
-        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), 404);
+        let page = |target: &str| page_response(target, None).map_err(|e| e.status().0);
+        assert_eq!(page("/chat").unwrap_err(), 426);
+        assert_eq!(page("/no%20such").unwrap_err(), 404);
+        assert!(page("/")
+            .unwrap()
+            .starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/html"));
         assert_eq!(status("GARBAGE\r\n\r\n"), 400);
         let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status(&huge), 431);

@@ -13,5 +13,7 @@ pub mod http;
 pub mod os;
 pub mod server;
 pub mod stats;
+pub mod tls;
 pub mod topic;
+pub mod web;
 mod worker;

@@ -17,7 +17,8 @@ use crate::bus::{Bus, PeerLink, INBOX_CAPACITY};
 use crate::config::Config;
 use crate::os;
 use crate::stats::{self, Counters, SharedCounters};
-use crate::worker::{Worker, WorkerParts, WorkerReport, WAKER};
+use crate::tls;
+use crate::worker::{Listener, Worker, WorkerParts, WorkerReport, WAKER};
 
 /// A started server: its address and the handles the control loop needs.
 pub struct Server {
@@ -41,6 +42,8 @@ pub enum StartError {
     Worker { index: usize, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
 }
 
 impl Server {
@@ -53,13 +56,32 @@ impl Server {
             config.threads,
         );
         let count = cores.len();
-        let (addr, listeners) =
-            os::bind_listeners(config.listen, count).map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-
-        println!("listening on ws://{addr}");
+        let tls_config = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
+            _ => None,
+        };
+        // Per worker, its listeners: one per endpoint, all bound before anything is printed.
+        let mut listeners: Vec<Vec<Listener>> = (0..count).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for (want, is_tls) in config.endpoints() {
+            let (addr, sockets) = os::bind_listeners(want, count)
+                .map_err(|source| StartError::Bind { addr: want, source })?;
+            let tls = if is_tls { tls_config.clone() } else { None };
+            for (mine, socket) in listeners.iter_mut().zip(sockets) {
+                mine.push(Listener {
+                    socket,
+                    tls: tls.clone(),
+                });
+            }
+            bound.push((addr, is_tls));
+        }
+        for (addr, is_tls) in &bound {
+            println!(
+                "listening on {}://{addr}",
+                if *is_tls { "wss" } else { "ws" }
+            );
+        }
+        let addr = bound[0].0;
         let core_names: Vec<String> = cores
             .iter()
             .map(|c| c.map_or_else(|| "-".to_string(), |c| c.id.to_string()))
@@ -93,7 +115,7 @@ impl Server {
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
 
         let mut workers = Vec::with_capacity(count);
-        for (index, ((poll, listener), inbox)) in
+        for (index, ((poll, listeners), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
         {
             let peers = links
@@ -106,7 +128,7 @@ impl Server {
             let parts = WorkerParts {
                 index,
                 poll,
-                listener,
+                listeners,
                 bus: Bus::new(index, peers, inbox),
                 config: config.clone(),
                 shared: shared[index].clone(),

@@ -197,13 +197,13 @@ fn plain_get_of_a_topic_is_426() {
 }
 
 #[test]
-fn plain_get_of_root_or_invalid_path_is_404() {
+fn plain_get_of_an_invalid_path_is_404() {
     let server = Server::start(&[]);
     expect_status_for_each(
         server.addr,
         404,
         &[
-            ("GET /", plain_get("/")),
+            ("GET /@page", plain_get("/@page")),
             ("GET /bang!", plain_get("/bang!")),
             ("GET /%41", plain_get("/%41")),
         ],

@@ -1,7 +1,7 @@
 //! Bytes in: reading sockets into the worker's one scratch buffer, the HTTP upgrade, and
 //! client frames. A connection keeps bytes only while a request head or frame is incomplete.
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 
 use super::{Doom, Worker, READS_PER_EVENT};
@@ -18,7 +18,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            match conn.socket.read(&mut self.scratch) {
+            match conn.read_plain(&mut self.scratch) {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => {
                     conn.last_heard = self.tick;
@@ -96,6 +96,15 @@ impl Worker {
                 ..
             })) => {
                 self.reply_and_close(key, http::health_response());
+                true
+            }
+            Ok(Some(Head {
+                request: Request::Page { target },
+                ..
+            })) => {
+                let response = http::page_response(&target, self.config.static_dir.as_deref())
+                    .unwrap_or_else(|e| e.response());
+                self.reply_and_close(key, response);
                 true
             }
             Err(e) => {

@@ -1,8 +1,6 @@
 //! How connections end, and the timers that end them: every transition out of `Open` and
 //! every deadline lives here.
 
-use std::net::Shutdown;
-
 use super::{Worker, CLOSE_GRACE};
 use crate::conn::Phase;
 use crate::frame;
@@ -80,7 +78,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.socket.shutdown(Shutdown::Write).is_err() {
+        if conn.shutdown_write().is_err() {
             return self.hang_up(key);
         }
         conn.phase = Phase::Lingering { since: self.tick };
@@ -145,8 +143,8 @@ impl Worker {
     /// connection; the loop then runs until they are gone or the drain deadline passes.
     pub(super) fn begin_drain(&mut self) {
         self.drain_deadline = Some(self.now + self.config.drain_timeout);
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listener in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {

@@ -24,11 +24,20 @@ use crate::fanout::{Staged, Topics};
 use crate::frame;
 use crate::os;
 use crate::stats::{self, Counters, SharedCounters};
+use crate::tls;
 
-/// Token of the worker's listener; connection tokens are slab keys, far below these.
-const LISTENER: Token = Token(usize::MAX - 1);
 /// Token of the waker other workers (and the control thread) use to get our attention.
 pub const WAKER: Token = Token(usize::MAX);
+/// Token of listener `i` is `LISTENERS - i`; connection tokens are slab keys, far below.
+const LISTENERS: usize = usize::MAX - 1;
+/// Most listeners a worker has (ws:// and wss://), to tell their tokens from slab keys.
+const MAX_LISTENERS: usize = 8;
+
+/// One accepting socket of this worker, and the TLS configuration if it serves `wss://`.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
 
 /// Timer granularity: handshake deadlines, keep-alive and close grace periods are checked by
 /// one sweep over the slab per tick. A sweep costs a few ns per connection, so even 100k
@@ -68,7 +77,8 @@ pub struct WorkerReport {
 pub struct Worker {
     index: usize,
     poll: Poll,
-    listener: Option<TcpListener>,
+    /// Emptied at shutdown (stop accepting).
+    listeners: Vec<Listener>,
     conns: Slab<Conn>,
     next_conn_id: u64,
     topics: Topics,
@@ -112,7 +122,7 @@ enum Doom {
 pub struct WorkerParts {
     pub index: usize,
     pub poll: Poll,
-    pub listener: TcpListener,
+    pub listeners: Vec<Listener>,
     pub bus: Bus,
     pub config: Arc<Config>,
     pub shared: Arc<SharedCounters>,
@@ -124,19 +134,24 @@ impl Worker {
         let WorkerParts {
             index,
             poll,
-            mut listener,
+            mut listeners,
             bus,
             config,
             shared,
             shutdown,
         } = parts;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        for (i, listener) in listeners.iter_mut().take(MAX_LISTENERS).enumerate() {
+            poll.registry().register(
+                &mut listener.socket,
+                Token(LISTENERS - i),
+                Interest::READABLE,
+            )?;
+        }
         let now = Instant::now();
         Ok(Worker {
             index,
             poll,
-            listener: Some(listener),
+            listeners,
             conns: Slab::with_capacity(1024),
             next_conn_id: 1,
             topics: Topics::default(),
@@ -178,8 +193,8 @@ impl Worker {
             self.now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(),
                     WAKER => {} // the inbox is drained below every turn
+                    Token(t) if t > LISTENERS - MAX_LISTENERS => self.accept_all(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(key);
@@ -233,15 +248,24 @@ impl Worker {
     /// Accept until the listener is empty (edge-triggered: a missed connection would wait for
     /// the next one to arrive), or until this turn's budget is spent (then next turn goes on).
     fn accept_all(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.accept_from(i);
+        }
+    }
+
+    fn accept_from(&mut self, i: usize) {
         if self.accept_paused_until.is_some() {
             return;
         }
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = self.listeners.get(i) else {
                 return;
             };
-            match listener.accept() {
-                Ok((socket, _)) => self.admit(socket),
+            match listener.socket.accept() {
+                Ok((socket, _)) => {
+                    let tls = listener.tls.clone();
+                    self.admit(socket, tls);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -265,9 +289,16 @@ impl Worker {
     /// Take a new socket into the slab and the poll, and read at once: a client sends its
     /// request right after connecting, so it is usually already here, and reading now saves
     /// a trip through the poll.
-    fn admit(&mut self, mut socket: TcpStream) {
+    fn admit(&mut self, mut socket: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
         // Herald coalesces its own writes per turn; Nagle would only add delay on top.
         let _ = socket.set_nodelay(true);
+        let session = match tls.as_ref().map(tls::new_session).transpose() {
+            Ok(session) => session,
+            Err(e) => {
+                eprintln!("herald: worker {}: TLS session failed: {e}", self.index);
+                return;
+            }
+        };
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let interest = Interest::READABLE | Interest::WRITABLE;
@@ -281,7 +312,7 @@ impl Worker {
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        entry.insert(Conn::new(socket, id, self.tick));
+        entry.insert(Conn::new(socket, id, self.tick, session));
         self.counters.accepted += 1;
         self.on_readable(key);
     }

@@ -176,7 +176,7 @@ impl Worker {
                         self.to_flush.push(key);
                     }
                 } else if conn.out.is_empty() {
-                    match write_once(&mut conn.socket, &corked) {
+                    match write_once(&mut conn.output(), &corked) {
                         Ok(n) if n == corked.len() => complete += 1,
                         Ok(n) => {
                             self.counters.bytes_out += n as u64;
@@ -239,7 +239,7 @@ impl Worker {
 
     /// The socket has room again: resume its queued output.
     pub(super) fn on_writable(&mut self, key: usize) {
-        if self.conns.get(key).is_some_and(|c| !c.out.is_empty()) {
+        if self.conns.get(key).is_some_and(|c| c.output_pending()) {
             self.write_queued(key);
         }
     }
@@ -251,7 +251,12 @@ impl Worker {
         let latency = &mut self.latency;
         let counters = &mut self.counters;
         let now = Instant::now();
-        let result = conn.out.write_to(&mut conn.socket, |chunk| {
+        // TLS records encrypted earlier go first: they precede anything still queued.
+        if conn.flush_tls().is_err() {
+            return self.hang_up(key);
+        }
+        let (queue, mut output) = conn.queue_and_output();
+        let result = queue.write_to(&mut output, |chunk| {
             if chunk.messages > 0 {
                 counters.frames_out += chunk.messages as u64;
                 let micros = now.saturating_duration_since(chunk.received).as_micros() as u64;
@@ -262,7 +267,7 @@ impl Worker {
             Ok(written) => {
                 self.counters.bytes_out += written.bytes as u64;
                 let conn = &self.conns[key];
-                if conn.out.is_empty() && matches!(conn.phase, Phase::Flushing { .. }) {
+                if !conn.output_pending() && matches!(conn.phase, Phase::Flushing { .. }) {
                     self.finish_flushing(key);
                 }
             }

@@ -1,0 +1,276 @@
+//! `wss://`: the same behaviour over TLS as over plain TCP, and the TLS-specific failure
+//! modes (stalled handshake, garbage, bad certificate files) contained to one connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Server, BIN};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use tungstenite::{Message, WebSocket};
+
+type TlsWs = WebSocket<StreamOwned<ClientConnection, TcpStream>>;
+
+/// A self-signed certificate for localhost/127.0.0.1, written to a fresh temp dir.
+struct Cert {
+    dir: PathBuf,
+    der: CertificateDer<'static>,
+}
+
+impl Cert {
+    fn new() -> Cert {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("generate certificate");
+        let dir = std::env::temp_dir().join(format!(
+            "herald-tls-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("cert.pem"), key.cert.pem()).expect("write cert");
+        std::fs::write(dir.join("key.pem"), key.signing_key.serialize_pem()).expect("write key");
+        Cert {
+            dir,
+            der: key.cert.der().clone(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn client_config(&self) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.der.clone())
+            .expect("trust the test certificate");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+}
+
+impl Drop for Cert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A server with a plain and a TLS listener; returns it and the TLS address.
+fn start_tls(cert: &Cert, extra: &[&str]) -> (Server, SocketAddr) {
+    let (c, k) = (cert.path("cert.pem"), cert.path("key.pem"));
+    let mut args = vec![
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &c,
+        "--tls-key",
+        &k,
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Server::start(&args);
+    let line = server
+        .wait_prefix("listening on wss://", Duration::from_secs(10))
+        .expect("a `listening on wss://` line");
+    let addr = line
+        .trim_start_matches("listening on wss://")
+        .parse()
+        .expect("wss address");
+    (server, addr)
+}
+
+fn tls_stream(cert: &Cert, addr: SocketAddr) -> StreamOwned<ClientConnection, TcpStream> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn = ClientConnection::new(cert.client_config(), name).expect("client connection");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    StreamOwned::new(conn, tcp)
+}
+
+fn connect_wss(cert: &Cert, addr: SocketAddr, topic: &str) -> TlsWs {
+    let url = format!("wss://localhost:{}/{topic}", addr.port());
+    let (ws, response) =
+        tungstenite::client::client(url, tls_stream(cert, addr)).expect("wss upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn recv(ws: &mut TlsWs) -> Message {
+    loop {
+        match ws.read().expect("read a message") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn tls_clients_get_the_same_fanout_as_plain_ones() {
+    let cert = Cert::new();
+    let (server, tls_addr) = start_tls(&cert, &["--threads", "1"]);
+    let mut plain = common::connect(server.addr, "mixed");
+    common::sync(&mut plain, "plain-ready");
+    // One worker: this subscription is in place before anything below is published.
+    let mut secure = connect_wss(&cert, tls_addr, "mixed");
+
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    secure.send(Message::text("over tls")).expect("send text");
+    secure
+        .send(Message::binary(big.clone()))
+        .expect("send binary");
+    for ws_msg in [recv(&mut secure), common::recv_data(&mut plain)] {
+        assert_eq!(ws_msg, Message::text("over tls"));
+    }
+    assert_eq!(
+        recv(&mut secure),
+        Message::binary(big.clone()),
+        "large binary echo over TLS"
+    );
+    assert_eq!(
+        common::recv_data(&mut plain),
+        Message::binary(big),
+        "TLS → plain"
+    );
+
+    common::send(&mut plain, Message::binary(vec![1, 2, 3]));
+    assert_eq!(
+        recv(&mut secure),
+        Message::binary(vec![1, 2, 3]),
+        "plain → TLS"
+    );
+
+    secure.close(None).expect("close");
+    loop {
+        match secure.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("clean close expected, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn plain_http_is_served_over_tls_too() {
+    let cert = Cert::new();
+    let (_server, tls_addr) = start_tls(&cert, &[]);
+    for (path, want) in [("/health", "200 OK"), ("/", "200 OK"), ("/chat", "426")] {
+        let mut stream = tls_stream(&cert, tls_addr);
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut response = Vec::new();
+        // The server closes after the response (with close_notify).
+        let _ = stream.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response);
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {want}")),
+            "{path}: {text:.200}"
+        );
+    }
+}
+
+#[test]
+fn a_client_stalled_mid_tls_handshake_is_dropped_at_the_timeout() {
+    let cert = Cert::new();
+    let (_server, tls_addr) = start_tls(&cert, &["--handshake-timeout", "1s"]);
+    let mut stalled = TcpStream::connect(tls_addr).expect("connect");
+    // The first bytes of a TLS record header, then nothing.
+    stalled
+        .write_all(&[0x16, 0x03, 0x01])
+        .expect("partial hello");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let outcome = stalled.read(&mut buf);
+    assert!(
+        matches!(outcome, Ok(0))
+            || outcome
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the server to hang up, got {outcome:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "dropped only after {:?}",
+        started.elapsed()
+    );
+    // The listener still works.
+    let mut ws = connect_wss(&cert, tls_addr, "after-stall");
+    ws.send(Message::text("alive")).expect("send");
+    assert_eq!(recv(&mut ws), Message::text("alive"));
+}
+
+#[test]
+fn garbage_on_the_tls_port_closes_only_that_connection() {
+    let cert = Cert::new();
+    let (_server, tls_addr) = start_tls(&cert, &[]);
+    let mut good = connect_wss(&cert, tls_addr, "garbage");
+    let mut bad = TcpStream::connect(tls_addr).expect("connect");
+    bad.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n this is not TLS at all")
+        .expect("garbage");
+    let mut rest = Vec::new();
+    let outcome = bad.read_to_end(&mut rest);
+    assert!(
+        outcome.is_ok() || outcome.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+    );
+    assert!(
+        !rest.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP must not be answered on the TLS port"
+    );
+    good.send(Message::text("still here")).expect("send");
+    assert_eq!(recv(&mut good), Message::text("still here"));
+}
+
+#[test]
+fn bad_certificate_or_key_files_are_clear_startup_errors() {
+    let cert = Cert::new();
+    let cases = [
+        (
+            cert.path("missing.pem"),
+            cert.path("key.pem"),
+            "cannot read TLS certificate",
+        ),
+        (
+            cert.path("cert.pem"),
+            cert.path("cert.pem"),
+            "cannot read TLS key",
+        ),
+        (
+            cert.path("key.pem"),
+            cert.path("key.pem"),
+            "cannot read TLS certificate",
+        ),
+    ];
+    for (c, k, want) in cases {
+        let output = Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--listen-tls",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &c,
+                "--tls-key",
+                &k,
+            ])
+            .output()
+            .expect("run herald");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{c} / {k}: {stderr}");
+        assert!(stderr.contains(want), "{c} / {k}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
