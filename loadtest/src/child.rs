@@ -15,6 +15,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use crate::cli::Config;
 use crate::plan::{self, Plan};
 use crate::stats::{merge_hist, new_histogram, Stats};
+use crate::tls;
 use crate::wire::{parse_go, ChildMsg};
 use crate::worker::{self, Report, Setup, Signal, WAKE};
 
@@ -47,6 +48,11 @@ pub fn run(cfg: Config, index: u32) -> i32 {
 
 fn run_workers(cfg: Config, plan: Plan, index: u32) -> Result<(), String> {
     let cfg = Arc::new(cfg);
+    let tls = if cfg.uses_tls() {
+        Some(tls::client_config(cfg.insecure)?)
+    } else {
+        None
+    };
     let signal = Arc::new(Signal::default());
     let (tx, rx) = mpsc::channel();
     let mut wakers = Vec::new();
@@ -63,6 +69,7 @@ fn run_workers(cfg: Config, plan: Plan, index: u32) -> Result<(), String> {
             poll,
             signal: signal.clone(),
             tx: tx.clone(),
+            tls: tls.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("loadtest-{index}-{local}"))

@@ -37,7 +37,7 @@ impl Mode {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "loadtest", version, about, long_about = None, args_override_self = true)]
 pub struct Args {
-    /// Target URL (ws://, loopback only); repeat to spread connections over several.
+    /// Target URL (ws:// or wss://, loopback only); repeat to spread connections over several.
     #[arg(long = "url", value_name = "URL", required = true)]
     pub urls: Vec<String>,
     /// fanout (default), echo or connect.
@@ -93,6 +93,10 @@ pub struct Args {
     /// server) instead of only those published on its own URL.
     #[arg(long)]
     pub cluster: bool,
+    /// With wss:// URLs, accept any server certificate (self-signed, expired, another name);
+    /// handshake signatures are still checked. Without it the system's trusted roots decide.
+    #[arg(long)]
+    pub insecure: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
@@ -151,6 +155,8 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// All URLs are one topic (clustered servers).
     pub cluster: bool,
+    /// Accept any TLS server certificate (`--insecure`).
+    pub insecure: bool,
     /// JSON report instead of text.
     pub json: bool,
     /// Where to write the .hgrm distribution.
@@ -277,6 +283,7 @@ impl Config {
             source_ips: a.source_ips,
             cores,
             cluster: a.cluster,
+            insecure: a.insecure,
             json: a.json,
             hgrm: a.hgrm.clone(),
             server_pid: a.server_pid,
@@ -288,6 +295,11 @@ impl Config {
     /// Index of the URL connection `g` uses.
     pub fn target_of(&self, g: u64) -> usize {
         (g % self.targets.len() as u64) as usize
+    }
+
+    /// Whether any target is `wss://`, so a TLS client configuration is needed.
+    pub fn uses_tls(&self) -> bool {
+        self.targets.iter().any(|t| t.tls)
     }
 
     /// Whether connection `g` counts deliveries.
@@ -380,6 +392,14 @@ mod tests {
         assert!(cfg(&["--url", "ws://192.168.1.1/"]).is_err());
         assert!(cfg(&["--connections", "5"]).is_err(), "--url is required");
         assert!(cfg(&["--url", "ws://[::1]:9/", "--source-ips", "2"]).is_err());
+    }
+
+    #[test]
+    fn wss_and_insecure() {
+        let c = cfg(&["--url", "wss://127.0.0.1:9443/t", "--insecure"]).expect("valid");
+        assert!(c.uses_tls() && c.insecure);
+        let c = cfg(&["--url", "ws://127.0.0.1:9000/t"]).expect("valid");
+        assert!(!c.uses_tls() && !c.insecure);
     }
 
     #[test]

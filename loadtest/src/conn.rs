@@ -7,7 +7,6 @@
 use std::io::{self, Read, Write};
 
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 
 use crate::cli::{Config, Mode};
 use crate::clock::now_ns;
@@ -18,6 +17,7 @@ use crate::payload;
 use crate::schedule::{due_ns, Window};
 use crate::stats::Stats;
 use crate::tracker::{Seen, Tracker};
+use crate::transport::Transport;
 
 /// Full-buffer reads per readiness event before yielding to other connections.
 const READ_BUDGET: usize = 32;
@@ -29,7 +29,7 @@ pub const MAX_BACKLOG: usize = 8 << 20;
 pub enum State {
     /// TCP connect in progress.
     Connecting,
-    /// Upgrade request sent, waiting for the 101.
+    /// Upgrade request sent (after the TLS handshake for `wss://`), waiting for the 101.
     Upgrading,
     /// WebSocket open.
     Open,
@@ -91,8 +91,8 @@ pub struct Conn {
     pub g: u64,
     /// Index of its URL.
     pub target: usize,
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, with TLS on top for `wss://`.
+    pub stream: Transport,
     /// Life-cycle state.
     pub state: State,
     /// When the connect attempt started.
@@ -118,7 +118,7 @@ pub struct Conn {
 impl Conn {
     /// A connection whose TCP connect has been started; `request` is the upgrade to send and
     /// `accept` the answer it expects.
-    pub fn new(g: u64, cfg: &Config, stream: TcpStream, request: Vec<u8>, accept: String) -> Conn {
+    pub fn new(g: u64, cfg: &Config, stream: Transport, request: Vec<u8>, accept: String) -> Conn {
         let receiver = cfg.is_receiver(g);
         let trackers = match (receiver, cfg.mode) {
             (true, Mode::Fanout) => vec![Tracker::default(); cfg.publishers as usize],
@@ -153,6 +153,20 @@ impl Conn {
         self.out.len() - self.out_pos
     }
 
+    /// Whether anything waits for the socket: queued frames, or TLS records.
+    fn has_output(&self) -> bool {
+        self.backlog() > 0 || self.stream.pending()
+    }
+
+    /// Stage name for errors before the 101: the TLS handshake comes first on `wss://`.
+    fn upgrade_stage(&self) -> &'static str {
+        if self.stream.is_handshaking() {
+            "tls_handshake"
+        } else {
+            "upgrade"
+        }
+    }
+
     /// Whether this connection has seen publisher `p`'s stream up to local sequence `s`.
     pub fn reached(&self, p: u64, s: u64) -> bool {
         let idx = if self.trackers.len() == 1 {
@@ -172,17 +186,18 @@ impl Conn {
     ) -> Result<Step, String> {
         match self.state {
             State::Connecting => {
-                match self.stream.take_error() {
+                match self.stream.socket().take_error() {
                     Ok(None) => {}
                     Ok(Some(e)) | Err(e) => return Err(io_kind("connect", &e)),
                 }
-                match self.stream.peer_addr() {
+                match self.stream.socket().peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Step::Idle),
                     Err(e) => return Err(io_kind("connect", &e)),
                 }
                 self.state = State::Upgrading;
-                self.flush().map_err(|e| io_kind("upgrade", &e))?;
+                self.flush()
+                    .map_err(|e| io_kind(self.upgrade_stage(), &e))?;
                 if readable {
                     return self.read_upgrade(ctx);
                 }
@@ -190,7 +205,8 @@ impl Conn {
             }
             State::Upgrading => {
                 if writable {
-                    self.flush().map_err(|e| io_kind("upgrade", &e))?;
+                    self.flush()
+                        .map_err(|e| io_kind(self.upgrade_stage(), &e))?;
                 }
                 if readable {
                     return self.read_upgrade(ctx);
@@ -198,7 +214,7 @@ impl Conn {
                 Ok(Step::Idle)
             }
             State::Open | State::Closing => {
-                if writable && self.backlog() > 0 {
+                if writable && self.has_output() {
                     self.flush().map_err(|e| io_kind("io", &e))?;
                 }
                 if readable {
@@ -215,11 +231,11 @@ impl Conn {
         // Bounded: the response may not exceed MAX_RESPONSE, checked by parse_response.
         loop {
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Err("upgrade_eof".into()),
+                Ok(0) => return Err(format!("{}_eof", self.upgrade_stage())),
                 Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Step::Idle),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_kind("upgrade", &e)),
+                Err(e) => return Err(io_kind(self.upgrade_stage(), &e)),
             }
             let accept = self.accept.as_deref().unwrap_or("");
             match handshake::parse_response(&self.inbuf, accept) {
@@ -300,6 +316,7 @@ impl Conn {
             let now = now_ns();
             let (used, closed) = self.process(ctx, &mut buf[..filled], now)?;
             if closed {
+                self.stream.close_notify();
                 return Ok(Step::Closed);
             }
             buf.copy_within(used..filled, 0);
@@ -311,7 +328,7 @@ impl Conn {
             }
         }
         self.inbuf.extend_from_slice(&buf[..filled]);
-        if self.backlog() > 0 {
+        if self.has_output() {
             self.flush().map_err(|e| io_kind("io", &e))?;
         }
         Ok(step)
@@ -475,7 +492,8 @@ impl Conn {
         self.flush().is_ok()
     }
 
-    /// Writes pending output until done or the socket is full.
+    /// Writes pending output until done or the socket is full (on `wss://`, until rustls has
+    /// taken it all and its records are written or the socket is full).
     pub fn flush(&mut self) -> io::Result<()> {
         // Bounded: each iteration writes at least one byte or returns.
         while self.out_pos < self.out.len() {
@@ -498,6 +516,6 @@ impl Conn {
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(4096);
         }
-        Ok(())
+        self.stream.flush_pending()
     }
 }

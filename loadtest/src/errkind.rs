@@ -2,7 +2,9 @@
 //!
 //! Kinds are short snake_case names prefixed by the stage that failed, e.g.
 //! `connect_refused`, `upgrade_reset`, `io_broken_pipe`, so a report says both what went wrong
-//! and when.
+//! and when. TLS failures are `tls_*`: `tls_cert` (certificate rejected), `tls_handshake` (any
+//! other handshake failure), `tls_handshake_eof` / `_reset` / `_timeout` (the server went away
+//! or stalled mid-handshake) and `tls_protocol` (after the handshake).
 
 use std::io;
 
@@ -33,8 +35,12 @@ pub fn io_name(e: &io::Error) -> String {
     }
 }
 
-/// `stage_name` for an I/O error in `stage` (`connect`, `upgrade` or `io`).
+/// `stage_name` for an I/O error in `stage` (`connect`, `tls_handshake`, `upgrade` or `io`);
+/// a TLS failure has its own name whatever the stage (`tls_cert`, `tls_handshake`, ...).
 pub fn io_kind(stage: &str, e: &io::Error) -> String {
+    if let Some(kind) = crate::tls::failure_kind(e) {
+        return kind.to_string();
+    }
     format!("{stage}_{}", io_name(e))
 }
 

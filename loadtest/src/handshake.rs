@@ -1,11 +1,15 @@
-//! The client side of the HTTP/1.1 upgrade (RFC 6455 §4), plus a blocking preflight probe.
+//! The client side of the HTTP/1.1 upgrade (RFC 6455 §4), plus a blocking preflight probe
+//! (which does the TLS handshake first for `wss://`).
 //!
 //! The request is a fixed GET written by hand; the response is parsed with `httparse` and the
 //! `Sec-WebSocket-Accept` value checked with tungstenite's `derive_accept_key`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
 
 use tungstenite::handshake::client::generate_key;
 use tungstenite::handshake::derive_accept_key;
@@ -94,11 +98,17 @@ pub fn parse_response(buf: &[u8], accept: &str) -> Result<Option<usize>, Upgrade
     Ok(Some(n))
 }
 
-/// Connects once to `target` with blocking I/O and completes an upgrade, so that an unreachable
-/// server or a refused upgrade is reported plainly before any load is generated.
-pub fn preflight(target: &Target, timeout: Duration) -> Result<(), String> {
+/// Connects once to `target` with blocking I/O and completes an upgrade (after the TLS
+/// handshake for `wss://`, with `tls` as the client configuration), so that an unreachable
+/// server, a rejected certificate or a refused upgrade is reported plainly before any load is
+/// generated.
+pub fn preflight(
+    target: &Target,
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<(), String> {
     let url = &target.url;
-    let mut s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| {
+    let s = TcpStream::connect_timeout(&target.addr, timeout).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
             " (is the server running and listening there?)"
         } else {
@@ -109,6 +119,23 @@ pub fn preflight(target: &Target, timeout: Duration) -> Result<(), String> {
     let io_err = |e: std::io::Error| format!("{url}: upgrade failed: {e}");
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    match tls {
+        Some(config) if target.tls => {
+            let mut stream = crate::tls::blocking_handshake(config, &target.host, s)
+                .map_err(|e| format!("{url}: {e}"))?;
+            upgrade(target, &mut stream, timeout)
+        }
+        _ => {
+            let mut s = s;
+            upgrade(target, &mut s, timeout)
+        }
+    }
+}
+
+/// The blocking upgrade of [`preflight`] over an established stream.
+fn upgrade<S: Read + Write>(target: &Target, s: &mut S, timeout: Duration) -> Result<(), String> {
+    let url = &target.url;
+    let io_err = |e: std::io::Error| format!("{url}: upgrade failed: {e}");
     let (req, accept) = request(target, &target.path);
     s.write_all(&req).map_err(io_err)?;
     let deadline = Instant::now() + timeout;
@@ -116,7 +143,12 @@ pub fn preflight(target: &Target, timeout: Duration) -> Result<(), String> {
     let mut chunk = [0u8; 1024];
     // Bounded: each read either grows the buffer toward MAX_RESPONSE or ends the loop.
     while Instant::now() < deadline {
-        let n = s.read(&mut chunk).map_err(io_err)?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            // TLS without close_notify: the same as a plain close here.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(io_err(e)),
+        };
         if n == 0 {
             return Err(format!(
                 "{url}: the server closed the connection during the upgrade"
@@ -128,7 +160,7 @@ pub fn preflight(target: &Target, timeout: Duration) -> Result<(), String> {
                 // Close politely: a masked close frame with code 1000.
                 let mut close = Vec::new();
                 crate::frame::push_frame(&mut close, crate::frame::OP_CLOSE, &[3, 232], [9; 4]);
-                let _ = s.write_all(&close);
+                let _ = s.write_all(&close).and_then(|_| s.flush());
                 return Ok(());
             }
             Ok(None) => continue,

@@ -1,5 +1,6 @@
 //! `loadtest`: a load generator for WebSocket fan-out servers speaking the path-topic protocol
-//! (the URL path is the topic; every message goes to every connection on that path).
+//! (the URL path is the topic; every message goes to every connection on that path), over
+//! `ws://` or `wss://` (rustls, driven inside the same event loops).
 //!
 //! The parent process plans the run, re-executes itself as worker processes (`--child N`) to get
 //! past the per-process open-file limit, and merges their results; each worker process runs
@@ -21,7 +22,9 @@ mod report;
 mod schedule;
 mod stats;
 mod target;
+mod tls;
 mod tracker;
+mod transport;
 mod wire;
 mod worker;
 

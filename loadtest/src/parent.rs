@@ -62,10 +62,15 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
         }
     }
     let probe = Duration::from_nanos(cfg.connect_timeout_ns.min(5 * NS_PER_SEC));
+    let tls = if cfg.uses_tls() {
+        Some(crate::tls::client_config(cfg.insecure)?)
+    } else {
+        None
+    };
     let mut probed = std::collections::HashSet::new();
     for t in &cfg.targets {
         if probed.insert(t.url.clone()) {
-            preflight(t, probe)?;
+            preflight(t, probe, tls.as_ref())?;
         }
     }
     let (tx, rx) = mpsc::channel();

@@ -154,6 +154,7 @@ impl Run<'_> {
         json!({
             "mode": cfg.mode.name(),
             "urls": cfg.targets.iter().map(|t| t.url.clone()).collect::<Vec<_>>(),
+            "tls": tls_mode(cfg),
             "connections": t.connections,
             "connections_attempted": st.attempted,
             "subscribers": st.receivers.iter().sum::<u64>(),
@@ -216,7 +217,12 @@ impl Run<'_> {
         };
         let _ = writeln!(s, "loadtest {what}");
         let urls: Vec<&str> = cfg.targets.iter().map(|t| t.url.as_str()).collect();
-        let _ = writeln!(s, "  target(s) {}", urls.join(" "));
+        let tls = match tls_mode(cfg) {
+            "verified" => " (TLS, certificate verified)",
+            "insecure" => " (TLS, certificate not checked: --insecure)",
+            _ => "",
+        };
+        let _ = writeln!(s, "  target(s) {}{tls}", urls.join(" "));
         let _ = writeln!(
             s,
             "  {} process(es) × {} thread(s), {} source address(es), {:.1} s wall, loadtest CPU {:.2} s",
@@ -288,8 +294,24 @@ impl Run<'_> {
         } else {
             let list: Vec<String> = st.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(s, "errors         {}", list.join(", "));
+            if st.errors.contains_key("tls_cert") {
+                let _ = writeln!(
+                    s,
+                    "               tls_cert: the server's certificate was rejected (--insecure \
+                     accepts a self-signed one)"
+                );
+            }
         }
         s
+    }
+}
+
+/// How the run used TLS: `off` (ws:// only), `verified` or `insecure` (`--insecure`).
+fn tls_mode(cfg: &Config) -> &'static str {
+    match (cfg.uses_tls(), cfg.insecure) {
+        (false, _) => "off",
+        (true, false) => "verified",
+        (true, true) => "insecure",
     }
 }
 
@@ -441,6 +463,7 @@ mod tests {
         );
         assert!(j["connect_latency_us"]["p99"].is_null());
         assert!(run.text().contains("lost 1"));
+        assert_eq!(j["tls"], "off");
     }
 
     #[test]

@@ -17,6 +17,11 @@ pub struct Target {
     /// Request target (path plus query) sent in the upgrade request; the topic on path-topic
     /// servers.
     pub path: String,
+    /// `wss://`: the connection runs TLS under the WebSocket.
+    pub tls: bool,
+    /// The host as written, without brackets or port: the TLS server name (SNI and the name
+    /// the certificate is checked against).
+    pub host: String,
 }
 
 impl Target {
@@ -33,15 +38,15 @@ impl Target {
     }
 }
 
-/// Parses `ws://host[:port][/path]`, accepting only loopback hosts.
+/// Parses `ws://host[:port][/path]` or `wss://…` (TLS), accepting only loopback hosts.
 pub fn parse(url: &str) -> Result<Target, String> {
     let lower = url.to_ascii_lowercase();
-    let rest = if lower.starts_with("ws://") {
-        &url[5..]
+    let (rest, tls) = if lower.starts_with("ws://") {
+        (&url[5..], false)
     } else if lower.starts_with("wss://") {
-        return Err(format!("{url}: wss:// (TLS) is not supported; use ws://"));
+        (&url[6..], true)
     } else {
-        return Err(format!("{url}: the URL must start with ws://"));
+        return Err(format!("{url}: the URL must start with ws:// or wss://"));
     };
     let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(split);
@@ -61,7 +66,9 @@ pub fn parse(url: &str) -> Result<Target, String> {
     if authority.contains('@') {
         return Err(format!("{url}: user info in the URL is not supported"));
     }
-    let (host, port) = split_host_port(authority).map_err(|e| format!("{url}: {e}"))?;
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) =
+        split_host_port(authority, default_port).map_err(|e| format!("{url}: {e}"))?;
     let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -83,11 +90,13 @@ pub fn parse(url: &str) -> Result<Target, String> {
         addr: SocketAddr::new(ip, port),
         host_header: authority.to_string(),
         path,
+        tls,
+        host: host.to_string(),
     })
 }
 
-/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to 80.
-fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; the port defaults to `default_port`.
+fn split_host_port(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
     if authority.is_empty() {
         return Err("missing host".into());
     }
@@ -107,7 +116,7 @@ fn split_host_port(authority: &str) -> Result<(&str, u16), String> {
         }
     };
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => return Err(format!("bad port {p:?}")),
             Ok(n) => n,
@@ -133,6 +142,21 @@ mod tests {
         assert_eq!(t.addr, "[::1]:81".parse().expect("addr"));
         assert_eq!(t.path, "/?x=1");
         assert!(parse("WS://127.0.0.2:1/a/b").is_ok());
+        assert!(!parse("ws://[::1]:81").expect("valid").tls);
+    }
+
+    #[test]
+    fn parses_wss_urls() {
+        let t = parse("wss://127.0.0.1:9443/t").expect("valid");
+        assert!(t.tls);
+        assert_eq!(t.addr, "127.0.0.1:9443".parse().expect("addr"));
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("127.0.0.1", "/t"));
+        let t = parse("WSS://localhost").expect("valid");
+        assert_eq!((t.addr.port(), t.host.as_str()), (443, "localhost"));
+        let t = parse("wss://[::1]/").expect("valid");
+        assert_eq!((t.addr.port(), t.host.as_str()), (443, "::1"));
+        assert!(parse("wss://10.0.0.1/").unwrap_err().contains("loopback"));
+        assert!(parse("https://127.0.0.1/").is_err());
     }
 
     #[test]
@@ -141,7 +165,6 @@ mod tests {
             .unwrap_err()
             .contains("not a loopback"));
         assert!(parse("ws://example.com/").unwrap_err().contains("loopback"));
-        assert!(parse("wss://127.0.0.1/").unwrap_err().contains("TLS"));
         assert!(parse("http://127.0.0.1/").is_err());
         assert!(parse("ws://127.0.0.1:0/").is_err());
         assert!(parse("ws://127.0.0.1:99999/").is_err());

@@ -29,6 +29,7 @@ use crate::handshake;
 use crate::plan::Plan;
 use crate::schedule::{connect_due_ns, due_ns, owned_count, PublishCursor, Window};
 use crate::stats::{bump, merge_hist, new_histogram, Stats};
+use crate::transport::Transport;
 
 /// Token of the cross-thread waker (go / abort signals).
 pub const WAKE: Token = Token(usize::MAX - 1);
@@ -93,6 +94,8 @@ pub struct Setup {
     pub signal: Arc<Signal>,
     /// Where reports go.
     pub tx: mpsc::Sender<Report>,
+    /// TLS client configuration, when a target is `wss://` (built once per process).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Thread entry point: runs the worker and sends its final report.
@@ -136,6 +139,7 @@ struct Worker {
     armed_ns: u64,
     signal: Arc<Signal>,
     tx: mpsc::Sender<Report>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     conns: Slab<Conn>,
     /// Slab key + 1 of owned connection `m` (g = w + workers * m); 0 when not connected.
     slot: Vec<u32>,
@@ -204,6 +208,7 @@ impl Worker {
             armed_ns: 0,
             signal: s.signal,
             tx: s.tx,
+            tls: s.tls,
             conns: Slab::with_capacity(owned.min(1 << 20) as usize),
             slot: vec![0; owned as usize],
             ctx,
@@ -368,10 +373,17 @@ impl Worker {
         self.ctx.stats.first_attempt_ns = self.ctx.stats.first_attempt_ns.min(now);
         let n_targets = cfg.targets.len() as u64;
         let src_index = (g / n_targets) % self.plan.source_ips as u64;
-        let stream = match open_socket(target.addr, src_index) {
+        let sock = match open_socket(target.addr, src_index) {
             Ok(s) => s,
             Err(e) => {
                 self.ctx.stats.error(&io_kind("connect", &e));
+                return;
+            }
+        };
+        let stream = match Transport::new(sock, target, self.tls.as_ref()) {
+            Ok(s) => s,
+            Err(kind) => {
+                self.ctx.stats.error(&kind);
                 return;
             }
         };
@@ -385,7 +397,7 @@ impl Worker {
         let mut conn = Conn::new(g, &cfg, stream, req, accept);
         conn.started_ns = now;
         if let Err(e) = self.poll.registry().register(
-            &mut conn.stream,
+            conn.stream.socket_mut(),
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -414,8 +426,10 @@ impl Worker {
             }
             self.inflight.pop_front();
             if live {
-                let kind = match self.conns[key].state {
+                let c = &self.conns[key];
+                let kind = match c.state {
                     State::Connecting => "connect_timeout",
+                    _ if c.stream.is_handshaking() => "tls_handshake_timeout",
                     _ => "upgrade_timeout",
                 };
                 self.fail(key, kind);
