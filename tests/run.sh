@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need (Debian's Chromium
+# for the real-browser tests; the Autobahn harness sets up its own Python 2 on first use),
+# runs the Autobahn|Testsuite conformance cases, then every cargo test of the workspace.
+# Exit status: non-zero if anything fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+if ! command -v chromium >/dev/null; then
+  echo "tests/run.sh: installing Debian's chromium for tests/browser.rs" >&2
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+fi
+
+echo "== Autobahn|Testsuite cases 1-10 (tests/autobahn/run.sh)"
+bash tests/autobahn/run.sh </dev/null
+
+# Last, so that its result lines close the log.
+echo "== cargo test --workspace --release"
+cargo test --workspace --release
