@@ -52,7 +52,7 @@ pub struct Config {
     pub max_message: usize,
 
     /// Cap on a connection's unsent output bytes; a subscriber over it is closed (1008, slow
-    /// consumer). Never below one whole message: see [`Config::backlog_limit`].
+    /// consumer). Never less than one whole --max-message frame.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_backlog: usize,
 
