@@ -214,7 +214,7 @@ fn a_client_stalled_mid_tls_handshake_is_dropped_at_the_timeout() {
 #[test]
 fn garbage_on_the_tls_port_closes_only_that_connection() {
     let cert = Cert::new();
-    let (_server, tls_addr) = start_tls(&cert, &[]);
+    let (mut server, tls_addr) = start_tls(&cert, &["--stats-interval", "500ms"]);
     let mut good = connect_wss(&cert, tls_addr, "garbage");
     let mut bad = TcpStream::connect(tls_addr).expect("connect");
     bad.set_read_timeout(Some(Duration::from_secs(8)))
@@ -232,6 +232,20 @@ fn garbage_on_the_tls_port_closes_only_that_connection() {
     );
     good.send(Message::text("still here")).expect("send");
     assert_eq!(recv(&mut good), Message::text("still here"));
+    // The failed handshake is counted as rejected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = server
+            .wait_prefix("stats:", Duration::from_secs(5))
+            .expect("a stats line");
+        if common::stat_field(&line, "rejected") == Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stats line with rejected=1; last: {line}"
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,13 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.hang_up(key),
+                Err(_) => {
+                    // A failed TLS handshake (or a reset mid-request) is a refused handshake.
+                    if matches!(conn.phase, Phase::Handshake { .. }) {
+                        self.counters.rejected += 1;
+                    }
+                    return self.hang_up(key);
+                }
             }
         }
         self.read_again.push(key);
