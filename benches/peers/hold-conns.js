@@ -2,7 +2,7 @@
 // Opens N idle WebSocket connections to URL and holds them, for measuring a server's idle memory
 // per connection (benches/compare.sh row d). The loadtest has no "hold idle connections" mode.
 //
-// Usage: node hold-conns.js URL N [--inflight K] [--hold S]
+// Usage: node hold-conns.js URL N [--inflight K] [--hold S]   (URL: ws:// or wss://, loopback)
 // Prints `open N` on stdout once all N are open (after that the caller samples the server's RSS),
 // then holds them, answering pings, until SIGTERM/SIGINT or --hold seconds (default 120) pass.
 // Exits 1 (with the reason on stderr) if any connection fails or opening takes over 60 s.
@@ -20,8 +20,8 @@ for (let i = 2; i < args.length; i += 2) {
   else if (args[i] === '--hold') holdSecs = Number(args[i + 1]);
   else fail(`unknown argument ${args[i]}`);
 }
-if (!url || !/^ws:\/\/127\.0\.0\.1:\d+\//.test(url) || !Number.isInteger(n) || n < 1) {
-  fail('usage: node hold-conns.js ws://127.0.0.1:PORT/TOPIC N [--inflight K] [--hold S]');
+if (!url || !/^wss?:\/\/127\.0\.0\.1:\d+\//.test(url) || !Number.isInteger(n) || n < 1) {
+  fail('usage: node hold-conns.js ws[s]://127.0.0.1:PORT/TOPIC N [--inflight K] [--hold S]');
 }
 
 function fail(msg) {
@@ -35,7 +35,8 @@ let opened = 0;
 
 function openOne() {
   started += 1;
-  const ws = new WebSocket(url, { perMessageDeflate: false });
+  // wss:// is for local measurements against a self-signed certificate.
+  const ws = new WebSocket(url, { perMessageDeflate: false, rejectUnauthorized: false });
   conns.push(ws);
   ws.once('open', () => {
     opened += 1;
