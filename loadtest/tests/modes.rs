@@ -1,128 +1,18 @@
 //! Runs the `loadtest` binary in its three modes against a tiny path-topic broadcast server
 //! started by the test itself, and checks the JSON report against the server's own counts.
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
 use std::thread;
 
-use serde_json::Value;
-use tungstenite::handshake::server::{Request, Response};
-use tungstenite::protocol::Role;
-use tungstenite::WebSocket;
-
-type Writer = Arc<Mutex<WebSocket<TcpStream>>>;
-/// Members of each topic (URL path): connection id and its write half.
-type Topics = Arc<Mutex<HashMap<String, Vec<(u64, Writer)>>>>;
-
-/// What the test server saw.
-#[derive(Default)]
-struct Counts {
-    /// Data messages received from clients.
-    received: AtomicU64,
-    /// Data messages written to clients.
-    delivered: AtomicU64,
-    /// Upgrades completed.
-    upgrades: AtomicU64,
-}
-
-/// A threaded broadcast server: every data message goes to every connection on the same path,
-/// the sender included. Returns its port and counters.
-fn broadcast_server() -> (u16, Arc<Counts>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let counts = Arc::new(Counts::default());
-    let topics: Topics = Arc::default();
-    let c = counts.clone();
-    thread::spawn(move || {
-        for (id, stream) in listener.incoming().enumerate() {
-            let Ok(stream) = stream else { continue };
-            let topics = topics.clone();
-            let counts = c.clone();
-            thread::spawn(move || serve(id as u64, stream, topics, counts));
-        }
-    });
-    (port, counts)
-}
-
-fn serve(id: u64, stream: TcpStream, topics: Topics, counts: Arc<Counts>) {
-    let _ = stream.set_nodelay(true);
-    let mut path = String::new();
-    #[allow(clippy::result_large_err)] // the callback signature is tungstenite's
-    let cb = |req: &Request, resp: Response| {
-        path = req.uri().path().to_string();
-        Ok(resp)
-    };
-    let Ok(mut reader) = tungstenite::accept_hdr(stream, cb) else {
-        return;
-    };
-    let Ok(write_half) = reader.get_ref().try_clone() else {
-        return;
-    };
-    let writer: Writer = Arc::new(Mutex::new(WebSocket::from_raw_socket(
-        write_half,
-        Role::Server,
-        None,
-    )));
-    counts.upgrades.fetch_add(1, Ordering::SeqCst);
-    topics
-        .lock()
-        .expect("lock")
-        .entry(path.clone())
-        .or_default()
-        .push((id, writer));
-    while let Ok(msg) = reader.read() {
-        if !(msg.is_binary() || msg.is_text()) {
-            continue;
-        }
-        counts.received.fetch_add(1, Ordering::SeqCst);
-        let members: Vec<Writer> = topics.lock().expect("lock")[&path]
-            .iter()
-            .map(|(_, w)| w.clone())
-            .collect();
-        for w in members {
-            if w.lock().expect("lock").send(msg.clone()).is_ok() {
-                counts.delivered.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    }
-    let mut t = topics.lock().expect("lock");
-    if let Some(v) = t.get_mut(&path) {
-        v.retain(|(i, _)| *i != id);
-    }
-}
-
-fn loadtest(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(args)
-        .output()
-        .expect("run loadtest")
-}
-
-fn json_report(args: &[&str]) -> Value {
-    let out = loadtest(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadtest failed: {stderr}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bad JSON ({e}): {}\nstderr: {stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-fn u(v: &Value, key: &str) -> u64 {
-    v[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} missing in {v}"))
-}
+use common::*;
 
 #[test]
 fn fanout_counts_match_the_server() {
-    let (port, counts) = broadcast_server();
+    let (port, counts) = broadcast_server(None);
     let url = format!("ws://127.0.0.1:{port}/bench");
     let hgrm = std::env::temp_dir().join(format!("loadtest-test-{}.hgrm", std::process::id()));
     let hgrm_s = hgrm.to_string_lossy().to_string();
@@ -181,7 +71,7 @@ fn fanout_counts_match_the_server() {
 
 #[test]
 fn echo_mode_times_round_trips() {
-    let (port, counts) = broadcast_server();
+    let (port, counts) = broadcast_server(None);
     let url = format!("ws://127.0.0.1:{port}/echo");
     let r = json_report(&[
         "--url",
@@ -214,7 +104,7 @@ fn echo_mode_times_round_trips() {
 
 #[test]
 fn connect_mode_counts_handshakes() {
-    let (port, counts) = broadcast_server();
+    let (port, counts) = broadcast_server(None);
     let url = format!("ws://127.0.0.1:{port}/storm");
     let r = json_report(&[
         "--url",
