@@ -684,3 +684,45 @@ fn shutdown_is_bounded_by_the_drain_timeout() {
         });
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
 }
+
+#[test]
+fn a_ping_flood_from_a_client_that_never_reads_is_contained_and_counted_once() {
+    let mut server = Server::start(&[
+        "--threads",
+        "1",
+        "--max-message",
+        "1024",
+        "--max-backlog",
+        "4096",
+        "--stats-interval",
+        "500ms",
+    ]);
+    let mut bystander = connect(server.addr, "flood");
+    let mut flooder = RawWs::connect(server.addr, "flood");
+    // Pings whose pongs it never reads: the server's queue for it must hit the cap.
+    let ping = frame(true, 0, OP_PING, &[b'p'; 125]);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    for _ in 0..100 {
+        if flooder.try_send(&burst).is_err() {
+            break; // the server closed it
+        }
+    }
+    let line = server
+        .wait_line(Duration::from_secs(20), |l| {
+            stat_field(l, "slow_closes").is_some_and(|n| n > 0) && stat_field(l, "conns") == Some(1)
+        })
+        .unwrap_or_else(|| panic!("the flooder was never closed: {:?}", server.stdout().last()));
+    assert_eq!(
+        stat_field(&line, "slow_closes"),
+        Some(1),
+        "closed and counted once: {line}"
+    );
+    // Everyone else is unaffected.
+    send_text(&mut bystander, "still served");
+    assert_eq!(recv_text(&mut bystander), "still served");
+}

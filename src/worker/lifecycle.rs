@@ -65,6 +65,13 @@ impl Worker {
     /// A subscriber over `--max-backlog`: drop what it has not started receiving, close it
     /// with 1008 (best effort: it may not read that either), and count it.
     pub(super) fn close_slow_consumer(&mut self, key: usize) {
+        // A connection can be found over its cap more than once in a turn; close it once.
+        if !matches!(
+            self.conns.get(key).map(|c| &c.phase),
+            Some(Phase::Open { .. })
+        ) {
+            return;
+        }
         self.counters.slow_closes += 1;
         if let Some(conn) = self.conns.get_mut(key) {
             conn.out.truncate_unstarted();
