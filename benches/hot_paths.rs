@@ -18,7 +18,11 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
 fn bench(c: &mut Criterion) {
     c.bench_function("http/parse_browser_upgrade", |b| {
-        b.iter(|| http::parse_head(UPGRADE).expect("valid").expect("complete"))
+        b.iter(|| {
+            http::parse_head(UPGRADE, 1 << 20)
+                .expect("valid")
+                .expect("complete")
+        })
     });
 
     let mut group = c.benchmark_group("queue_one_message");

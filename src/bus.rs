@@ -35,6 +35,9 @@ pub struct Publication {
     /// Arrival at the server, for the fan-out latency histogram.
     pub received: Instant,
     pub origin: Origin,
+    /// An HTTP publish waits for its sequence number: the slab key of the publishing
+    /// connection on the origin worker (checked against `origin.conn` on the way back).
+    pub ack: Option<usize>,
 }
 
 /// What workers tell each other.
@@ -44,6 +47,13 @@ pub enum BusMsg {
     Publish(Publication),
     /// From the owner to a worker with subscribers: deliver message number `seq`.
     Deliver { seq: u64, publication: Publication },
+    /// From the owner back to an HTTP publisher's worker: the number its message got
+    /// (`None`: nobody subscribes, so it was not numbered).
+    Ack {
+        key: usize,
+        conn: u64,
+        seq: Option<u64>,
+    },
     /// To a topic's owner: `worker` gained its first (`active`) or lost its last subscriber.
     Interest {
         topic: TopicName,
@@ -54,9 +64,10 @@ pub enum BusMsg {
 
 impl BusMsg {
     /// Interest changes are never dropped: losing one would silently cut a worker off a topic
-    /// (or leak the owner's state). They are rare (first/last subscriber per worker).
+    /// (or leak the owner's state). They are rare (first/last subscriber per worker). Nor are
+    /// acks (at most one in flight per HTTP connection): a publisher would wait for nothing.
     fn droppable(&self) -> bool {
-        !matches!(self, BusMsg::Interest { .. })
+        !matches!(self, BusMsg::Interest { .. } | BusMsg::Ack { .. })
     }
 }
 
@@ -158,6 +169,7 @@ mod tests {
             frame: Bytes::from_static(b"\x81\x01x"),
             received: Instant::now(),
             origin: Origin { worker: 0, conn: 1 },
+            ack: None,
         })
     }
 

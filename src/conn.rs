@@ -25,6 +25,9 @@ pub enum Phase {
         slot: u32,
         last_ping: u32,
     },
+    /// An HTTP publish was handed to its topic's owner; the response waits for the sequence
+    /// number. Further (pipelined) requests wait in `inbound`.
+    AwaitingAck { since: u32, keep_alive: bool },
     /// We sent a close frame (shutdown) and wait for the peer's (or its EOF) until the grace
     /// period ends.
     Closing { since: u32 },

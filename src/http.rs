@@ -21,6 +21,14 @@ pub enum Request {
     Health,
     /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
     Page { target: String },
+    /// `POST /<topic>`: publish the `body_len`-byte body that follows the head, as text
+    /// (`text/*`, `application/json`) or binary. `keep_alive`: answer and read the next request.
+    Publish {
+        topic: String,
+        text: bool,
+        body_len: usize,
+        keep_alive: bool,
+    },
 }
 
 /// A complete head: what it asks for and how many bytes it took (frames may follow it).
@@ -48,6 +56,12 @@ pub enum HttpError {
     UnsupportedVersion,
     #[error("request head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
+    #[error("a publish needs a Content-Length body (chunked bodies are not supported)")]
+    LengthRequired,
+    #[error("body larger than --max-message ({0} bytes)")]
+    BodyTooLarge(usize),
+    #[error("publish not acknowledged in time")]
+    Unavailable,
 }
 
 impl HttpError {
@@ -59,13 +73,16 @@ impl HttpError {
             HttpError::MethodNotAllowed => (405, "Method Not Allowed"),
             HttpError::UpgradeRequired | HttpError::UnsupportedVersion => (426, "Upgrade Required"),
             HttpError::HeadTooLarge => (431, "Request Header Fields Too Large"),
+            HttpError::LengthRequired => (411, "Length Required"),
+            HttpError::BodyTooLarge(_) => (413, "Content Too Large"),
+            HttpError::Unavailable => (503, "Service Unavailable"),
         }
     }
 
     /// Extra headers the RFCs ask for with this status.
     fn extra_headers(&self) -> &'static str {
         match self {
-            HttpError::MethodNotAllowed => "Allow: GET\r\n",
+            HttpError::MethodNotAllowed => "Allow: GET, POST\r\n",
             HttpError::UpgradeRequired => "Upgrade: websocket\r\n",
             HttpError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
             _ => "",
@@ -123,8 +140,9 @@ pub fn upgrade_response(accept: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Parse what has arrived of a request head. `Ok(None)`: incomplete, read more.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
+/// Parse what has arrived of a request head. `Ok(None)`: incomplete, read more. A publish
+/// body may be at most `max_body` bytes.
+pub fn parse_head(buf: &[u8], max_body: usize) -> Result<Option<Head>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -137,19 +155,16 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(_) => return Err(HttpError::BadRequest("malformed HTTP request")),
     };
-    let request = route(&req)?;
+    let request = route(&req, max_body)?;
     Ok(Some(Head { request, len }))
 }
 
 /// Decide what a parsed request gets.
-fn route(req: &httparse::Request) -> Result<Request, HttpError> {
+fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError> {
     let method = req.method.unwrap_or_default();
     let target = req.path.unwrap_or_default();
     if req.version != Some(1) {
         return Err(HttpError::BadRequest("HTTP/1.1 required"));
-    }
-    if method != "GET" {
-        return Err(HttpError::MethodNotAllowed);
     }
     let header = |name: &str| {
         req.headers
@@ -157,6 +172,11 @@ fn route(req: &httparse::Request) -> Result<Request, HttpError> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| std::str::from_utf8(h.value).unwrap_or(""))
     };
+    match method {
+        "GET" => {}
+        "POST" => return route_publish(target, &header, max_body),
+        _ => return Err(HttpError::MethodNotAllowed),
+    }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let Some(upgrade) = header("upgrade") else {
         return match path {
@@ -193,6 +213,59 @@ fn route(req: &httparse::Request) -> Result<Request, HttpError> {
     })
 }
 
+/// `POST /<topic>` from a backend: validate the topic and the body's framing.
+fn route_publish<'h>(
+    target: &str,
+    header: &impl Fn(&str) -> Option<&'h str>,
+    max_body: usize,
+) -> Result<Request, HttpError> {
+    let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
+    if header("transfer-encoding").is_some() {
+        return Err(HttpError::LengthRequired);
+    }
+    let body_len: usize = match header("content-length") {
+        None => return Err(HttpError::LengthRequired),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| HttpError::BadRequest("bad Content-Length"))?,
+    };
+    if body_len > max_body {
+        return Err(HttpError::BodyTooLarge(max_body));
+    }
+    let content_type = header("content-type")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let text = content_type.starts_with("text/") || content_type.starts_with("application/json");
+    let keep_alive = !header("connection").is_some_and(|c| has_token(c, "close"));
+    Ok(Request::Publish {
+        topic: topic.to_owned(),
+        text,
+        body_len,
+        keep_alive,
+    })
+}
+
+/// `202 Accepted` for a publish, with the sequence number the topic's owner gave it
+/// (`null` when nobody subscribes: the message is not numbered or kept).
+pub fn publish_response(seq: Option<u64>, keep_alive: bool) -> Vec<u8> {
+    let body = match seq {
+        Some(seq) => format!("{{\"seq\":{seq}}}\n"),
+        None => "{\"seq\":null}\n".to_string(),
+    };
+    let connection = if keep_alive {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    format!(
+        "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// Comma-separated header tokens, compared case-insensitively (`Connection: keep-alive, Upgrade`).
 fn has_token(value: &str, token: &str) -> bool {
     value
@@ -224,7 +297,7 @@ mod tests {
     #[test]
     fn accepts_a_valid_upgrade() {
         let req = upgrade("/prices/BTC-USD", "Sec-WebSocket-Version: 13\r\n");
-        let head = parse_head(req.as_bytes()).unwrap().unwrap();
+        let head = parse_head(req.as_bytes(), 1024).unwrap().unwrap();
         assert_eq!(head.len, req.len());
         assert_eq!(
             head.request,
@@ -238,12 +311,12 @@ mod tests {
     #[test]
     fn partial_heads_ask_for_more() {
         let req = upgrade("/chat", "Sec-WebSocket-Version: 13\r\n");
-        assert_eq!(parse_head(&req.as_bytes()[..20]), Ok(None));
+        assert_eq!(parse_head(&req.as_bytes()[..20], 1024), Ok(None));
     }
 
     #[test]
     fn refusals_carry_their_status() {
-        let status = |r: &str| parse_head(r.as_bytes()).unwrap_err().status().0;
+        let status = |r: &str| parse_head(r.as_bytes(), 1024).unwrap_err().status().0;
         assert_eq!(
             status(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
             426
@@ -253,7 +326,20 @@ mod tests {
             status(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
             400
         );
-        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status("PUT /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 405);
+        assert_eq!(status("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"), 411);
+        assert_eq!(
+            status("POST /chat HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            411
+        );
+        assert_eq!(
+            status("POST /chat HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"),
+            413
+        );
+        assert_eq!(
+            status("POST /a%20b HTTP/1.1\r\nContent-Length: 1\r\n\r\n"),
+            400
+        );
         let page = |target: &str| page_response(target, None).map_err(|e| e.status().0);
         assert_eq!(page("/chat").unwrap_err(), 426);
         assert_eq!(page("/no%20such").unwrap_err(), 404);
@@ -266,8 +352,30 @@ mod tests {
     }
 
     #[test]
+    fn publish_requests() {
+        let head = |r: &str| parse_head(r.as_bytes(), 1024).unwrap().unwrap().request;
+        assert_eq!(
+            head("POST /prices/BTC HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"),
+            Request::Publish { topic: "prices/BTC".into(), text: true, body_len: 5, keep_alive: true }
+        );
+        assert_eq!(
+            head("POST /t HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            Request::Publish {
+                topic: "t".into(),
+                text: false,
+                body_len: 0,
+                keep_alive: false
+            }
+        );
+        assert_eq!(
+            publish_response(Some(7), true),
+            b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{\"seq\":7}\n".to_vec()
+        );
+    }
+
+    #[test]
     fn health() {
-        let head = parse_head(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        let head = parse_head(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", 1024)
             .unwrap()
             .unwrap();
         assert_eq!(head.request, Request::Health);

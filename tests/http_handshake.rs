@@ -145,7 +145,7 @@ fn topic_of_256_bytes_and_all_allowed_characters_is_accepted() {
 }
 
 #[test]
-fn method_other_than_get_is_405() {
+fn method_other_than_get_or_post_is_405() {
     let server = Server::start(&[]);
     let with_method = |m: &str| {
         let r = String::from_utf8(upgrade("/chat")).unwrap();
@@ -155,7 +155,7 @@ fn method_other_than_get_is_405() {
         server.addr,
         405,
         &[
-            ("POST", with_method("POST")),
+            ("PATCH", with_method("PATCH")),
             ("PUT", with_method("PUT")),
             ("DELETE", with_method("DELETE")),
         ],

@@ -8,8 +8,23 @@ use super::{Doom, Worker, READS_PER_EVENT};
 use crate::bus::{Origin, Publication};
 use crate::conn::{Inbound, OutChunk, Phase};
 use crate::frame::{self, Event};
-use crate::http::{self, Head, Request};
+use crate::http::{self, Request};
 use crate::topic::TopicName;
+use bytes::Bytes;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// The frame a publish body becomes: text (validated) or binary.
+fn publish_frame(body: &[u8], text: bool) -> Result<Bytes, http::HttpError> {
+    let kind = if text {
+        if std::str::from_utf8(body).is_err() {
+            return Err(http::HttpError::BadRequest("text body is not valid UTF-8"));
+        }
+        Data::Text
+    } else {
+        Data::Binary
+    };
+    Ok(frame::encode(OpCode::Data(kind), body))
+}
 
 impl Worker {
     /// Read until the socket is empty (edge-triggered) or the fairness budget runs out.
@@ -44,6 +59,14 @@ impl Worker {
     pub(super) fn retry_reads(&mut self) {
         let keys = std::mem::take(&mut self.read_again);
         for &key in &keys {
+            // A kept-alive HTTP connection may hold pipelined requests: serve the next one.
+            let held = self.conns.get(key).is_some_and(|c| {
+                matches!(c.phase, Phase::Handshake { .. })
+                    && c.inbound.as_ref().is_some_and(|i| !i.pending.is_empty())
+            });
+            if held && !self.on_request_bytes(key, 0) {
+                continue;
+            }
             self.on_readable(key);
         }
         let mut keys = keys;
@@ -67,70 +90,146 @@ impl Worker {
     fn on_bytes(&mut self, key: usize, n: usize) -> bool {
         match self.conns[key].phase {
             Phase::Handshake { .. } => self.on_request_bytes(key, n),
+            Phase::AwaitingAck { .. } => self.hold_request_bytes(key, n),
             Phase::Open { .. } | Phase::Closing { .. } => self.on_frame_bytes(key, n),
             Phase::Flushing { .. } | Phase::Lingering { .. } => true, // discarded
         }
     }
 
-    /// Bytes of the HTTP request head. A complete head is answered or upgraded; frames the
-    /// client sent right behind it are kept and parsed at once. Anything after a plain
-    /// HTTP request is discarded: the connection closes after the response.
+    /// Bytes of an HTTP request. A complete head is answered or upgraded; frames the client
+    /// sent right behind an upgrade are parsed at once; a publish waits for its whole body.
+    /// Anything after a plain GET is discarded: the connection closes after the response.
     fn on_request_bytes(&mut self, key: usize, n: usize) -> bool {
         let mut inbound = self.borrow_inbound(key);
         inbound.pending.extend_from_slice(&self.scratch[..n]);
-        let parsed = http::parse_head(&inbound.pending);
+        let parsed = http::parse_head(&inbound.pending, self.config.max_message);
+        let mut body = Ok(Bytes::new());
         match &parsed {
-            Ok(Some(head)) if matches!(head.request, Request::Upgrade { .. }) => {
-                inbound.pending.drain(..head.len);
-            }
+            Ok(Some(head)) => match &head.request {
+                Request::Upgrade { .. } => {
+                    inbound.pending.drain(..head.len);
+                }
+                Request::Publish { text, body_len, .. } => {
+                    let end = head.len + body_len;
+                    if inbound.pending.len() < end {
+                        self.return_inbound(key, inbound);
+                        return true; // the body is still on its way
+                    }
+                    body = publish_frame(&inbound.pending[head.len..end], *text);
+                    inbound.pending.drain(..end);
+                }
+                _ => inbound.pending.clear(),
+            },
             Ok(None) => {}
-            _ => inbound.pending.clear(),
+            Err(_) => inbound.pending.clear(),
         }
-        let has_frames = !inbound.pending.is_empty();
+        let has_more = !inbound.pending.is_empty();
         self.return_inbound(key, inbound);
-        match parsed {
-            Ok(None) => true,
-            Ok(Some(Head {
-                request: Request::Upgrade { topic, accept },
-                ..
-            })) => {
+        let request = match parsed {
+            Ok(None) => return true,
+            Ok(Some(head)) => head.request,
+            Err(e) => return self.refuse(key, e),
+        };
+        match request {
+            Request::Upgrade { topic, accept } => {
                 self.open(key, &topic, &accept);
-                !has_frames || self.on_frame_bytes(key, 0)
+                !has_more || self.on_frame_bytes(key, 0)
             }
-            Ok(Some(Head {
-                request: Request::Health,
-                ..
-            })) => {
+            Request::Publish {
+                topic, keep_alive, ..
+            } => match body {
+                Ok(frame) => {
+                    self.publish_http(key, &topic, frame, keep_alive);
+                    true
+                }
+                Err(e) => self.refuse(key, e),
+            },
+            Request::Health => {
                 self.reply_and_close(key, http::health_response());
                 true
             }
-            Ok(Some(Head {
-                request: Request::Page { target },
-                ..
-            })) => {
+            Request::Page { target } => {
                 let response = http::page_response(&target, self.config.static_dir.as_deref())
                     .unwrap_or_else(|e| e.response());
                 self.reply_and_close(key, response);
                 true
             }
-            Err(e) => {
-                self.counters.rejected += 1;
-                self.reply_and_close(key, e.response());
-                true
-            }
         }
+    }
+
+    /// Answer a refused request with its status and close.
+    fn refuse(&mut self, key: usize, error: http::HttpError) -> bool {
+        self.counters.rejected += 1;
+        self.reply_and_close(key, error.response());
+        true
+    }
+
+    /// `POST /<topic>`: publish the body like a WebSocket message (same owner, same order);
+    /// the 202 response waits for the owner's sequence number (see `on_ack`).
+    fn publish_http(&mut self, key: usize, topic: &str, frame: Bytes, keep_alive: bool) {
+        self.counters.msgs_in += 1;
+        let topic = self.shared_topic_name(topic);
+        let conn = &mut self.conns[key];
+        conn.phase = Phase::AwaitingAck {
+            since: self.tick,
+            keep_alive,
+        };
+        let origin = Origin {
+            worker: self.index as u16,
+            conn: conn.id,
+        };
+        self.publish(Publication {
+            topic,
+            frame,
+            received: self.now,
+            origin,
+            ack: Some(key),
+        });
+    }
+
+    /// The owner numbered an HTTP publish: answer it, then go on with the next request (kept
+    /// alive) from the next turn, so a long pipeline never recurses.
+    pub(super) fn on_ack(&mut self, key: usize, conn_id: u64, seq: Option<u64>) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == conn_id) else {
+            return; // gone (or timed out and replaced) meanwhile
+        };
+        let Phase::AwaitingAck { keep_alive, .. } = conn.phase else {
+            return;
+        };
+        let response = http::publish_response(seq, keep_alive);
+        if !keep_alive {
+            self.reply_and_close(key, response);
+            return;
+        }
+        conn.phase = Phase::Handshake { since: self.tick };
+        self.queue_output(key, response.into(), 0);
+        self.read_again.push(key);
+    }
+
+    /// While a publish awaits its number, later requests wait as bytes; past one request's
+    /// worth, reading stops until the answer (`on_ack` resumes it).
+    fn hold_request_bytes(&mut self, key: usize, n: usize) -> bool {
+        let mut inbound = self.borrow_inbound(key);
+        inbound.pending.extend_from_slice(&self.scratch[..n]);
+        let full = inbound.pending.len() > http::MAX_HEAD + self.config.max_message;
+        self.return_inbound(key, inbound);
+        !full
     }
 
     /// Complete the upgrade: answer 101 and subscribe the connection to its topic.
     fn open(&mut self, key: usize, topic: &str, accept: &str) {
-        // Share the name with existing subscribers instead of allocating another copy.
-        let name: TopicName = match self.topics.local.get_key_value(topic) {
-            Some((existing, _)) => existing.clone(),
-            None => Arc::from(topic),
-        };
+        let name = self.shared_topic_name(topic);
         let response = http::upgrade_response(accept);
         self.queue_output(key, response.into(), 0);
         self.subscribe(key, name);
+    }
+
+    /// The topic's name, shared with its existing subscribers here instead of another copy.
+    fn shared_topic_name(&self, topic: &str) -> TopicName {
+        match self.topics.local.get_key_value(topic) {
+            Some((existing, _)) => existing.clone(),
+            None => Arc::from(topic),
+        }
     }
 
     /// Client frames: the carried partial frame plus `n` fresh bytes from `scratch`.
@@ -196,6 +295,7 @@ impl Worker {
                         frame,
                         received: self.now,
                         origin,
+                        ack: None,
                     });
                 }
                 Event::Ping(pong) => self.queue_output(key, pong, 0),

@@ -16,6 +16,8 @@ enum Expired {
     /// The handshake deadline passed (counted as a rejected handshake).
     HandshakeTimeout,
     Ping,
+    /// An HTTP publish got no sequence number in time (its owner dropped it: full queues).
+    NoAck,
 }
 
 impl Worker {
@@ -104,6 +106,9 @@ impl Worker {
                 Phase::Handshake { since } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::HandshakeTimeout)
                 }
+                Phase::AwaitingAck { since, .. } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::NoAck)
+                }
                 Phase::Open { last_ping, .. } => {
                     let silent = now.saturating_sub(conn.last_heard);
                     if silent >= 2 * ping {
@@ -133,6 +138,10 @@ impl Worker {
                 Expired::HandshakeTimeout => {
                     self.counters.rejected += 1;
                     self.hang_up(key);
+                }
+                Expired::NoAck => {
+                    let response = crate::http::HttpError::Unavailable.response();
+                    self.reply_and_close(key, response);
                 }
                 Expired::Ping => {
                     if let Some(Phase::Open { last_ping, .. }) =

@@ -334,6 +334,7 @@ impl Worker {
                     };
                     self.topics.stage(staged, &publication.topic);
                 }
+                BusMsg::Ack { key, conn, seq } => self.on_ack(key, conn, seq),
                 BusMsg::Interest {
                     topic,
                     worker,

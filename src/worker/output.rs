@@ -35,23 +35,39 @@ impl Worker {
 
     /// Owner side: give the message the topic's next number and send it to every worker with
     /// subscribers, in that order: one sender per topic is what makes one order per topic.
+    /// An HTTP publisher is told the number (or that nobody subscribes).
     pub(super) fn sequence_and_route(&mut self, publication: Publication) {
         let me = self.bus.me() as u16;
-        let Some((seq, interested)) = self.topics.sequence(&publication.topic) else {
-            return;
-        };
+        let ack = publication.ack.map(|key| (key, publication.origin));
+        let seq = self.route(publication, me);
+        if let Some((key, origin)) = ack {
+            if origin.worker == me {
+                self.on_ack(key, origin.conn, seq);
+            } else {
+                let ack = BusMsg::Ack {
+                    key,
+                    conn: origin.conn,
+                    seq,
+                };
+                self.bus.send(origin.worker as usize, ack);
+            }
+        }
+    }
+
+    /// Number the message and hand it to the interested workers (staging it here if this
+    /// worker is one of them). `None` when nobody subscribes to the topic.
+    fn route(&mut self, publication: Publication, me: u16) -> Option<u64> {
+        let (seq, interested) = self.topics.sequence(&publication.topic)?;
         let mut local = false;
         for &worker in interested {
             if worker == me {
                 local = true;
             } else {
-                self.bus.send(
-                    worker as usize,
-                    BusMsg::Deliver {
-                        seq,
-                        publication: publication.clone(),
-                    },
-                );
+                let deliver = BusMsg::Deliver {
+                    seq,
+                    publication: publication.clone(),
+                };
+                self.bus.send(worker as usize, deliver);
             }
         }
         if local {
@@ -60,6 +76,7 @@ impl Worker {
                 frame,
                 received,
                 origin,
+                ..
             } = publication;
             self.topics.stage(
                 Staged {
@@ -71,6 +88,7 @@ impl Worker {
                 &topic,
             );
         }
+        Some(seq)
     }
 
     /// Add an upgraded connection to its topic; the first subscriber here tells the owner.

@@ -1,0 +1,197 @@
+//! Publishing from a backend over HTTP: `POST /<topic>` delivers the body to the topic's
+//! subscribers (same owner, same order as WebSocket publishers) and answers 202 with the
+//! message's sequence number; keep-alive and pipelined requests work; bad requests get
+//! their status.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message;
+
+fn post(topic: &str, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
+    let mut request = format!(
+        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Reads `count` responses (each with a Content-Length body) from a kept-alive connection.
+fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<(u16, String)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while out.len() < count {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .expect("Content-Length");
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().expect("status");
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                out.push((status, body));
+                buf.drain(..end + 4 + len);
+                continue;
+            }
+        }
+        let n = stream.read(&mut chunk).expect("read responses");
+        assert!(n > 0, "connection closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+fn send_raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.write_all(bytes).expect("write");
+    stream
+}
+
+#[test]
+fn a_post_reaches_subscribers_with_its_sequence_number() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut sub = connect(server.addr, "news");
+    sync(&mut sub, "sub"); // the sync message is number 1
+
+    let mut conn = send_raw(
+        server.addr,
+        &post("news", "text/plain; charset=utf-8", "héllo".as_bytes(), ""),
+    );
+    assert_eq!(
+        read_responses(&mut conn, 1),
+        vec![(202, "{\"seq\":2}\n".to_string())]
+    );
+    assert_eq!(
+        recv_data_after_sync(&mut sub),
+        Message::text("héllo"),
+        "text stays text"
+    );
+
+    conn.write_all(&post("news", "application/json", b"{\"a\":1}", ""))
+        .expect("second post");
+    assert_eq!(
+        read_responses(&mut conn, 1),
+        vec![(202, "{\"seq\":3}\n".to_string())],
+        "kept alive"
+    );
+    assert_eq!(recv_data(&mut sub), Message::text("{\"a\":1}"));
+
+    conn.write_all(&post(
+        "news",
+        "application/octet-stream",
+        &[0, 159, 255],
+        "",
+    ))
+    .expect("binary");
+    assert_eq!(read_responses(&mut conn, 1)[0].0, 202);
+    assert_eq!(
+        recv_data(&mut sub),
+        Message::binary(vec![0u8, 159, 255]),
+        "binary stays binary"
+    );
+}
+
+#[test]
+fn pipelined_posts_are_answered_in_order_and_delivered_in_order() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut subs: Vec<_> = (0..4).map(|_| connect(server.addr, "pipe")).collect();
+    for (i, sub) in subs.iter_mut().enumerate() {
+        sync(sub, &format!("s{i}"));
+    }
+    let mut burst = Vec::new();
+    for i in 0..200 {
+        burst.extend(post("pipe", "text/plain", format!("m{i}").as_bytes(), ""));
+    }
+    let mut conn = send_raw(server.addr, &burst);
+    let responses = read_responses(&mut conn, 200);
+    let seqs: Vec<u64> = responses
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            body.trim()
+                .trim_start_matches("{\"seq\":")
+                .trim_end_matches('}')
+                .parse()
+                .expect("numeric seq")
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive numbers in request order: {seqs:?}"
+    );
+    for sub in &mut subs {
+        for i in 0..200 {
+            assert_eq!(recv_data_after_sync(sub), Message::text(format!("m{i}")));
+        }
+    }
+}
+
+#[test]
+fn a_post_to_a_topic_nobody_subscribes_is_accepted_unnumbered() {
+    let server = Server::start(&[]);
+    let mut conn = send_raw(
+        server.addr,
+        &post("empty", "text/plain", b"x", "Connection: close\r\n"),
+    );
+    assert_eq!(
+        read_responses(&mut conn, 1),
+        vec![(202, "{\"seq\":null}\n".to_string())]
+    );
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest)
+        .expect("closed after Connection: close");
+    assert!(rest.is_empty());
+}
+
+#[test]
+fn bad_posts_get_their_status_and_the_server_goes_on() {
+    let server = Server::start(&["--max-message", "16"]);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("too large", post("t", "text/plain", &[b'a'; 17], ""), 413),
+        (
+            "no length",
+            b"POST /t HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            411,
+        ),
+        (
+            "chunked",
+            b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+                .to_vec(),
+            411,
+        ),
+        ("bad topic", post("a%20b", "text/plain", b"x", ""), 400),
+        (
+            "invalid utf-8 text",
+            post("t", "text/plain", &[0xff, 0xfe], ""),
+            400,
+        ),
+        (
+            "bad length",
+            b"POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: lots\r\n\r\n".to_vec(),
+            400,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let (mut response, mut stream) = http_request(server.addr, &request);
+        assert_eq!(response.status, status, "{what}: {}", response.head_text);
+        assert_closed_by_server(&mut response, &mut stream, what);
+    }
+    let mut ok = send_raw(server.addr, &post("t", "text/plain", b"fine", ""));
+    assert_eq!(read_responses(&mut ok, 1)[0].0, 202);
+}
