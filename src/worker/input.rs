@@ -196,6 +196,8 @@ impl Worker {
         let Phase::AwaitingAck { keep_alive, .. } = conn.phase else {
             return;
         };
+        // While shutting down, answer and close instead of waiting for another request.
+        let keep_alive = keep_alive && self.drain_deadline.is_none();
         let response = http::publish_response(seq, keep_alive);
         if !keep_alive {
             self.reply_and_close(key, response);
