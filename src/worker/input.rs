@@ -167,23 +167,29 @@ impl Worker {
     /// `POST /<topic>`: publish the body like a WebSocket message (same owner, same order);
     /// the 202 response waits for the owner's sequence number (see `on_ack`).
     fn publish_http(&mut self, key: usize, topic: &str, frame: Bytes, keep_alive: bool) {
-        self.counters.msgs_in += 1;
         let topic = self.shared_topic_name(topic);
         let conn = &mut self.conns[key];
         conn.phase = Phase::AwaitingAck {
             since: self.tick,
             keep_alive,
         };
+        let conn_id = conn.id;
+        self.accept_message(conn_id, topic, frame, Some(key));
+    }
+
+    /// A client's message (WebSocket or HTTP) enters the server: count it and publish it.
+    fn accept_message(&mut self, conn_id: u64, topic: TopicName, frame: Bytes, ack: Option<usize>) {
+        self.counters.msgs_in += 1;
         let origin = Origin {
             worker: self.index as u16,
-            conn: conn.id,
+            conn: conn_id,
         };
         self.publish(Publication {
             topic,
             frame,
             received: self.now,
             origin,
-            ack: Some(key),
+            ack,
         });
     }
 
@@ -287,18 +293,8 @@ impl Worker {
             };
             match event {
                 Event::Message(frame) => {
-                    self.counters.msgs_in += 1;
-                    let origin = Origin {
-                        worker: self.index as u16,
-                        conn: conn.id,
-                    };
-                    self.publish(Publication {
-                        topic,
-                        frame,
-                        received: self.now,
-                        origin,
-                        ack: None,
-                    });
+                    let conn_id = conn.id;
+                    self.accept_message(conn_id, topic, frame, None);
                 }
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
