@@ -42,13 +42,7 @@ fn expect_status_for_each(addr: SocketAddr, expected: u16, cases: &[(&str, Vec<u
             )),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n  {}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n  ")
-    );
+    assert_all_cases_passed(&failures, cases.len());
 }
 
 fn upgrade(path: &str) -> Vec<u8> {

@@ -22,13 +22,7 @@ fn expect_close_code_for_each(server: &Server, expected: u16, cases: &[(&str, Ve
             Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n  {}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n  ")
-    );
+    assert_all_cases_passed(&failures, cases.len());
 }
 
 #[test]

@@ -307,6 +307,17 @@ pub fn parse_stats(line: &str) -> Option<Stats> {
     })
 }
 
+/// Table-driven tests collect every failing case, then fail once listing them all.
+pub fn assert_all_cases_passed(failures: &[String], total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n  {}",
+        failures.len(),
+        total,
+        failures.join("\n  ")
+    );
+}
+
 /// The number after `NAME=` in a line (`NAME` must start a whitespace-separated word).
 pub fn stat_field(line: &str, name: &str) -> Option<u64> {
     let key = format!("{name}=");
