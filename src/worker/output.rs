@@ -171,6 +171,8 @@ impl Worker {
             let oldest = batch[0].received;
             let messages = batch.len() as u32;
             let me = self.bus.me() as u16;
+            // Only a batch holding a message from this worker can contain a sender's own.
+            let skip_senders = self.config.no_echo && batch.iter().any(|s| s.origin.worker == me);
             let mut complete: u64 = 0;
             for &key in &topic.subscribers {
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -180,7 +182,7 @@ impl Worker {
                     worker: me,
                     conn: conn.id,
                 };
-                if self.config.no_echo && batch.iter().any(|s| s.origin == own) {
+                if skip_senders && batch.iter().any(|s| s.origin == own) {
                     // The sender is here and must not get its own message: queue the others.
                     for staged in batch.iter().filter(|s| s.origin != own) {
                         conn.out.push(OutChunk {
