@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         let id = format!("{frames}x{payload}B");
         group.bench_with_input(BenchmarkId::new("corked", &id), &staged, |b, staged| {
             b.iter(|| {
-                let corked = cork(staged);
+                let corked = cork(staged.iter().map(|s| &s.frame));
                 for (server, _) in socks.iter_mut() {
                     server.write_all(&corked).expect("write");
                 }

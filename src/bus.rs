@@ -9,7 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::owned::Joined;
 use crate::topic::TopicName;
+use crate::v1::{Refusal, Start};
 
 /// Capacity of each worker's inbox, in messages. Large enough to absorb bursts from every
 /// peer for a few loop turns; small enough that a stuck worker holds bounded memory.
@@ -35,9 +37,31 @@ pub struct Publication {
     /// Arrival at the server, for the fan-out latency histogram.
     pub received: Instant,
     pub origin: Origin,
-    /// An HTTP publish waits for its sequence number: the slab key of the publishing
-    /// connection on the origin worker (checked against `origin.conn` on the way back).
-    pub ack: Option<usize>,
+    /// The publisher waits for the message's number (an HTTP publish, a `herald.v1` publish).
+    pub ack: Option<AckTo>,
+}
+
+/// Where the owner sends a publish's number back to.
+#[derive(Debug, Clone, Copy)]
+pub struct AckTo {
+    /// Slab key of the publishing connection on the origin worker (checked against
+    /// `origin.conn` on the way back).
+    pub key: usize,
+    /// The `herald.v1` request id to answer; `None` for an HTTP publish.
+    pub request: Option<u64>,
+}
+
+/// A `herald.v1` subscriber joining a topic, as its owner needs to know it.
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub topic: TopicName,
+    pub worker: u16,
+    pub key: usize,
+    pub conn: u64,
+    /// The connection's join number (see `conn::V1Feed::next_join`).
+    pub join: u32,
+    pub request: u64,
+    pub start: Start,
 }
 
 /// What workers tell each other.
@@ -47,12 +71,21 @@ pub enum BusMsg {
     Publish(Publication),
     /// From the owner to a worker with subscribers: deliver message number `seq`.
     Deliver { seq: u64, publication: Publication },
-    /// From the owner back to an HTTP publisher's worker: the number its message got
-    /// (`None`: nobody subscribes, so it was not numbered).
+    /// From the owner back to a publisher's worker: the number its message got
+    /// (`None`: nobody subscribes and there is no history, so it was not numbered).
     Ack {
-        key: usize,
+        to: AckTo,
         conn: u64,
         seq: Option<u64>,
+    },
+    /// To a topic's owner, right after the `Interest` that covers it: a `herald.v1`
+    /// subscriber wants the stream from `start`.
+    Join(JoinRequest),
+    /// From the owner: where the joiner's live stream starts and what to replay first (or
+    /// why it cannot start there).
+    Joined {
+        request: JoinRequest,
+        result: Result<Joined, Refusal>,
     },
     /// To a topic's owner: `worker` gained its first (`active`) or lost its last subscriber.
     Interest {
@@ -63,11 +96,12 @@ pub enum BusMsg {
 }
 
 impl BusMsg {
-    /// Interest changes are never dropped: losing one would silently cut a worker off a topic
-    /// (or leak the owner's state). They are rare (first/last subscriber per worker). Nor are
-    /// acks (at most one in flight per HTTP connection): a publisher would wait for nothing.
+    /// Only publications may be dropped. Interest changes never are: losing one would
+    /// silently cut a worker off a topic (or leak the owner's state); they are rare
+    /// (first/last subscriber per worker). Nor acks and joins: a publisher or subscriber
+    /// would wait for nothing.
     fn droppable(&self) -> bool {
-        !matches!(self, BusMsg::Interest { .. } | BusMsg::Ack { .. })
+        matches!(self, BusMsg::Publish(_) | BusMsg::Deliver { .. })
     }
 }
 

@@ -68,6 +68,24 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Most topics one `herald.v1` connection may subscribe to at once.
+    #[arg(long, default_value_t = 1000)]
+    pub max_topics_per_conn: usize,
+
+    /// Messages kept per topic for recovery (`since`) and `rewind` (0: no history). Kept by
+    /// the topic's owner worker, so a topic with history is numbered even with no subscriber.
+    #[arg(long, default_value_t = 0)]
+    pub history: usize,
+
+    /// Age after which a kept message is forgotten (0: kept until pushed out by newer ones).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
+    /// Memory cap for all kept messages, in bytes, shared evenly by the workers; past it the
+    /// oldest messages (of any topic) are forgotten first.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub history_max_bytes: usize,
+
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -124,6 +142,12 @@ impl Config {
         }
         if self.max_backlog == 0 {
             return Err("--max-backlog must be at least 1 byte".into());
+        }
+        if self.max_topics_per_conn == 0 {
+            return Err("--max-topics-per-conn must be at least 1".into());
+        }
+        if self.history > 0 && self.history_max_bytes == 0 {
+            return Err("--history-max-bytes must be at least 1 byte when --history is on".into());
         }
         for (name, d) in [
             ("--handshake-timeout", self.handshake_timeout),

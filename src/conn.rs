@@ -18,13 +18,8 @@ use crate::topic::TopicName;
 pub enum Phase {
     /// Waiting for a complete HTTP request head (dropped at the handshake deadline).
     Handshake { since: u32 },
-    /// Upgraded and subscribed to `topic`; `slot` is its index in the topic's subscriber list
-    /// (for O(1) removal). `last_ping` is when keep-alive last pinged it.
-    Open {
-        topic: TopicName,
-        slot: u32,
-        last_ping: u32,
-    },
+    /// Upgraded: receiving its `feed`. `last_ping` is when keep-alive last pinged it.
+    Open { feed: Feed, last_ping: u32 },
     /// An HTTP publish was handed to its topic's owner; the response waits for the sequence
     /// number. Further (pipelined) requests wait in `inbound`.
     AwaitingAck { since: u32, keep_alive: bool },
@@ -36,6 +31,58 @@ pub enum Phase {
     /// FIN sent; reading and discarding until the peer's EOF, so unread bytes don't turn our
     /// close into a reset that could destroy the response we just sent.
     Lingering { since: u32 },
+}
+
+/// What an open connection receives.
+#[derive(Debug)]
+pub enum Feed {
+    /// Raw path mode (the default): the path's topic, bare payloads. `slot` is the
+    /// connection's index in the topic's subscriber list (for O(1) removal).
+    Path { topic: TopicName, slot: u32 },
+    /// `herald.v1`: the topics it subscribed to with control messages, as envelopes.
+    V1(Box<V1Feed>),
+}
+
+/// A `herald.v1` connection's subscriptions.
+#[derive(Debug, Default)]
+pub struct V1Feed {
+    pub subs: Vec<Subscription>,
+    /// Numbers this connection's subscribe requests, so a late answer from a topic's owner
+    /// cannot be taken for the answer to a newer subscribe to the same topic.
+    pub next_join: u32,
+}
+
+/// One topic of a `herald.v1` connection.
+#[derive(Debug)]
+pub struct Subscription {
+    pub topic: TopicName,
+    /// Index in the topic's subscriber list on this worker.
+    pub slot: u32,
+    /// While the owner's answer is on its way: the join number and the request id to
+    /// answer.
+    pub joining: Option<(u32, u64)>,
+}
+
+impl Feed {
+    /// Every (topic, slot) this connection is subscribed with.
+    pub fn subscriptions(&self) -> Vec<(TopicName, u32)> {
+        match self {
+            Feed::Path { topic, slot } => vec![(topic.clone(), *slot)],
+            Feed::V1(v1) => v1.subs.iter().map(|s| (s.topic.clone(), s.slot)).collect(),
+        }
+    }
+
+    /// Record that this connection's subscriber entry for `topic` moved to `slot`.
+    pub fn set_slot(&mut self, topic: &TopicName, new_slot: u32) {
+        match self {
+            Feed::Path { slot, .. } => *slot = new_slot,
+            Feed::V1(v1) => {
+                if let Some(sub) = v1.subs.iter_mut().find(|s| s.topic == *topic) {
+                    sub.slot = new_slot;
+                }
+            }
+        }
+    }
 }
 
 /// A queued run of frame bytes. `messages` and `received` let the fan-out latency be recorded
@@ -262,13 +309,5 @@ impl Conn {
             let _ = tls::flush(tls, &mut self.socket);
         }
         self.socket.shutdown(std::net::Shutdown::Write)
-    }
-
-    /// The topic this connection receives, while it is open.
-    pub fn topic(&self) -> Option<&TopicName> {
-        match &self.phase {
-            Phase::Open { topic, .. } => Some(topic),
-            _ => None,
-        }
     }
 }

@@ -1,6 +1,5 @@
 //! Topic bookkeeping for one worker: who subscribes here (and the messages staged for them
-//! this turn), and, for the topics this worker owns, the sequence numbers and which workers
-//! have subscribers.
+//! this turn), and the topics this worker owns (`owned`: numbers, interest, history).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -8,6 +7,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::bus::Origin;
+use crate::owned::Owned;
 use crate::topic::TopicName;
 
 /// A message waiting for the end-of-turn flush.
@@ -20,33 +20,42 @@ pub struct Staged {
     pub origin: Origin,
 }
 
+/// One subscriber of a topic on this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscriber {
+    /// Slab key of the connection.
+    pub key: u32,
+    /// A `herald.v1` connection: gets envelopes (topic, seq, data), not bare payloads.
+    pub envelope: bool,
+    /// Deliver only messages numbered above this. 0 for a plain subscriber; [`JOINING`]
+    /// while the owner's answer to a `herald.v1` subscribe is on its way (the answer sets
+    /// it to the number the live stream starts after, and brings the replay up to it).
+    pub after: u64,
+}
+
+/// `Subscriber::after` while waiting for the owner's answer: nothing is delivered.
+pub const JOINING: u64 = u64::MAX;
+
 /// Subscribers of one topic on this worker.
 #[derive(Debug, Default)]
 pub struct LocalTopic {
-    /// Slab keys of the subscribed connections; each connection knows its own index here.
-    pub subscribers: Vec<usize>,
+    /// The subscribed connections; each connection knows its own index here.
+    pub subscribers: Vec<Subscriber>,
+    /// How many of them are `herald.v1` (envelopes are built only if some are).
+    pub envelope_subscribers: usize,
     /// Messages delivered this turn, in sequence order; written to every subscriber at once at
     /// the end of the turn (one write per subscriber, however many messages).
     pub batch: Vec<Staged>,
 }
 
-/// The owner's record of a topic.
-#[derive(Debug, Default)]
-pub struct OwnedTopic {
-    /// Number of the last message; 0 before the first.
-    pub last_seq: u64,
-    /// Workers with at least one subscriber.
-    pub interested: Vec<u16>,
-}
-
 /// Per-worker topic tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Topics {
     pub local: HashMap<TopicName, LocalTopic>,
     /// Local topics with a non-empty batch, in the order they became dirty.
     pub dirty: Vec<TopicName>,
-    /// Topics this worker owns (numbers), while some worker has subscribers for them.
-    pub owned: HashMap<TopicName, OwnedTopic>,
+    /// Topics this worker owns: numbering, interest, history.
+    pub owned: Owned,
 }
 
 /// Result of adding a subscriber.
@@ -65,14 +74,31 @@ pub struct Unsubscribed {
 }
 
 impl Topics {
-    /// Add connection `key` to `topic`'s local subscribers.
-    pub fn subscribe(&mut self, topic: &TopicName, key: usize) -> Subscribed {
+    pub fn new(owned: Owned) -> Self {
+        Topics {
+            local: HashMap::new(),
+            dirty: Vec::new(),
+            owned,
+        }
+    }
+
+    /// Add `subscriber` to `topic`'s local subscribers.
+    pub fn subscribe(&mut self, topic: &TopicName, subscriber: Subscriber) -> Subscribed {
         let entry = self.local.entry(topic.clone()).or_default();
-        entry.subscribers.push(key);
+        entry.envelope_subscribers += usize::from(subscriber.envelope);
+        entry.subscribers.push(subscriber);
         Subscribed {
             slot: (entry.subscribers.len() - 1) as u32,
             first_here: entry.subscribers.len() == 1,
         }
+    }
+
+    /// The subscriber at `slot` of `topic`, to update its delivery start.
+    pub fn subscriber_mut(&mut self, topic: &TopicName, slot: u32) -> Option<&mut Subscriber> {
+        self.local
+            .get_mut(topic)?
+            .subscribers
+            .get_mut(slot as usize)
     }
 
     /// Remove the subscriber at `slot` (O(1): the last one moves into its place).
@@ -85,9 +111,13 @@ impl Topics {
         };
         let slot = slot as usize;
         if slot < entry.subscribers.len() {
-            entry.subscribers.swap_remove(slot);
+            let gone = entry.subscribers.swap_remove(slot);
+            entry.envelope_subscribers -= usize::from(gone.envelope);
         }
-        let moved = entry.subscribers.get(slot).map(|&key| (key, slot as u32));
+        let moved = entry
+            .subscribers
+            .get(slot)
+            .map(|s| (s.key as usize, slot as u32));
         let last_here = entry.subscribers.is_empty();
         if last_here {
             self.local.remove(topic);
@@ -105,42 +135,20 @@ impl Topics {
             entry.batch.push(staged);
         }
     }
-
-    /// Owner side: number the next message of `topic`. Returns the number and the workers
-    /// to deliver it to. A topic nobody subscribes to is not remembered.
-    pub fn sequence(&mut self, topic: &TopicName) -> Option<(u64, &[u16])> {
-        let owned = self.owned.get_mut(topic)?;
-        owned.last_seq += 1;
-        Some((owned.last_seq, &owned.interested))
-    }
-
-    /// Owner side: record that `worker` gained or lost its subscribers for `topic`.
-    pub fn set_interest(&mut self, topic: &TopicName, worker: u16, active: bool) {
-        if active {
-            let owned = self.owned.entry(topic.clone()).or_default();
-            if !owned.interested.contains(&worker) {
-                owned.interested.push(worker);
-            }
-        } else if let Some(owned) = self.owned.get_mut(topic) {
-            owned.interested.retain(|&w| w != worker);
-            if owned.interested.is_empty() {
-                self.owned.remove(topic);
-            }
-        }
-    }
 }
 
 /// One buffer with the turn's messages of a topic back to back: the same bytes go to every
 /// subscriber, so they are gathered once here rather than once per subscriber (as iovecs).
 /// A single message is already a buffer and is shared as is. (`benches/fanout_write.rs`
 /// measures this against one `writev` of the separate frames per subscriber.)
-pub fn cork(batch: &[Staged]) -> Bytes {
-    if let [only] = batch {
-        return only.frame.clone();
+pub fn cork<'a>(frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let mut count = frames.clone();
+    if let (Some(only), None) = (count.next(), count.next()) {
+        return only.clone();
     }
-    let mut buf = BytesMut::with_capacity(batch.iter().map(|s| s.frame.len()).sum());
-    for staged in batch {
-        buf.extend_from_slice(&staged.frame);
+    let mut buf = BytesMut::with_capacity(frames.clone().map(Bytes::len).sum());
+    for frame in frames {
+        buf.extend_from_slice(frame);
     }
     buf.freeze()
 }
@@ -148,37 +156,34 @@ pub fn cork(batch: &[Staged]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owned::HistoryLimits;
 
-    #[test]
-    fn unsubscribe_moves_the_last_subscriber_into_the_hole() {
-        let mut t = Topics::default();
-        let topic: TopicName = "chat".into();
-        assert!(t.subscribe(&topic, 10).first_here);
-        assert!(!t.subscribe(&topic, 11).first_here);
-        assert_eq!(t.subscribe(&topic, 12).slot, 2);
-        let u = t.unsubscribe(&topic, 0);
-        assert_eq!(u.moved, Some((12, 0)));
-        assert!(!u.last_here);
-        assert_eq!(t.local[&topic].subscribers, vec![12, 11]);
-        t.unsubscribe(&topic, 1);
-        assert!(t.unsubscribe(&topic, 0).last_here);
-        assert!(t.local.is_empty());
+    fn plain(key: u32) -> Subscriber {
+        Subscriber {
+            key,
+            envelope: false,
+            after: 0,
+        }
     }
 
     #[test]
-    fn owner_numbers_while_interested() {
-        let mut t = Topics::default();
+    fn unsubscribe_moves_the_last_subscriber_into_the_hole() {
+        let limits = HistoryLimits {
+            per_topic: 0,
+            ttl: None,
+            max_bytes: 0,
+        };
+        let mut t = Topics::new(Owned::new(0, 0, limits));
         let topic: TopicName = "chat".into();
-        assert!(t.sequence(&topic).is_none());
-        t.set_interest(&topic, 1, true);
-        t.set_interest(&topic, 0, true);
-        assert_eq!(
-            t.sequence(&topic).map(|(s, w)| (s, w.to_vec())),
-            Some((1, vec![1, 0]))
-        );
-        assert_eq!(t.sequence(&topic).map(|(s, _)| s), Some(2));
-        t.set_interest(&topic, 1, false);
-        t.set_interest(&topic, 0, false);
-        assert!(t.owned.is_empty());
+        assert!(t.subscribe(&topic, plain(10)).first_here);
+        assert!(!t.subscribe(&topic, plain(11)).first_here);
+        assert_eq!(t.subscribe(&topic, plain(12)).slot, 2);
+        let u = t.unsubscribe(&topic, 0);
+        assert_eq!(u.moved, Some((12, 0)));
+        assert!(!u.last_here);
+        assert_eq!(t.local[&topic].subscribers, vec![plain(12), plain(11)]);
+        t.unsubscribe(&topic, 1);
+        assert!(t.unsubscribe(&topic, 0).last_here);
+        assert!(t.local.is_empty());
     }
 }

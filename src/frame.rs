@@ -236,6 +236,21 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The data type and payload of a frame this server encoded (final, unmasked): what history
+/// replays and `herald.v1` envelopes are built from.
+pub fn payload_of(frame: &[u8]) -> (Data, &[u8]) {
+    let data = match frame.first().map(|b| b & 0x0f) {
+        Some(0x1) => Data::Text,
+        _ => Data::Binary,
+    };
+    let start = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    (data, frame.get(start..).unwrap_or_default())
+}
+
 /// A close frame with a code and a short reason.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len());

@@ -4,6 +4,7 @@
 use tungstenite::handshake::derive_accept_key;
 
 use crate::topic::{self, TopicError};
+use crate::v1;
 use crate::web;
 
 /// Largest request head accepted. Browsers send well under 2 KiB; more is abuse (431).
@@ -15,8 +16,8 @@ const MAX_HEADERS: usize = 64;
 /// What a complete request head asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// A valid WebSocket upgrade for `topic`; `accept` goes into the 101 response.
-    Upgrade { topic: String, accept: String },
+    /// A valid WebSocket upgrade; `accept` goes into the 101 response.
+    Upgrade { mode: Mode, accept: String },
     /// `GET /health`: liveness probe.
     Health,
     /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
@@ -29,6 +30,16 @@ pub enum Request {
         body_len: usize,
         keep_alive: bool,
     },
+}
+
+/// What an upgraded connection speaks.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Raw path mode: subscribed to the path's topic, bare payloads.
+    Path(String),
+    /// The client offered the `herald.v1` subprotocol: topics come from its control
+    /// messages, and the path is not a topic.
+    V1,
 }
 
 /// A complete head: what it asks for and how many bytes it took (frames may follow it).
@@ -135,8 +146,12 @@ pub fn page_response(
 }
 
 /// The `101 Switching Protocols` answer that opens the WebSocket.
-pub fn upgrade_response(accept: &str) -> Vec<u8> {
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+pub fn upgrade_response(accept: &str, mode: &Mode) -> Vec<u8> {
+    let protocol = match mode {
+        Mode::V1 => "Sec-WebSocket-Protocol: herald.v1\r\n",
+        Mode::Path(_) => "",
+    };
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n")
         .into_bytes()
 }
 
@@ -206,9 +221,19 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
             "Sec-WebSocket-Key must be 16 bytes in base64",
         ));
     }
-    let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
+    let offers_v1 = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .any(|h| has_token(std::str::from_utf8(h.value).unwrap_or(""), v1::PROTOCOL));
+    let mode = if offers_v1 {
+        Mode::V1
+    } else {
+        let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
+        Mode::Path(topic.to_owned())
+    };
     Ok(Request::Upgrade {
-        topic: topic.to_owned(),
+        mode,
         accept: derive_accept_key(key.as_bytes()),
     })
 }
@@ -302,7 +327,7 @@ mod tests {
         assert_eq!(
             head.request,
             Request::Upgrade {
-                topic: "prices/BTC-USD".into(),
+                mode: Mode::Path("prices/BTC-USD".into()),
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }
         );

@@ -114,6 +114,7 @@ impl Server {
         let wakers: Vec<Arc<Waker>> = links.iter().map(|(_, w)| w.clone()).collect();
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
 
+        let boot = boot_id();
         let mut workers = Vec::with_capacity(count);
         for (index, ((poll, listeners), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
@@ -133,6 +134,7 @@ impl Server {
                 config: config.clone(),
                 shared: shared[index].clone(),
                 shutdown: shutdown.clone(),
+                boot,
             };
             let worker =
                 Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
@@ -234,4 +236,14 @@ impl Server {
     fn snapshot(&self) -> Vec<Counters> {
         self.shared.iter().map(|s| s.read()).collect()
     }
+}
+
+/// A number that differs between server starts (clock and process id), so topic epochs from
+/// an earlier run never match this one's.
+fn boot_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+    ((mixed ^ (mixed >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
 }

@@ -27,9 +27,17 @@ pub struct Counters {
     pub rejected: u64,
     /// Times accepting paused because the process ran out of file descriptors.
     pub fd_pauses: u64,
+    /// Messages sent from history to joining `herald.v1` subscribers (`since`, `rewind`).
+    pub replayed: u64,
+    /// `herald.v1` requests (or topics of one) answered with an error.
+    pub v1_refusals: u64,
+    /// Messages kept in history by this worker's topics (gauge).
+    pub history_msgs: u64,
+    /// Memory charged for them, bytes (gauge; capped by `--history-max-bytes`).
+    pub history_bytes: u64,
 }
 
-const FIELDS: usize = 9;
+const FIELDS: usize = 13;
 
 impl Counters {
     fn to_array(self) -> [u64; FIELDS] {
@@ -43,11 +51,15 @@ impl Counters {
             self.full_drops,
             self.rejected,
             self.fd_pauses,
+            self.replayed,
+            self.v1_refusals,
+            self.history_msgs,
+            self.history_bytes,
         ]
     }
 
     fn from_array(a: [u64; FIELDS]) -> Self {
-        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses] =
+        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses, replayed, v1_refusals, history_msgs, history_bytes] =
             a;
         Counters {
             open,
@@ -59,6 +71,10 @@ impl Counters {
             full_drops,
             rejected,
             fd_pauses,
+            replayed,
+            v1_refusals,
+            history_msgs,
+            history_bytes,
         }
     }
 
@@ -109,7 +125,7 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
     }
     let _ = write!(
         line,
-        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} full_drops={} rejected={} fd_pauses={}",
+        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} full_drops={} rejected={} fd_pauses={} history_msgs={} history_bytes={} replayed={} v1_refusals={}",
         rate(p.msgs_in, n.msgs_in),
         rate(p.frames_out, n.frames_out),
         rate(p.bytes_out, n.bytes_out),
@@ -117,6 +133,10 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
         n.full_drops,
         n.rejected,
         n.fd_pauses,
+        n.history_msgs,
+        n.history_bytes,
+        n.replayed,
+        n.v1_refusals,
     );
     line
 }
@@ -124,8 +144,8 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
 /// Totals for the final report.
 pub fn totals_line(c: &Counters) -> String {
     format!(
-        "totals: accepted={} msgs_in={} frames_out={} bytes_out={} slow_closes={} full_drops={} rejected={} fd_pauses={}",
-        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected, c.fd_pauses
+        "totals: accepted={} msgs_in={} frames_out={} bytes_out={} slow_closes={} full_drops={} rejected={} fd_pauses={} replayed={} v1_refusals={}",
+        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected, c.fd_pauses, c.replayed, c.v1_refusals
     )
 }
 

@@ -5,11 +5,12 @@ use std::io;
 use std::sync::Arc;
 
 use super::{Doom, Worker, READS_PER_EVENT};
-use crate::bus::{Origin, Publication};
-use crate::conn::{Inbound, OutChunk, Phase};
+use crate::bus::{AckTo, Origin, Publication};
+use crate::conn::{Feed, Inbound, OutChunk, Phase};
 use crate::frame::{self, Event};
-use crate::http::{self, Request};
+use crate::http::{self, Mode, Request};
 use crate::topic::TopicName;
+use crate::v1;
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -131,8 +132,8 @@ impl Worker {
             Err(e) => return self.refuse(key, e),
         };
         match request {
-            Request::Upgrade { topic, accept } => {
-                self.open(key, &topic, &accept);
+            Request::Upgrade { mode, accept } => {
+                self.open(key, mode, &accept);
                 !has_more || self.on_frame_bytes(key, 0)
             }
             Request::Publish {
@@ -174,11 +175,18 @@ impl Worker {
             keep_alive,
         };
         let conn_id = conn.id;
-        self.accept_message(conn_id, topic, frame, Some(key));
+        let ack = AckTo { key, request: None };
+        self.accept_message(conn_id, topic, frame, Some(ack));
     }
 
     /// A client's message (WebSocket or HTTP) enters the server: count it and publish it.
-    fn accept_message(&mut self, conn_id: u64, topic: TopicName, frame: Bytes, ack: Option<usize>) {
+    pub(super) fn accept_message(
+        &mut self,
+        conn_id: u64,
+        topic: TopicName,
+        frame: Bytes,
+        ack: Option<AckTo>,
+    ) {
         self.counters.msgs_in += 1;
         let origin = Origin {
             worker: self.index as u16,
@@ -193,12 +201,20 @@ impl Worker {
         });
     }
 
-    /// The owner numbered an HTTP publish: answer it, then go on with the next request (kept
-    /// alive) from the next turn, so a long pipeline never recurses.
-    pub(super) fn on_ack(&mut self, key: usize, conn_id: u64, seq: Option<u64>) {
+    /// The owner numbered a publish. A `herald.v1` publisher gets a `published` reply; an
+    /// HTTP publisher its 202, then (kept alive) the next request from the next turn, so a
+    /// long pipeline never recurses.
+    pub(super) fn on_ack(&mut self, to: AckTo, conn_id: u64, seq: Option<u64>) {
+        let key = to.key;
         let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == conn_id) else {
             return; // gone (or timed out and replaced) meanwhile
         };
+        if let Some(id) = to.request {
+            if matches!(conn.phase, Phase::Open { .. }) {
+                self.queue_output(key, v1::published(id, seq), 0);
+            }
+            return;
+        }
         let Phase::AwaitingAck { keep_alive, .. } = conn.phase else {
             return;
         };
@@ -224,16 +240,27 @@ impl Worker {
         !full
     }
 
-    /// Complete the upgrade: answer 101 and subscribe the connection to its topic.
-    fn open(&mut self, key: usize, topic: &str, accept: &str) {
-        let name = self.shared_topic_name(topic);
-        let response = http::upgrade_response(accept);
+    /// Complete the upgrade: answer 101 and, in raw path mode, subscribe the connection to
+    /// its topic (a `herald.v1` connection starts with no topic).
+    fn open(&mut self, key: usize, mode: Mode, accept: &str) {
+        let response = http::upgrade_response(accept, &mode);
         self.queue_output(key, response.into(), 0);
-        self.subscribe(key, name);
+        match mode {
+            Mode::Path(topic) => {
+                let name = self.shared_topic_name(&topic);
+                self.subscribe_path(key, name);
+            }
+            Mode::V1 => {
+                self.conns[key].phase = Phase::Open {
+                    feed: Feed::V1(Box::default()),
+                    last_ping: self.tick,
+                };
+            }
+        }
     }
 
     /// The topic's name, shared with its existing subscribers here instead of another copy.
-    fn shared_topic_name(&self, topic: &str) -> TopicName {
+    pub(super) fn shared_topic_name(&self, topic: &str) -> TopicName {
         match self.topics.local.get_key_value(topic) {
             Some((existing, _)) => existing.clone(),
             None => Arc::from(topic),
@@ -284,7 +311,11 @@ impl Worker {
                 return;
             };
             let topic = match &conn.phase {
-                Phase::Open { topic, .. } => topic.clone(),
+                Phase::Open {
+                    feed: Feed::Path { topic, .. },
+                    ..
+                } => Some(topic.clone()),
+                Phase::Open { .. } => None, // herald.v1
                 Phase::Closing { .. } if matches!(event, Event::Close(_)) => {
                     self.hang_up(key); // close handshake complete: we close TCP first
                     return;
@@ -292,10 +323,13 @@ impl Worker {
                 _ => continue,
             };
             match event {
-                Event::Message(frame) => {
-                    let conn_id = conn.id;
-                    self.accept_message(conn_id, topic, frame, None);
-                }
+                Event::Message(frame) => match topic {
+                    Some(topic) => {
+                        let conn_id = conn.id;
+                        self.accept_message(conn_id, topic, frame, None);
+                    }
+                    None => self.on_v1_message(key, &frame),
+                },
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
                     self.reply_and_close(key, reply);

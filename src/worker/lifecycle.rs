@@ -2,7 +2,7 @@
 //! every deadline lives here.
 
 use super::{Worker, CLOSE_GRACE};
-use crate::conn::Phase;
+use crate::conn::{Feed, Phase};
 use crate::frame;
 
 /// Close code and reason sent to every client when the server shuts down.
@@ -28,8 +28,8 @@ impl Worker {
             return;
         }
         let conn = self.conns.remove(key);
-        if let Phase::Open { topic, slot, .. } = &conn.phase {
-            self.unsubscribe(topic, *slot);
+        if let Phase::Open { feed, .. } = &conn.phase {
+            self.leave_feed(feed);
         }
     }
 
@@ -39,7 +39,14 @@ impl Worker {
             return;
         };
         let previous = std::mem::replace(&mut conn.phase, next);
-        if let Phase::Open { topic, slot, .. } = previous {
+        if let Phase::Open { feed, .. } = previous {
+            self.leave_feed(&feed);
+        }
+    }
+
+    /// Remove the connection from every topic it receives.
+    fn leave_feed(&mut self, feed: &Feed) {
+        for (topic, slot) in feed.subscriptions() {
             self.unsubscribe(&topic, slot);
         }
     }

@@ -6,6 +6,7 @@
 mod input;
 mod lifecycle;
 mod output;
+mod subscriptions;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -23,6 +24,7 @@ use crate::conn::{Conn, Inbound};
 use crate::fanout::{Staged, Topics};
 use crate::frame;
 use crate::os;
+use crate::owned::{HistoryLimits, Owned};
 use crate::stats::{self, Counters, SharedCounters};
 use crate::tls;
 
@@ -127,6 +129,8 @@ pub struct WorkerParts {
     pub config: Arc<Config>,
     pub shared: Arc<SharedCounters>,
     pub shutdown: Arc<AtomicBool>,
+    /// Differs between server starts: part of every topic epoch.
+    pub boot: u32,
 }
 
 impl Worker {
@@ -139,7 +143,14 @@ impl Worker {
             config,
             shared,
             shutdown,
+            boot,
         } = parts;
+        let limits = HistoryLimits {
+            per_topic: config.history,
+            ttl: Some(config.history_ttl).filter(|t| !t.is_zero()),
+            max_bytes: config.history_max_bytes / bus.workers().max(1),
+        };
+        let owned = Owned::new(boot, index as u16, limits);
         for (i, listener) in listeners.iter_mut().take(MAX_LISTENERS).enumerate() {
             poll.registry().register(
                 &mut listener.socket,
@@ -154,7 +165,7 @@ impl Worker {
             listeners,
             conns: Slab::with_capacity(1024),
             next_conn_id: 1,
-            topics: Topics::default(),
+            topics: Topics::new(owned),
             bus,
             config,
             scratch: vec![0; SCRATCH_LEN],
@@ -334,12 +345,14 @@ impl Worker {
                     };
                     self.topics.stage(staged, &publication.topic);
                 }
-                BusMsg::Ack { key, conn, seq } => self.on_ack(key, conn, seq),
+                BusMsg::Ack { to, conn, seq } => self.on_ack(to, conn, seq),
                 BusMsg::Interest {
                     topic,
                     worker,
                     active,
-                } => self.topics.set_interest(&topic, worker, active),
+                } => self.topics.owned.set_interest(&topic, worker, active),
+                BusMsg::Join(request) => self.on_join(request),
+                BusMsg::Joined { request, result } => self.on_joined(request, result),
             }
         }
     }
@@ -355,12 +368,16 @@ impl Worker {
                 (self.now.duration_since(self.started).as_millis() / TICK.as_millis()) as u32;
             self.next_sweep = self.now + TICK;
             self.sweep();
+            self.topics.owned.expire(self.now);
         }
     }
 
     fn publish_counters(&mut self) {
         self.counters.open = self.conns.len() as u64;
         self.counters.full_drops = self.bus.dropped;
+        let (kept, kept_bytes) = self.topics.owned.kept();
+        self.counters.history_msgs = kept as u64;
+        self.counters.history_bytes = kept_bytes as u64;
         self.shared.publish(&self.counters);
     }
 

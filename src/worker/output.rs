@@ -17,9 +17,12 @@ use std::time::Instant;
 
 use super::{Doom, Worker};
 use crate::bus::{BusMsg, Origin, Publication};
-use crate::conn::{OutChunk, Phase};
-use crate::fanout::{cork, Staged};
+use bytes::Bytes;
+
+use crate::conn::{Feed, OutChunk, Phase};
+use crate::fanout::{cork, Staged, Subscriber};
 use crate::topic::{self, TopicName};
+use crate::v1;
 
 impl Worker {
     /// A client's message enters the server: hand it to its topic's owner (a direct call
@@ -35,17 +38,17 @@ impl Worker {
 
     /// Owner side: give the message the topic's next number and send it to every worker with
     /// subscribers, in that order: one sender per topic is what makes one order per topic.
-    /// An HTTP publisher is told the number (or that nobody subscribes).
+    /// A publisher waiting for the number is told it (or that nobody got the message).
     pub(super) fn sequence_and_route(&mut self, publication: Publication) {
         let me = self.bus.me() as u16;
-        let ack = publication.ack.map(|key| (key, publication.origin));
+        let ack = publication.ack.map(|to| (to, publication.origin));
         let seq = self.route(publication, me);
-        if let Some((key, origin)) = ack {
+        if let Some((to, origin)) = ack {
             if origin.worker == me {
-                self.on_ack(key, origin.conn, seq);
+                self.on_ack(to, origin.conn, seq);
             } else {
                 let ack = BusMsg::Ack {
-                    key,
+                    to,
                     conn: origin.conn,
                     seq,
                 };
@@ -54,10 +57,14 @@ impl Worker {
         }
     }
 
-    /// Number the message and hand it to the interested workers (staging it here if this
-    /// worker is one of them). `None` when nobody subscribes to the topic.
+    /// Number the message (keeping it in history) and hand it to the interested workers
+    /// (staging it here if this worker is one of them). `None`: not numbered (nobody
+    /// subscribes and there is no history).
     fn route(&mut self, publication: Publication, me: u16) -> Option<u64> {
-        let (seq, interested) = self.topics.sequence(&publication.topic)?;
+        let (seq, interested) =
+            self.topics
+                .owned
+                .sequence(&publication.topic, &publication.frame, self.now)?;
         let mut local = false;
         for &worker in interested {
             if worker == me {
@@ -91,27 +98,37 @@ impl Worker {
         Some(seq)
     }
 
-    /// Add an upgraded connection to its topic; the first subscriber here tells the owner.
-    pub(super) fn subscribe(&mut self, key: usize, topic: TopicName) {
-        let subscribed = self.topics.subscribe(&topic, key);
-        if subscribed.first_here {
-            self.send_interest(&topic, true);
-        }
-        let last_ping = self.tick;
+    /// Add an upgraded raw-mode connection to its path's topic.
+    pub(super) fn subscribe_path(&mut self, key: usize, topic: TopicName) {
+        let subscriber = Subscriber {
+            key: key as u32,
+            envelope: false,
+            after: 0,
+        };
+        let slot = self.add_subscriber(&topic, subscriber);
         self.conns[key].phase = Phase::Open {
-            topic,
-            slot: subscribed.slot,
-            last_ping,
+            feed: Feed::Path { topic, slot },
+            last_ping: self.tick,
         };
     }
 
-    /// Remove a connection from its topic (it is closing); the last one here tells the owner.
+    /// Add a subscriber to a topic here; the first one here tells the owner. Returns its slot.
+    pub(super) fn add_subscriber(&mut self, topic: &TopicName, subscriber: Subscriber) -> u32 {
+        let subscribed = self.topics.subscribe(topic, subscriber);
+        if subscribed.first_here {
+            self.send_interest(topic, true);
+        }
+        subscribed.slot
+    }
+
+    /// Remove a connection's subscriber entry (it unsubscribes or closes); the last one here
+    /// tells the owner.
     pub(super) fn unsubscribe(&mut self, topic: &TopicName, slot: u32) {
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {
-            if let Some(Phase::Open { slot, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
+            if let Some(Phase::Open { feed, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
             {
-                *slot = new_slot;
+                feed.set_slot(topic, new_slot);
             }
         }
         if unsubscribed.last_here {
@@ -123,7 +140,7 @@ impl Worker {
         let owner = topic::owner_of(topic, self.bus.workers());
         let me = self.bus.me();
         if owner == me {
-            self.topics.set_interest(topic, me as u16, active);
+            self.topics.owned.set_interest(topic, me as u16, active);
         } else {
             self.bus.send(
                 owner,
@@ -153,51 +170,69 @@ impl Worker {
         self.flush_queued();
     }
 
-    /// The fan-out write. For each topic with messages this turn: one corked buffer, then one
-    /// `write` per subscriber. Nothing is allocated per subscriber unless the kernel refuses
-    /// bytes (then a slice of the shared buffer is queued on that connection).
+    /// The fan-out write. For each topic with messages this turn: one corked buffer per
+    /// format (bare payloads; `herald.v1` envelopes, built only if a subscriber here wants
+    /// them), then one `write` per subscriber. Nothing is allocated per subscriber unless the
+    /// kernel refuses bytes (then a slice of the shared buffer is queued on that connection)
+    /// or the subscriber must get only part of the batch (`--no-echo`, a `herald.v1` join).
     fn flush_topics(&mut self) {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
         let backlog_limit = self.config.backlog_limit();
+        let me = self.bus.me() as u16;
         for name in &dirty {
             let Some(topic) = self.topics.local.get_mut(name) else {
                 continue;
             };
             let batch = std::mem::take(&mut topic.batch);
-            if batch.is_empty() {
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 continue;
-            }
-            let corked = cork(&batch);
-            let oldest = batch[0].received;
+            };
+            let (first_seq, last_seq, oldest) = (first.seq, last.seq, first.received);
+            let plain = cork(batch.iter().map(|s| &s.frame));
+            let envelopes = (topic.envelope_subscribers > 0).then(|| Envelopes::new(name, &batch));
             let messages = batch.len() as u32;
-            let me = self.bus.me() as u16;
             // Only a batch holding a message from this worker can contain a sender's own.
             let skip_senders = self.config.no_echo && batch.iter().any(|s| s.origin.worker == me);
             let mut complete: u64 = 0;
-            for &key in &topic.subscribers {
+            for sub in &topic.subscribers {
+                if sub.after >= last_seq {
+                    continue; // joining (the owner's answer is on its way), or has these already
+                }
+                let key = sub.key as usize;
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
+                };
+                let (corked, frames) = match (&envelopes, sub.envelope) {
+                    (Some(e), true) => (&e.corked, Some(&e.frames)),
+                    _ => (&plain, None),
                 };
                 let own = Origin {
                     worker: me,
                     conn: conn.id,
                 };
-                if skip_senders && batch.iter().any(|s| s.origin == own) {
-                    // The sender is here and must not get its own message: queue the others.
-                    for staged in batch.iter().filter(|s| s.origin != own) {
-                        conn.out.push(OutChunk {
-                            data: staged.frame.clone(),
-                            received: staged.received,
-                            messages: 1,
-                        });
+                let sender_here = skip_senders && batch.iter().any(|s| s.origin == own);
+                if sender_here || sub.after >= first_seq {
+                    // Only part of the batch is for this one: queue those messages singly.
+                    for (i, staged) in batch.iter().enumerate() {
+                        if staged.seq > sub.after && !(sender_here && staged.origin == own) {
+                            let frame = frames.map_or(&staged.frame, |f| &f[i]);
+                            conn.out.push(OutChunk {
+                                data: frame.clone(),
+                                received: staged.received,
+                                messages: 1,
+                            });
+                        }
                     }
                     if !conn.out.is_empty() && !conn.queued_for_flush {
                         conn.queued_for_flush = true;
                         self.to_flush.push(key);
                     }
                 } else if conn.out.is_empty() {
-                    match write_once(&mut conn.output(), &corked) {
-                        Ok(n) if n == corked.len() => complete += 1,
+                    match write_once(&mut conn.output(), corked) {
+                        Ok(n) if n == corked.len() => {
+                            complete += 1;
+                            self.counters.bytes_out += n as u64;
+                        }
                         Ok(n) => {
                             self.counters.bytes_out += n as u64;
                             conn.out.push(OutChunk {
@@ -220,7 +255,6 @@ impl Worker {
                 }
             }
             self.counters.frames_out += complete * messages as u64;
-            self.counters.bytes_out += complete * corked.len() as u64;
             if complete > 0 {
                 let now = Instant::now();
                 for staged in &batch {
@@ -305,5 +339,23 @@ fn write_once(socket: &mut impl Write, data: &[u8]) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// A topic's batch as `herald.v1` envelopes: built once per message on this worker, shared
+/// by every such subscriber here; `corked` is all of them back to back.
+struct Envelopes {
+    frames: Vec<Bytes>,
+    corked: Bytes,
+}
+
+impl Envelopes {
+    fn new(topic: &str, batch: &[Staged]) -> Self {
+        let frames: Vec<Bytes> = batch
+            .iter()
+            .map(|s| v1::envelope(topic, s.seq, &s.frame))
+            .collect();
+        let corked = cork(frames.iter());
+        Envelopes { frames, corked }
     }
 }

@@ -1,0 +1,323 @@
+//! The owner's side of topics: numbering, which workers subscribe, each topic's epoch, and
+//! its history. Every topic has exactly one owner worker (a hash of its name), so everything
+//! here is single-threaded and needs no lock.
+//!
+//! A topic's state lives while some worker subscribes to it or its history holds a message.
+//! When it goes and later comes back, it starts over at number 1 under a new **epoch**, and
+//! epochs also change with every server start: a client's `since` from another life of the
+//! topic is refused (`epoch_changed`) instead of being misread.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::history::{Kept, Ring};
+use crate::topic::TopicName;
+use crate::v1::{Refusal, Start};
+
+/// Memory charged per kept message beyond its frame bytes (ring slot, eviction-order entry,
+/// the topic's share of the table), so many tiny messages cannot dodge the cap.
+pub const KEPT_OVERHEAD: usize = 128;
+
+/// The owner's record of a topic.
+#[derive(Debug)]
+pub struct OwnedTopic {
+    /// Number of the last message; 0 before the first.
+    pub last_seq: u64,
+    /// Workers with at least one subscriber.
+    pub interested: Vec<u16>,
+    /// This life of the topic, unique per server start and owner (see the module doc).
+    epoch: u64,
+    ring: Ring,
+}
+
+/// What a subscriber gets when it joins a topic: where the live stream starts and the kept
+/// messages to send before it.
+#[derive(Debug)]
+pub struct Joined {
+    pub epoch: String,
+    pub last_seq: u64,
+    pub replay: Vec<Kept>,
+}
+
+/// History settings (`--history`, `--history-ttl`, `--history-max-bytes` per worker).
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    pub per_topic: usize,
+    pub ttl: Option<Duration>,
+    pub max_bytes: usize,
+}
+
+/// All the topics one worker owns.
+#[derive(Debug)]
+pub struct Owned {
+    topics: HashMap<TopicName, OwnedTopic>,
+    limits: HistoryLimits,
+    /// Prefix of every epoch name this worker hands out: server start and worker.
+    epoch_prefix: String,
+    next_epoch: u64,
+    /// Every kept message, oldest first across topics: the order the memory cap and the age
+    /// limit forget them in. Entries of messages already pushed out of their ring by newer
+    /// ones go stale and are skipped (and compacted away).
+    order: VecDeque<(TopicName, u64, u64, Instant, usize)>,
+    kept: usize,
+    kept_bytes: usize,
+}
+
+impl Owned {
+    /// `boot` differs between server starts; `worker` tells owners apart.
+    pub fn new(boot: u32, worker: u16, limits: HistoryLimits) -> Self {
+        Owned {
+            topics: HashMap::new(),
+            limits,
+            epoch_prefix: format!("{boot:08x}.{worker}."),
+            next_epoch: 1,
+            order: VecDeque::new(),
+            kept: 0,
+            kept_bytes: 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// Messages kept, and the memory charged for them (for stats).
+    pub fn kept(&self) -> (usize, usize) {
+        (self.kept, self.kept_bytes)
+    }
+
+    fn epoch_name(&self, epoch: u64) -> String {
+        format!("{}{epoch}", self.epoch_prefix)
+    }
+
+    fn create(&mut self, topic: &TopicName) -> &mut OwnedTopic {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        self.topics.entry(topic.clone()).or_insert(OwnedTopic {
+            last_seq: 0,
+            interested: Vec::new(),
+            epoch,
+            ring: Ring::default(),
+        })
+    }
+
+    /// Number the next message of `topic` and keep it in history. Returns the number and the
+    /// workers to deliver it to. Without history, a topic nobody subscribes to is neither
+    /// numbered nor remembered (`None`).
+    pub fn sequence(
+        &mut self,
+        topic: &TopicName,
+        frame: &Bytes,
+        now: Instant,
+    ) -> Option<(u64, &[u16])> {
+        let keep = self.limits.per_topic > 0;
+        if !keep && !self.topics.contains_key(topic) {
+            return None;
+        }
+        if !self.topics.contains_key(topic) {
+            self.create(topic);
+        }
+        let owned = self.topics.get_mut(topic)?;
+        owned.last_seq += 1;
+        let seq = owned.last_seq;
+        if keep {
+            let epoch = owned.epoch;
+            let charge = frame.len() + KEPT_OVERHEAD;
+            let kept = Kept {
+                seq,
+                frame: frame.clone(),
+                at: now,
+            };
+            if let Some(out) = owned.ring.push(kept, self.limits.per_topic) {
+                self.kept -= 1;
+                self.kept_bytes -= out.frame.len() + KEPT_OVERHEAD;
+            }
+            self.kept += 1;
+            self.kept_bytes += charge;
+            self.order
+                .push_back((topic.clone(), epoch, seq, now, frame.len()));
+            self.enforce_cap();
+        }
+        let owned = self.topics.get(topic)?;
+        Some((seq, &owned.interested))
+    }
+
+    /// Record that `worker` gained or lost its subscribers for `topic`.
+    pub fn set_interest(&mut self, topic: &TopicName, worker: u16, active: bool) {
+        if active {
+            let owned = match self.topics.get_mut(topic) {
+                Some(owned) => owned,
+                None => self.create(topic),
+            };
+            if !owned.interested.contains(&worker) {
+                owned.interested.push(worker);
+            }
+        } else if let Some(owned) = self.topics.get_mut(topic) {
+            owned.interested.retain(|&w| w != worker);
+            if owned.interested.is_empty() && owned.ring.is_empty() {
+                self.topics.remove(topic);
+            }
+        }
+    }
+
+    /// A subscriber joins `topic` from `start`. Its worker registered interest first (same
+    /// channel, so in order), hence every message numbered after this answer reaches it live,
+    /// and every message up to `last_seq` it needs is in `replay`: no gap, no duplicate.
+    pub fn join(&mut self, topic: &TopicName, start: &Start) -> Result<Joined, Refusal> {
+        if !self.topics.contains_key(topic) {
+            self.create(topic);
+        }
+        let owned = &self.topics[topic];
+        let epoch = self.epoch_name(owned.epoch);
+        let replay = owned.ring.replay(start, &epoch, owned.last_seq)?;
+        Ok(Joined {
+            epoch,
+            last_seq: owned.last_seq,
+            replay,
+        })
+    }
+
+    /// Forget messages older than `--history-ttl` (called once per tick).
+    pub fn expire(&mut self, now: Instant) {
+        let Some(ttl) = self.limits.ttl else {
+            return;
+        };
+        while self
+            .order
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.3) >= ttl)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    /// Keep the charged memory under the cap, oldest messages first, and the eviction order
+    /// from filling up with stale entries.
+    fn enforce_cap(&mut self) {
+        while self.kept_bytes > self.limits.max_bytes && !self.order.is_empty() {
+            self.forget_oldest();
+        }
+        if self.order.len() > 2 * self.kept + 1024 {
+            let topics = &self.topics;
+            self.order.retain(|(name, epoch, seq, _, _)| {
+                topics
+                    .get(name)
+                    .is_some_and(|t| t.epoch == *epoch && t.ring.holds(*seq))
+            });
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some((name, epoch, seq, _, len)) = self.order.pop_front() else {
+            return;
+        };
+        let Some(owned) = self.topics.get_mut(&name).filter(|t| t.epoch == epoch) else {
+            return;
+        };
+        if owned.ring.pop_if_oldest(seq).is_some() {
+            self.kept -= 1;
+            self.kept_bytes -= len + KEPT_OVERHEAD;
+        }
+        if owned.ring.is_empty() && owned.interested.is_empty() {
+            self.topics.remove(&name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_topic: usize, max_bytes: usize) -> HistoryLimits {
+        HistoryLimits {
+            per_topic,
+            ttl: Some(Duration::from_secs(10)),
+            max_bytes,
+        }
+    }
+
+    fn frame(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn without_history_only_interest_keeps_a_topic() {
+        let mut o = Owned::new(1, 0, limits(0, 1 << 20));
+        let t: TopicName = "chat".into();
+        let now = Instant::now();
+        assert!(o.sequence(&t, &frame(1), now).is_none());
+        o.set_interest(&t, 1, true);
+        o.set_interest(&t, 0, true);
+        let (seq, workers) = o.sequence(&t, &frame(1), now).unwrap();
+        assert_eq!((seq, workers.to_vec()), (1, vec![1, 0]));
+        assert_eq!(o.sequence(&t, &frame(1), now).map(|(s, _)| s), Some(2));
+        o.set_interest(&t, 1, false);
+        o.set_interest(&t, 0, false);
+        assert!(o.is_empty());
+        assert_eq!(o.kept(), (0, 0));
+    }
+
+    #[test]
+    fn history_outlives_subscribers_and_a_new_life_gets_a_new_epoch() {
+        let mut o = Owned::new(1, 0, limits(3, 1 << 20));
+        let t: TopicName = "chat".into();
+        let now = Instant::now();
+        for _ in 0..5 {
+            o.sequence(&t, &frame(10), now);
+        }
+        assert_eq!(o.kept(), (3, 3 * (10 + KEPT_OVERHEAD)));
+        let joined = o.join(&t, &Start::Rewind(10)).unwrap();
+        assert_eq!(joined.last_seq, 5);
+        assert_eq!(
+            joined.replay.iter().map(|k| k.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        let first_epoch = joined.epoch;
+        // Everything expires: the topic is forgotten, and comes back as a new life.
+        o.expire(now + Duration::from_secs(11));
+        assert!(o.is_empty());
+        assert_eq!(o.kept(), (0, 0));
+        assert_eq!(o.sequence(&t, &frame(10), now).map(|(s, _)| s), Some(1));
+        let again = o.join(&t, &Start::Now).unwrap();
+        assert_ne!(again.epoch, first_epoch);
+        let since_old = Start::Since {
+            epoch: first_epoch,
+            seq: 5,
+        };
+        assert_eq!(o.join(&t, &since_old).unwrap_err().code(), "epoch_changed");
+    }
+
+    #[test]
+    fn the_memory_cap_forgets_the_oldest_messages_of_any_topic() {
+        let cap = 4 * (100 + KEPT_OVERHEAD);
+        let mut o = Owned::new(1, 0, limits(100, cap));
+        let (a, b): (TopicName, TopicName) = ("a".into(), "b".into());
+        let now = Instant::now();
+        for _ in 0..3 {
+            o.sequence(&a, &frame(100), now);
+        }
+        for _ in 0..3 {
+            o.sequence(&b, &frame(100), now);
+        }
+        let (kept, bytes) = o.kept();
+        assert_eq!(kept, 4);
+        assert!(bytes <= cap);
+        // a kept only its newest message, b all three.
+        assert_eq!(o.join(&a, &Start::Rewind(9)).unwrap().replay.len(), 1);
+        assert_eq!(o.join(&b, &Start::Rewind(9)).unwrap().replay.len(), 3);
+    }
+
+    #[test]
+    fn stale_eviction_entries_are_compacted() {
+        let mut o = Owned::new(1, 0, limits(1, 1 << 30));
+        let t: TopicName = "t".into();
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            o.sequence(&t, &frame(1), now);
+        }
+        assert_eq!(o.kept().0, 1);
+        assert!(o.order.len() <= 2 + 1024 + 1, "{}", o.order.len());
+    }
+}

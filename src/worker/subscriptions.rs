@@ -1,0 +1,204 @@
+//! `herald.v1` requests (subscribe with recovery, unsubscribe, publish) and both sides of
+//! joining a topic: the owner's answer and the subscriber's replay.
+//!
+//! Why a join is gap-free and duplicate-free: the subscriber's worker adds the subscriber
+//! (holding its deliveries back: `after = JOINING`) and tells the owner — interest first,
+//! then the join, on the same channel. The owner answers with its current number `last` and
+//! the kept messages up to it. Everything numbered later reaches the subscriber's worker
+//! live, after the answer (again one channel, in order); everything numbered earlier is in
+//! the answer. The answer sets `after = last`, so the subscriber gets the replay, then
+//! exactly the live messages above `last`.
+
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use super::Worker;
+use crate::bus::{AckTo, BusMsg, JoinRequest};
+use crate::conn::{Feed, Phase, Subscription, V1Feed};
+use crate::fanout::{Subscriber, JOINING};
+use crate::frame;
+use crate::owned::Joined;
+use crate::topic;
+use crate::v1::{self, Refusal, Request, Wanted};
+
+/// Close code for a non-text message on a `herald.v1` connection (RFC 6455: unsupported data).
+const UNSUPPORTED_DATA: (u16, &str) = (1003, "herald.v1 takes JSON text messages");
+
+impl Worker {
+    /// One client message on a `herald.v1` connection: a JSON request.
+    pub(super) fn on_v1_message(&mut self, key: usize, message: &[u8]) {
+        let (data, payload) = frame::payload_of(message);
+        if data != Data::Text {
+            let (code, reason) = UNSUPPORTED_DATA;
+            return self.fail(key, code, reason);
+        }
+        match v1::decode(payload) {
+            Err((id, refusal)) => self.v1_refuse(key, id, None, &refusal),
+            Ok(Request::Subscribe { id, topics }) => {
+                for wanted in topics {
+                    self.v1_subscribe(key, id, wanted);
+                }
+            }
+            Ok(Request::Unsubscribe { id, topics }) => {
+                for name in topics {
+                    self.v1_unsubscribe(key, id, &name);
+                }
+            }
+            Ok(Request::Publish {
+                id,
+                topic,
+                data,
+                payload,
+            }) => {
+                let frame = frame::encode(OpCode::Data(data), &payload);
+                let topic = self.shared_topic_name(&topic);
+                let conn_id = self.conns[key].id;
+                let ack = AckTo {
+                    key,
+                    request: Some(id),
+                };
+                self.accept_message(conn_id, topic, frame, Some(ack));
+            }
+        }
+    }
+
+    fn v1_refuse(&mut self, key: usize, id: Option<u64>, topic: Option<&str>, why: &Refusal) {
+        self.counters.v1_refusals += 1;
+        self.queue_output(key, v1::error(id, topic, why), 0);
+    }
+
+    fn v1_feed(&mut self, key: usize) -> Option<&mut V1Feed> {
+        match &mut self.conns.get_mut(key)?.phase {
+            Phase::Open {
+                feed: Feed::V1(feed),
+                ..
+            } => Some(feed),
+            _ => None,
+        }
+    }
+
+    /// Subscribe to one topic: deliveries are held back until the owner says where the
+    /// stream starts (see the module doc).
+    fn v1_subscribe(&mut self, key: usize, id: u64, wanted: Wanted) {
+        if let Err(e) = topic::validate(&wanted.topic) {
+            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &Refusal::BadTopic(e));
+        }
+        let max = self.config.max_topics_per_conn;
+        let Some(feed) = self.v1_feed(key) else {
+            return;
+        };
+        let refusal = if feed.subs.iter().any(|s| *s.topic == *wanted.topic) {
+            Some(Refusal::AlreadySubscribed)
+        } else if feed.subs.len() >= max {
+            Some(Refusal::TooManyTopics(max))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
+        }
+        let join = feed.next_join;
+        feed.next_join = join.wrapping_add(1);
+        let topic = self.shared_topic_name(&wanted.topic);
+        let subscriber = Subscriber {
+            key: key as u32,
+            envelope: true,
+            after: JOINING,
+        };
+        let slot = self.add_subscriber(&topic, subscriber);
+        let conn = self.conns[key].id;
+        if let Some(feed) = self.v1_feed(key) {
+            feed.subs.push(Subscription {
+                topic: topic.clone(),
+                slot,
+                joining: Some((join, id)),
+            });
+        }
+        let me = self.bus.me();
+        let request = JoinRequest {
+            topic,
+            worker: me as u16,
+            key,
+            conn,
+            join,
+            request: id,
+            start: wanted.start,
+        };
+        let owner = topic::owner_of(&request.topic, self.bus.workers());
+        if owner == me {
+            self.on_join(request);
+        } else {
+            self.bus.send(owner, BusMsg::Join(request));
+        }
+    }
+
+    /// Unsubscribe from one topic (also cancels a subscribe still waiting for its answer,
+    /// which then gets none).
+    fn v1_unsubscribe(&mut self, key: usize, id: u64, name: &str) {
+        let Some(feed) = self.v1_feed(key) else {
+            return;
+        };
+        let Some(i) = feed.subs.iter().position(|s| *s.topic == *name) else {
+            return self.v1_refuse(key, Some(id), Some(name), &Refusal::NotSubscribed);
+        };
+        let sub = feed.subs.swap_remove(i);
+        self.unsubscribe(&sub.topic, sub.slot);
+        self.queue_output(key, v1::unsubscribed(id, name), 0);
+    }
+
+    /// Owner side: answer a join with where the stream starts and what to replay.
+    pub(super) fn on_join(&mut self, request: JoinRequest) {
+        let result = self.topics.owned.join(&request.topic, &request.start);
+        let to = request.worker as usize;
+        if to == self.bus.me() {
+            self.on_joined(request, result);
+        } else {
+            self.bus.send(to, BusMsg::Joined { request, result });
+        }
+    }
+
+    /// Subscriber side: the owner answered. Send `subscribed` and the replay, and let live
+    /// messages above the start through; or, refused, drop the subscription and say why.
+    pub(super) fn on_joined(&mut self, request: JoinRequest, result: Result<Joined, Refusal>) {
+        let key = request.key;
+        if self.conns.get(key).is_none_or(|c| c.id != request.conn) {
+            return; // gone meanwhile
+        }
+        let Some(feed) = self.v1_feed(key) else {
+            return;
+        };
+        let this_join = |s: &Subscription| {
+            s.topic == request.topic && s.joining.is_some_and(|(join, _)| join == request.join)
+        };
+        let Some(i) = feed.subs.iter().position(this_join) else {
+            return; // unsubscribed meanwhile
+        };
+        let topic = request.topic;
+        match result {
+            Ok(joined) => {
+                feed.subs[i].joining = None;
+                let slot = feed.subs[i].slot;
+                if let Some(subscriber) = self.topics.subscriber_mut(&topic, slot) {
+                    subscriber.after = joined.last_seq;
+                }
+                let reply = v1::subscribed(
+                    request.request,
+                    &topic,
+                    &joined.epoch,
+                    joined.last_seq,
+                    joined.replay.len(),
+                );
+                self.queue_output(key, reply, 0);
+                for kept in &joined.replay {
+                    let envelope = v1::envelope(&topic, kept.seq, &kept.frame);
+                    self.queue_output(key, envelope, 1);
+                }
+                self.counters.replayed += joined.replay.len() as u64;
+            }
+            Err(refusal) => {
+                let sub = feed.subs.swap_remove(i);
+                self.unsubscribe(&sub.topic, sub.slot);
+                self.v1_refuse(key, Some(request.request), Some(&topic), &refusal);
+            }
+        }
+    }
+}
