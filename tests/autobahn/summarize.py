@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Summarize an Autobahn fuzzingclient report: summarize.py REPORT_DIR [EXPECTED_IDS_FILE [FAILED_OUT]]
+"""Summarize an Autobahn fuzzingclient report: summarize.py REPORT_DIR [EXPECTED_IDS_FILE]
 
 Prints "autobahn: OK=N NON-STRICT=N INFORMATIONAL=N UNIMPLEMENTED=N FAILED=N [MISSING=N]" and
 one line per failed case. A case's verdict is Autobahn's "behavior"; anything other than the
 first four buckets is FAILED. Expected ids absent from the report are MISSING and are included
 in FAILED. Close-handshake anomalies ("behaviorClose") are only noted on stderr.
-FAILED_OUT, if given, receives the ids of the failed cases, one per line (left empty when
-cases are missing: a crashed server is not retried).
+Each failed case is printed with what Autobahn expected, what it received and the tail of its
+wire log, so that a failure seen once (say, in CI) can be understood afterwards.
 Exit: 0 if FAILED=0, 1 otherwise, 3 if the report cannot be read.
 """
 import collections, json, os, re, sys
@@ -35,7 +35,7 @@ def reason(report_dir, e):
     return why
 
 
-def main(report_dir, expected_file=None, failed_out=None):
+def main(report_dir, expected_file=None):
     try:
         with open(os.path.join(report_dir, "index.json")) as f:
             cases = next(iter(json.load(f).values()), {})
@@ -43,13 +43,12 @@ def main(report_dir, expected_file=None, failed_out=None):
         print("autobahn: ERROR cannot read the report in %s: %s" % (report_dir, e))
         return 3
     counts = collections.Counter({b: 0 for b in BUCKETS})
-    failed, failed_ids, odd_close = [], [], []
+    failed, odd_close = [], []
     for cid in sorted(cases, key=key):
         e = cases[cid]
         bucket = e.get("behavior") if e.get("behavior") in BUCKETS else "FAILED"
         counts[bucket] += 1
         if bucket == "FAILED":
-            failed_ids.append(cid)
             failed.append("  %-8s %s" % (cid, reason(report_dir, e)))
         if e.get("behaviorClose") not in ("OK", "INFORMATIONAL"):
             odd_close.append("%s=%s" % (cid, e.get("behaviorClose")))
@@ -58,9 +57,6 @@ def main(report_dir, expected_file=None, failed_out=None):
         with open(expected_file) as f:
             missing = sorted({l.strip() for l in f if l.strip()} - set(cases), key=key)
     counts["FAILED"] += len(missing)
-    if failed_out:
-        with open(failed_out, "w") as f:
-            f.write("" if missing else "".join(c + "\n" for c in failed_ids))
     print("autobahn: " + " ".join("%s=%d" % (b, counts[b]) for b in BUCKETS)
           + (" MISSING=%d" % len(missing) if missing else ""))
     for line in failed:
@@ -75,7 +71,7 @@ def main(report_dir, expected_file=None, failed_out=None):
 
 
 if __name__ == "__main__":
-    if not 2 <= len(sys.argv) <= 4:
+    if not 2 <= len(sys.argv) <= 3:
         print(__doc__, file=sys.stderr)
         sys.exit(3)
     sys.exit(main(*sys.argv[1:]))
