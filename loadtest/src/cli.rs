@@ -97,6 +97,10 @@ pub struct Args {
     /// handshake signatures are still checked. Without it the system's trusted roots decide.
     #[arg(long)]
     pub insecure: bool,
+    /// Subscribers speak Herald's herald.v1 subprotocol: they upgrade on `/`, subscribe to the
+    /// URL's path as the topic and read JSON envelopes. Publishers stay in raw path mode.
+    #[arg(long)]
+    pub v1: bool,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +161,8 @@ pub struct Config {
     pub cluster: bool,
     /// Accept any TLS server certificate (`--insecure`).
     pub insecure: bool,
+    /// Subscribers use the `herald.v1` subprotocol (`--v1`).
+    pub v1: bool,
     /// JSON report instead of text.
     pub json: bool,
     /// Where to write the .hgrm distribution.
@@ -259,6 +265,14 @@ impl Config {
                 return Err("--source-ips above 1 needs IPv4 (127.x) targets".into());
             }
         }
+        if a.v1 {
+            if a.mode != Mode::Fanout {
+                return Err("--v1 works only with --mode fanout".into());
+            }
+            for t in &targets {
+                crate::v1::check_topic(&t.path).map_err(|e| format!("--v1: {}: {e}", t.url))?;
+            }
+        }
         let cores = match &a.cores {
             Some(list) => parse_cores(list).map_err(|e| format!("--cores {list:?}: {e}"))?,
             None => Vec::new(),
@@ -284,6 +298,7 @@ impl Config {
             cores,
             cluster: a.cluster,
             insecure: a.insecure,
+            v1: a.v1,
             json: a.json,
             hgrm: a.hgrm.clone(),
             server_pid: a.server_pid,
@@ -400,6 +415,21 @@ mod tests {
         assert!(c.uses_tls() && c.insecure);
         let c = cfg(&["--url", "ws://127.0.0.1:9000/t"]).expect("valid");
         assert!(!c.uses_tls() && !c.insecure);
+    }
+
+    #[test]
+    fn v1_needs_fanout_and_a_topic() {
+        let c = cfg(&["--url", "ws://127.0.0.1:9000/bench", "--v1"]).expect("valid");
+        assert!(c.v1);
+        assert!(
+            !cfg(&["--url", "ws://127.0.0.1:9000/bench"])
+                .expect("valid")
+                .v1
+        );
+        assert!(cfg(&["--url", "ws://127.0.0.1:9000/", "--v1"]).is_err());
+        assert!(cfg(&["--url", "ws://127.0.0.1:9000/a%20b", "--v1"]).is_err());
+        let echo = ["--url", "ws://127.0.0.1:9000/t", "--v1", "--mode", "echo"];
+        assert!(cfg(&echo).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::schedule::{due_ns, Window};
 use crate::stats::Stats;
 use crate::tracker::{Seen, Tracker};
 use crate::transport::Transport;
+use crate::v1;
 
 /// Full-buffer reads per readiness event before yielding to other connections.
 const READ_BUDGET: usize = 32;
@@ -31,6 +32,8 @@ pub enum State {
     Connecting,
     /// Upgrade request sent (after the TLS handshake for `wss://`), waiting for the 101.
     Upgrading,
+    /// `--v1` subscriber: upgraded, subscribe sent, waiting for `subscribed`.
+    Subscribing,
     /// WebSocket open.
     Open,
     /// Our close frame sent; waiting for the server to close.
@@ -108,6 +111,8 @@ pub struct Conn {
     pub at_go: bool,
     /// Whether it counts deliveries (subscriber, or echo connection).
     pub receiver: bool,
+    /// A `--v1` subscriber: subscribes after the upgrade and reads envelopes.
+    v1: bool,
     /// Order tracking per publisher (fanout) or of its own stream (echo).
     trackers: Box<[Tracker]>,
     /// A fragmented message being reassembled, and its opcode (0: none).
@@ -137,6 +142,7 @@ impl Conn {
             out_pos: 0,
             at_go: false,
             receiver,
+            v1: cfg.v1 && receiver,
             trackers: trackers.into_boxed_slice(),
             frag: Vec::new(),
             frag_op: 0,
@@ -145,7 +151,10 @@ impl Conn {
 
     /// Whether the connection is still connecting or upgrading.
     pub fn in_flight(&self) -> bool {
-        matches!(self.state, State::Connecting | State::Upgrading)
+        matches!(
+            self.state,
+            State::Connecting | State::Upgrading | State::Subscribing
+        )
     }
 
     /// Bytes queued but not yet written.
@@ -222,6 +231,19 @@ impl Conn {
                 }
                 Ok(Step::Idle)
             }
+            State::Subscribing => {
+                if writable && self.has_output() {
+                    self.flush().map_err(|e| io_kind("subscribe", &e))?;
+                }
+                if readable {
+                    self.read_frames(ctx)?;
+                    if self.state == State::Open {
+                        // The worker reads again at once, for anything after `subscribed`.
+                        return Ok(Step::Upgraded);
+                    }
+                }
+                Ok(Step::Idle)
+            }
         }
     }
 
@@ -242,21 +264,30 @@ impl Conn {
                 Ok(None) => continue,
                 Err(e) => return Err(e.kind()),
                 Ok(Some(n)) => {
+                    if self.v1 && !v1::accepted(&self.inbuf[..n]) {
+                        return Err("v1_not_accepted".into());
+                    }
                     self.inbuf.drain(..n);
                     self.inbuf.shrink_to_fit();
                     self.accept = None;
-                    self.state = State::Open;
                     if self.backlog() == 0 {
                         // Release the request buffer: idle connections should cost little.
                         self.out = Vec::new();
                         self.out_pos = 0;
                     }
                     let now = now_ns();
-                    let lat = now.saturating_sub(self.started_ns).max(1);
-                    // Folded into stats.connect_latency at the next progress tick.
-                    ctx.conn_interval.saturating_record(lat);
-                    ctx.stats.connected += 1;
-                    ctx.stats.last_connected_ns = ctx.stats.last_connected_ns.max(now);
+                    if self.v1 {
+                        // Ready (and timed) only once `subscribed` is back.
+                        let path = &ctx.cfg.targets[self.target].path;
+                        let request = v1::subscribe_request(v1::topic_of(path));
+                        let mask = ctx.mask();
+                        frame::push_frame(&mut self.out, frame::OP_TEXT, &request, mask);
+                        self.state = State::Subscribing;
+                        self.flush().map_err(|e| io_kind("subscribe", &e))?;
+                    } else {
+                        self.state = State::Open;
+                        self.mark_ready(ctx, now);
+                    }
                     if !self.inbuf.is_empty() {
                         // Frames that came with the response; process them before more reads.
                         let mut data = std::mem::take(&mut self.inbuf);
@@ -267,10 +298,23 @@ impl Conn {
                             return Ok(Step::Closed);
                         }
                     }
+                    if self.state == State::Subscribing {
+                        return Ok(Step::Idle);
+                    }
                     return Ok(Step::Upgraded);
                 }
             }
         }
+    }
+
+    /// Counts the connection as established, `now`: after the 101, or for a `--v1`
+    /// subscriber after `subscribed`.
+    fn mark_ready(&mut self, ctx: &mut Ctx, now: u64) {
+        let lat = now.saturating_sub(self.started_ns).max(1);
+        // Folded into stats.connect_latency at the next progress tick.
+        ctx.conn_interval.saturating_record(lat);
+        ctx.stats.connected += 1;
+        ctx.stats.last_connected_ns = ctx.stats.last_connected_ns.max(now);
     }
 
     /// Reads and handles frames through the thread's shared buffer.
@@ -362,7 +406,7 @@ impl Conn {
             match h.opcode {
                 frame::OP_TEXT | frame::OP_BINARY if self.frag_op == 0 => {
                     if h.fin {
-                        self.on_message(ctx, body, now);
+                        self.on_message(ctx, body, now)?;
                     } else {
                         self.frag_op = h.opcode;
                         self.frag.clear();
@@ -375,8 +419,8 @@ impl Conn {
                     }
                     self.frag.extend_from_slice(body);
                     if h.fin {
-                        let msg = std::mem::take(&mut self.frag);
-                        self.on_message(ctx, &msg, now);
+                        let mut msg = std::mem::take(&mut self.frag);
+                        self.on_message(ctx, &mut msg, now)?;
                         self.frag = msg;
                         self.frag.clear();
                         self.frag_op = 0;
@@ -408,8 +452,37 @@ impl Conn {
         Ok((pos, false))
     }
 
+    /// Accounts one received data message (for a `--v1` subscriber: takes the payload out of
+    /// the envelope in place first). `Err` (an error kind) drops the connection.
+    fn on_message(&mut self, ctx: &mut Ctx, body: &mut [u8], now: u64) -> Result<(), String> {
+        let body: &[u8] = if self.v1 {
+            let topic = v1::topic_of(&ctx.cfg.targets[self.target].path);
+            match v1::parse(body, topic) {
+                Ok(v1::Reply::Message(range)) => &body[range],
+                Ok(v1::Reply::Subscribed) if self.state == State::Subscribing => {
+                    self.state = State::Open;
+                    self.mark_ready(ctx, now);
+                    return Ok(());
+                }
+                Ok(v1::Reply::Error(code)) => return Err(format!("v1_{code}")),
+                Ok(_) => {
+                    ctx.stats.error("v1_unexpected_reply");
+                    return Ok(());
+                }
+                Err(kind) => {
+                    ctx.stats.error(kind);
+                    return Ok(());
+                }
+            }
+        } else {
+            body
+        };
+        self.count_message(ctx, body, now);
+        Ok(())
+    }
+
     /// Accounts one received data message.
-    fn on_message(&mut self, ctx: &mut Ctx, body: &[u8], now: u64) {
+    fn count_message(&mut self, ctx: &mut Ctx, body: &[u8], now: u64) {
         ctx.stats.received += 1;
         if !self.receiver {
             return;

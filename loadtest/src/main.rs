@@ -25,6 +25,7 @@ mod target;
 mod tls;
 mod tracker;
 mod transport;
+mod v1;
 mod wire;
 mod worker;
 

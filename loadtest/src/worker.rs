@@ -387,11 +387,17 @@ impl Worker {
                 return;
             }
         };
+        let v1 = cfg.v1 && cfg.is_receiver(g);
         let path = match cfg.mode {
             Mode::Echo => target.echo_path(g),
+            // herald.v1 takes the topic in the subscribe request, not the path.
+            _ if v1 => "/".to_string(),
             _ => target.path.clone(),
         };
-        let (req, accept) = handshake::request(target, &path);
+        let (mut req, accept) = handshake::request(target, &path);
+        if v1 {
+            req = crate::v1::offer(req);
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let mut conn = Conn::new(g, &cfg, stream, req, accept);
@@ -429,6 +435,7 @@ impl Worker {
                 let c = &self.conns[key];
                 let kind = match c.state {
                     State::Connecting => "connect_timeout",
+                    State::Subscribing => "subscribe_timeout",
                     _ if c.stream.is_handshaking() => "tls_handshake_timeout",
                     _ => "upgrade_timeout",
                 };
@@ -569,6 +576,10 @@ impl Worker {
             Ok(Step::Upgraded) => {
                 self.inflight_count = self.inflight_count.saturating_sub(1);
                 self.open += 1;
+                if self.ctx.cfg.v1 {
+                    // `subscribed` may have come with more; read on (edge-triggered).
+                    self.retry.push(key);
+                }
                 if self.phase == Phase::Closing {
                     let keep = self
                         .conns
