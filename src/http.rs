@@ -3,6 +3,7 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::deflate;
 use crate::topic::{self, TopicError};
 use crate::web;
 
@@ -15,8 +16,13 @@ const MAX_HEADERS: usize = 64;
 /// What a complete request head asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// A valid WebSocket upgrade for `topic`; `accept` goes into the 101 response.
-    Upgrade { topic: String, accept: String },
+    /// A valid WebSocket upgrade for `topic`; `accept` goes into the 101 response. `deflate`:
+    /// the permessage-deflate offer Herald can accept, if any (`--compression` decides).
+    Upgrade {
+        topic: String,
+        accept: String,
+        deflate: deflate::Agreement,
+    },
     /// `GET /health`: liveness probe.
     Health,
     /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
@@ -136,7 +142,13 @@ pub fn page_response(
 
 /// The `101 Switching Protocols` answer that opens the WebSocket.
 pub fn upgrade_response(accept: &str) -> Vec<u8> {
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+    upgrade_response_with(accept, "")
+}
+
+/// [`upgrade_response`] with extra header lines (each ending in CRLF), e.g. the agreed
+/// `Sec-WebSocket-Extensions`.
+pub fn upgrade_response_with(accept: &str, extra_headers: &str) -> Vec<u8> {
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extra_headers}\r\n")
         .into_bytes()
 }
 
@@ -207,9 +219,15 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
         ));
     }
     let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
+    let extensions = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
     Ok(Request::Upgrade {
         topic: topic.to_owned(),
         accept: derive_accept_key(key.as_bytes()),
+        deflate: deflate::negotiate(extensions),
     })
 }
 
@@ -303,7 +321,8 @@ mod tests {
             head.request,
             Request::Upgrade {
                 topic: "prices/BTC-USD".into(),
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                deflate: deflate::Agreement::OFF,
             }
         );
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::{Doom, Worker, READS_PER_EVENT};
 use crate::bus::{Origin, Publication};
+use crate::config::Switch;
 use crate::conn::{Inbound, OutChunk, Phase};
+use crate::deflate::Agreement;
 use crate::frame::{self, Event};
 use crate::http::{self, Request};
 use crate::topic::TopicName;
@@ -131,8 +133,12 @@ impl Worker {
             Err(e) => return self.refuse(key, e),
         };
         match request {
-            Request::Upgrade { topic, accept } => {
-                self.open(key, &topic, &accept);
+            Request::Upgrade {
+                topic,
+                accept,
+                deflate,
+            } => {
+                self.open(key, &topic, &accept, deflate);
                 !has_more || self.on_frame_bytes(key, 0)
             }
             Request::Publish {
@@ -225,9 +231,18 @@ impl Worker {
     }
 
     /// Complete the upgrade: answer 101 and subscribe the connection to its topic.
-    fn open(&mut self, key: usize, topic: &str, accept: &str) {
+    fn open(&mut self, key: usize, topic: &str, accept: &str, deflate: Agreement) {
         let name = self.shared_topic_name(topic);
-        let response = http::upgrade_response(accept);
+        let deflate = match self.config.compression {
+            Switch::On => deflate,
+            Switch::Off => Agreement::OFF,
+        };
+        self.conns[key].deflate = deflate;
+        let extensions = deflate
+            .response_header()
+            .map(|v| format!("Sec-WebSocket-Extensions: {v}\r\n"))
+            .unwrap_or_default();
+        let response = http::upgrade_response_with(accept, &extensions);
         self.queue_output(key, response.into(), 0);
         self.subscribe(key, name);
     }
@@ -245,17 +260,24 @@ impl Worker {
         let mut inbound = self.borrow_inbound(key);
         let mut events = std::mem::take(&mut self.frame_events);
         let max = self.config.max_message;
+        let inflater = self.conns[key].deflate.is_on().then_some(&mut self.deflate);
         let result = {
             let Inbound { pending, assembly } = &mut *inbound;
             if pending.is_empty() {
-                let r = frame::decode(&mut self.scratch[..n], assembly, max, &mut events);
+                let r = frame::decode_with(
+                    &mut self.scratch[..n],
+                    assembly,
+                    max,
+                    inflater,
+                    &mut events,
+                );
                 if let Ok(used) = r {
                     pending.extend_from_slice(&self.scratch[used..n]);
                 }
                 r
             } else {
                 pending.extend_from_slice(&self.scratch[..n]);
-                let r = frame::decode(pending, assembly, max, &mut events);
+                let r = frame::decode_with(pending, assembly, max, inflater, &mut events);
                 if let Ok(used) = r {
                     pending.drain(..used);
                 }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use super::{Doom, Worker};
 use crate::bus::{BusMsg, Origin, Publication};
 use crate::conn::{OutChunk, Phase};
+use crate::deflate::BatchFrames;
 use crate::fanout::{cork, Staged};
 use crate::topic::{self, TopicName};
 
@@ -174,6 +175,10 @@ impl Worker {
             // Only a batch holding a message from this worker can contain a sender's own.
             let skip_senders = self.config.no_echo && batch.iter().any(|s| s.origin.worker == me);
             let mut complete: u64 = 0;
+            let mut complete_bytes: u64 = 0;
+            // permessage-deflate: compressed frames, made on the first subscriber that wants them.
+            let mut deflated = BatchFrames::default();
+            let min = self.config.compress_min;
             for &key in &topic.subscribers {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
@@ -182,11 +187,13 @@ impl Worker {
                     worker: me,
                     conn: conn.id,
                 };
+                let compressed = deflated.cork(&mut self.deflate, &batch, conn.deflate, min);
+                let corked = compressed.as_ref().unwrap_or(&corked);
                 if skip_senders && batch.iter().any(|s| s.origin == own) {
                     // The sender is here and must not get its own message: queue the others.
-                    for staged in batch.iter().filter(|s| s.origin != own) {
+                    for (i, staged) in batch.iter().enumerate().filter(|(_, s)| s.origin != own) {
                         conn.out.push(OutChunk {
-                            data: staged.frame.clone(),
+                            data: deflated.message(&mut self.deflate, &batch, i, conn.deflate, min),
                             received: staged.received,
                             messages: 1,
                         });
@@ -196,8 +203,11 @@ impl Worker {
                         self.to_flush.push(key);
                     }
                 } else if conn.out.is_empty() {
-                    match write_once(&mut conn.output(), &corked) {
-                        Ok(n) if n == corked.len() => complete += 1,
+                    match write_once(&mut conn.output(), corked) {
+                        Ok(n) if n == corked.len() => {
+                            complete += 1;
+                            complete_bytes += n as u64;
+                        }
                         Ok(n) => {
                             self.counters.bytes_out += n as u64;
                             conn.out.push(OutChunk {
@@ -220,7 +230,7 @@ impl Worker {
                 }
             }
             self.counters.frames_out += complete * messages as u64;
-            self.counters.bytes_out += complete * corked.len() as u64;
+            self.counters.bytes_out += complete_bytes;
             if complete > 0 {
                 let now = Instant::now();
                 for staged in &batch {
