@@ -21,8 +21,8 @@
 #                         messages of up to 16 MiB, over herald's 1 MiB default limit)
 set -euo pipefail
 
-# Everything but 12.*/13.* (permessage-deflate, not implemented yet). There is no category 8.
-CASES=${AUTOBAHN_CASES:-"1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.*"}
+# Every category, permessage-deflate (12.*, 13.*) included. There is no category 8 (nor 11).
+CASES=${AUTOBAHN_CASES:-"1.* 2.* 3.* 4.* 5.* 6.* 7.* 9.* 10.* 12.* 13.*"}
 AB_VERSION=25.10.1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
