@@ -150,7 +150,9 @@ impl Config {
 /// An on/off flag value (`--compression on|off`), spelled out so the default shows in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
+    /// Disabled.
     Off,
+    /// Enabled.
     On,
 }
 

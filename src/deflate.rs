@@ -544,7 +544,7 @@ mod tests {
         );
         // Random-looking bytes do not shrink: sent plain.
         let noise: Vec<u8> = (0..200u32)
-            .map(|i| (i * 2_654_435_761 >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         assert_eq!(
             codec.compress_frame(OpCode::Data(Data::Binary), &noise),

@@ -422,6 +422,71 @@ mod tests {
         assert_eq!(out.len(), 1);
     }
 
+    /// Raw deflate of `data`, sync-flushed, tail removed (RFC 7692 7.2.1).
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn run_deflate(bytes: &[u8], max: usize) -> (Result<usize, FrameError>, Vec<Event>) {
+        let mut buf = bytes.to_vec();
+        let mut out = Vec::new();
+        let mut codec = Codec::default();
+        let mut asm = Assembly::default();
+        let r = decode_with(&mut buf, &mut asm, max, Some(&mut codec), &mut out);
+        (r, out)
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_and_reframed_plain() {
+        let packed = deflated(b"hello hello hello");
+        let mut bytes = client_frame(0xC1, &packed); // FIN + RSV1 + text
+        let (a, b) = packed.split_at(3);
+        bytes.extend(client_frame(0x41, a)); // RSV1 + text, not final
+        bytes.extend(client_frame(0x89, b"p")); // a ping between the fragments
+        bytes.extend(client_frame(0x80, b));
+        let (r, out) = run_deflate(&bytes, 1 << 20);
+        assert_eq!(r, Ok(bytes.len()));
+        let plain = Event::Message(Bytes::from_static(b"\x81\x11hello hello hello"));
+        assert_eq!(
+            out,
+            vec![
+                plain,
+                Event::Ping(Bytes::from_static(b"\x8a\x01p")),
+                Event::Message(Bytes::from_static(b"\x81\x11hello hello hello"))
+            ]
+        );
+    }
+
+    #[test]
+    fn deflate_violations_map_to_close_codes() {
+        let code = |bytes: &[u8], max| run_deflate(bytes, max).0.unwrap_err().close_code();
+        let hello = deflated(b"hello");
+        assert_eq!(code(&client_frame(0xC9, b"p"), 1 << 20), 1002, "rsv1 ping");
+        let mut cont = client_frame(0x01, b"he");
+        cont.extend(client_frame(0xC0, &hello));
+        assert_eq!(code(&cont, 1 << 20), 1002, "rsv1 continuation");
+        assert_eq!(code(&client_frame(0xA1, b"x"), 1 << 20), 1002, "rsv2");
+        let bad_text = deflated(&[0xff, 0xfe]);
+        assert_eq!(code(&client_frame(0xC1, &bad_text), 1 << 20), 1007);
+        let bomb = deflated(&[0; 100_000]);
+        assert_eq!(code(&client_frame(0xC2, &bomb), 99_999), 1009, "bomb");
+        assert_eq!(
+            code(&client_frame(0xC2, &[0xff; 4]), 1 << 20),
+            1002,
+            "corrupt"
+        );
+        // Without the extension, RSV1 stays a protocol error.
+        assert_eq!(
+            run(&client_frame(0xC1, &hello)).0.unwrap_err().close_code(),
+            1002
+        );
+    }
+
     #[test]
     fn close_is_echoed_and_ends_decoding() {
         let mut bytes = client_frame(0x88, &1000u16.to_be_bytes());

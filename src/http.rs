@@ -328,6 +328,26 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_carries_the_deflate_offer_and_the_answer_header() {
+        let req = upgrade(
+            "/chat",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: foo\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
+        );
+        let Request::Upgrade { deflate, .. } =
+            parse_head(req.as_bytes(), 1024).unwrap().unwrap().request
+        else {
+            panic!("not an upgrade");
+        };
+        assert!(deflate.is_on());
+        let response = upgrade_response_with("k", "Sec-WebSocket-Extensions: x\r\n");
+        assert!(
+            response.ends_with(b"Sec-WebSocket-Accept: k\r\nSec-WebSocket-Extensions: x\r\n\r\n")
+        );
+        assert_eq!(upgrade_response("k"), upgrade_response_with("k", ""));
+    }
+
+    #[test]
     fn partial_heads_ask_for_more() {
         let req = upgrade("/chat", "Sec-WebSocket-Version: 13\r\n");
         assert_eq!(parse_head(&req.as_bytes()[..20], 1024), Ok(None));
