@@ -16,7 +16,7 @@
 #   AUTOBAHN_HOME     cached python2.7 + wstest env (default ~/.cache/herald-autobahn)
 #   AUTOBAHN_OUT      spec, logs and the HTML/JSON report (default target/autobahn)
 #   AUTOBAHN_TIMEOUT  wall-clock limit for wstest, seconds (default 1800; on 2 cores 1.*-10.* take
-#                     ~20 s and the permessage-deflate cases 12.*/13.* about 11 minutes more)
+#                     ~20 s and the permessage-deflate cases 12.*/13.* about 6 minutes more)
 #   HERALD_BIN        start this binary instead of building target/release/herald
 #   AUTOBAHN_SERVER_ARGS  herald arguments (default "--max-message 16777216": cases 9.* send
 #                         messages of up to 16 MiB, over herald's 1 MiB default limit)
