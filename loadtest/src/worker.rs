@@ -196,6 +196,8 @@ impl Worker {
             last_delivery_ns: 0,
             rbuf: vec![0; READ_BUF],
             rng: (now ^ (s.w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+            inflater: None,
+            inflated: Vec::new(),
         };
         Ok(Worker {
             w: s.w,
@@ -391,7 +393,7 @@ impl Worker {
             Mode::Echo => target.echo_path(g),
             _ => target.path.clone(),
         };
-        let (req, accept) = handshake::request(target, &path);
+        let (req, accept) = handshake::request(target, &path, cfg.deflate);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let mut conn = Conn::new(g, &cfg, stream, req, accept);
