@@ -86,6 +86,16 @@ pub struct Config {
     #[arg(long, default_value_t = 256 << 20)]
     pub history_max_bytes: usize,
 
+    /// permessage-deflate (RFC 7692) for clients that offer it (browsers do). Each message is
+    /// compressed once per worker and shared by every subscriber there that negotiated it.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub compression: Switch,
+
+    /// Messages with a payload under this many bytes are sent uncompressed even to clients
+    /// that negotiated compression: tiny payloads barely shrink and still cost a deflate.
+    #[arg(long, default_value_t = 128, value_name = "BYTES")]
+    pub compress_min: usize,
+
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -159,6 +169,15 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An on/off flag value (`--compression on|off`), spelled out so the default shows in `--help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Disabled.
+    Off,
+    /// Enabled.
+    On,
 }
 
 /// Upper bound on workers: worker ids travel as `u16` on the bus, and more threads than

@@ -9,6 +9,7 @@ use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
+use crate::deflate::Agreement;
 use crate::frame::Assembly;
 use crate::tls;
 use crate::topic::TopicName;
@@ -211,6 +212,9 @@ pub struct Conn {
     pub queued_for_flush: bool,
     /// The TLS session of a `wss://` connection; `None` for plain ones.
     pub tls: Option<Box<ServerConnection>>,
+    /// permessage-deflate as negotiated in the upgrade (off until then): all the
+    /// compression state a connection has (no context takeover either way).
+    pub deflate: Agreement,
 }
 
 /// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
@@ -261,6 +265,7 @@ impl Conn {
             inbound: None,
             queued_for_flush: false,
             tls,
+            deflate: Agreement::OFF,
         }
     }
 

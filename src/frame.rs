@@ -8,6 +8,8 @@ use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
+use crate::deflate::{Codec, InflateError};
+
 /// Largest control-frame payload the RFC allows.
 const MAX_CONTROL_PAYLOAD: u64 = 125;
 
@@ -62,6 +64,9 @@ pub struct Assembly {
     payload: Vec<u8>,
     /// Prefix of `payload` known to be valid UTF-8 (text only), so validation is incremental.
     utf8_valid: usize,
+    /// The message is permessage-deflate compressed (RSV1 on its first frame): `payload`
+    /// holds compressed bytes, inflated and validated when the last fragment arrives.
+    compressed: bool,
 }
 
 impl Assembly {
@@ -80,6 +85,19 @@ pub fn decode(
     max_message: usize,
     out: &mut Vec<Event>,
 ) -> Result<usize, FrameError> {
+    decode_with(buf, asm, max_message, None, out)
+}
+
+/// [`decode`] for a connection that negotiated permessage-deflate when `inflater` is `Some`:
+/// a message whose first frame has RSV1 set is inflated (at most `max_message` bytes of
+/// output) and re-framed plain, so subscribers get it like any other.
+pub fn decode_with(
+    buf: &mut [u8],
+    asm: &mut Assembly,
+    max_message: usize,
+    mut inflater: Option<&mut Codec>,
+    out: &mut Vec<Event>,
+) -> Result<usize, FrameError> {
     let mut pos = 0;
     while pos < buf.len() {
         let mut cursor = Cursor::new(&buf[pos..]);
@@ -89,7 +107,7 @@ pub fn decode(
             Err(_) => return Err(FrameError::Protocol("reserved opcode")),
         };
         let header_len = cursor.position() as usize;
-        check_header(&header, len, asm, max_message)?;
+        check_header(&header, len, asm, max_message, inflater.is_some())?;
         if ((buf.len() - pos - header_len) as u64) < len {
             break; // payload not here yet (its size was already checked against the limits)
         }
@@ -103,16 +121,31 @@ pub fn decode(
         match header.opcode {
             OpCode::Data(Data::Continue) => {
                 asm.payload.extend_from_slice(payload);
-                if asm.kind == Some(Data::Text) {
+                if asm.kind == Some(Data::Text) && !asm.compressed {
                     check_utf8_prefix(asm, header.is_final)?;
                 }
                 if header.is_final {
                     let kind = asm.kind.take().unwrap_or(Data::Binary);
-                    out.push(Event::Message(encode(OpCode::Data(kind), &asm.payload)));
+                    let message = match (asm.compressed, inflater.as_deref_mut()) {
+                        (true, Some(codec)) => inflated(codec, kind, &asm.payload, max_message)?,
+                        _ => encode(OpCode::Data(kind), &asm.payload),
+                    };
+                    out.push(Event::Message(message));
                     asm.payload = Vec::new(); // give the memory back: idle connections hold none
                     asm.utf8_valid = 0;
+                    asm.compressed = false;
                 }
             }
+            OpCode::Data(kind) if header.rsv1 => match inflater.as_deref_mut() {
+                Some(codec) if header.is_final => {
+                    out.push(Event::Message(inflated(codec, kind, payload, max_message)?))
+                }
+                _ => {
+                    asm.kind = Some(kind);
+                    asm.compressed = true;
+                    asm.payload.extend_from_slice(payload);
+                }
+            },
             OpCode::Data(kind) if header.is_final => {
                 if kind == Data::Text && std::str::from_utf8(payload).is_err() {
                     return Err(FrameError::InvalidUtf8);
@@ -149,8 +182,13 @@ fn check_header(
     len: u64,
     asm: &Assembly,
     max_message: usize,
+    deflate: bool,
 ) -> Result<(), FrameError> {
-    if header.rsv1 || header.rsv2 || header.rsv3 {
+    // RFC 7692 6.1: RSV1 marks a compressed message, on its first frame only.
+    let rsv1_allowed = deflate
+        && matches!(header.opcode, OpCode::Data(kind) if kind != Data::Continue)
+        && !asm.is_open();
+    if (header.rsv1 && !rsv1_allowed) || header.rsv2 || header.rsv3 {
         return Err(FrameError::Protocol("reserved bits set"));
     }
     if header.mask.is_none() {
@@ -177,6 +215,27 @@ fn check_header(
         OpCode::Data(_) if len > max_message as u64 => Err(FrameError::TooLarge),
         OpCode::Data(_) => Ok(()),
     }
+}
+
+/// A compressed message's payload, inflated (bounded by `max_message`), validated and framed.
+fn inflated(
+    codec: &mut Codec,
+    kind: Data,
+    compressed: &[u8],
+    max_message: usize,
+) -> Result<Bytes, FrameError> {
+    let payload = codec
+        .inflate(compressed, max_message)
+        .map_err(|e| match e {
+            InflateError::TooLarge => FrameError::TooLarge,
+            InflateError::Corrupt => FrameError::Protocol("invalid deflate data"),
+        })?;
+    if kind == Data::Text && std::str::from_utf8(payload).is_err() {
+        return Err(FrameError::InvalidUtf8);
+    }
+    let frame = encode(OpCode::Data(kind), payload);
+    codec.done_inflating();
+    Ok(frame)
 }
 
 /// Validate the UTF-8 received so far; an incomplete character at the end is fine until the
@@ -376,6 +435,71 @@ mod tests {
         let (r, out) = run(&bytes);
         assert_eq!(r, Ok(bytes.len()));
         assert_eq!(out.len(), 1);
+    }
+
+    /// Raw deflate of `data`, sync-flushed, tail removed (RFC 7692 7.2.1).
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        c.compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    fn run_deflate(bytes: &[u8], max: usize) -> (Result<usize, FrameError>, Vec<Event>) {
+        let mut buf = bytes.to_vec();
+        let mut out = Vec::new();
+        let mut codec = Codec::default();
+        let mut asm = Assembly::default();
+        let r = decode_with(&mut buf, &mut asm, max, Some(&mut codec), &mut out);
+        (r, out)
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_and_reframed_plain() {
+        let packed = deflated(b"hello hello hello");
+        let mut bytes = client_frame(0xC1, &packed); // FIN + RSV1 + text
+        let (a, b) = packed.split_at(3);
+        bytes.extend(client_frame(0x41, a)); // RSV1 + text, not final
+        bytes.extend(client_frame(0x89, b"p")); // a ping between the fragments
+        bytes.extend(client_frame(0x80, b));
+        let (r, out) = run_deflate(&bytes, 1 << 20);
+        assert_eq!(r, Ok(bytes.len()));
+        let plain = Event::Message(Bytes::from_static(b"\x81\x11hello hello hello"));
+        assert_eq!(
+            out,
+            vec![
+                plain,
+                Event::Ping(Bytes::from_static(b"\x8a\x01p")),
+                Event::Message(Bytes::from_static(b"\x81\x11hello hello hello"))
+            ]
+        );
+    }
+
+    #[test]
+    fn deflate_violations_map_to_close_codes() {
+        let code = |bytes: &[u8], max| run_deflate(bytes, max).0.unwrap_err().close_code();
+        let hello = deflated(b"hello");
+        assert_eq!(code(&client_frame(0xC9, b"p"), 1 << 20), 1002, "rsv1 ping");
+        let mut cont = client_frame(0x01, b"he");
+        cont.extend(client_frame(0xC0, &hello));
+        assert_eq!(code(&cont, 1 << 20), 1002, "rsv1 continuation");
+        assert_eq!(code(&client_frame(0xA1, b"x"), 1 << 20), 1002, "rsv2");
+        let bad_text = deflated(&[0xff, 0xfe]);
+        assert_eq!(code(&client_frame(0xC1, &bad_text), 1 << 20), 1007);
+        let bomb = deflated(&[0; 100_000]);
+        assert_eq!(code(&client_frame(0xC2, &bomb), 99_999), 1009, "bomb");
+        assert_eq!(
+            code(&client_frame(0xC2, &[0xff; 4]), 1 << 20),
+            1002,
+            "corrupt"
+        );
+        // Without the extension, RSV1 stays a protocol error.
+        assert_eq!(
+            run(&client_frame(0xC1, &hello)).0.unwrap_err().close_code(),
+            1002
+        );
     }
 
     #[test]

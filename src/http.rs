@@ -3,6 +3,7 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::deflate;
 use crate::topic::{self, TopicError};
 use crate::v1;
 use crate::web;
@@ -16,8 +17,13 @@ const MAX_HEADERS: usize = 64;
 /// What a complete request head asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// A valid WebSocket upgrade; `accept` goes into the 101 response.
-    Upgrade { mode: Mode, accept: String },
+    /// A valid WebSocket upgrade; `accept` goes into the 101 response. `deflate`: the
+    /// permessage-deflate offer Herald can accept, if any (`--compression` decides).
+    Upgrade {
+        mode: Mode,
+        accept: String,
+        deflate: deflate::Agreement,
+    },
     /// `GET /health`: liveness probe.
     Health,
     /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
@@ -146,12 +152,12 @@ pub fn page_response(
 }
 
 /// The `101 Switching Protocols` answer that opens the WebSocket.
-pub fn upgrade_response(accept: &str, mode: &Mode) -> Vec<u8> {
+pub fn upgrade_response(accept: &str, mode: &Mode, extra_headers: &str) -> Vec<u8> {
     let protocol = match mode {
         Mode::V1 => "Sec-WebSocket-Protocol: herald.v1\r\n",
         Mode::Path(_) => "",
     };
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n")
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}{extra_headers}\r\n")
         .into_bytes()
 }
 
@@ -232,9 +238,15 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
         let topic = topic::topic_from_target(target).map_err(HttpError::BadTopic)?;
         Mode::Path(topic.to_owned())
     };
+    let extensions = req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok());
     Ok(Request::Upgrade {
         mode,
         accept: derive_accept_key(key.as_bytes()),
+        deflate: deflate::negotiate(extensions),
     })
 }
 
@@ -328,9 +340,29 @@ mod tests {
             head.request,
             Request::Upgrade {
                 mode: Mode::Path("prices/BTC-USD".into()),
-                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                deflate: deflate::Agreement::OFF,
             }
         );
+    }
+
+    #[test]
+    fn upgrade_carries_the_deflate_offer_and_the_answer_header() {
+        let req = upgrade(
+            "/chat",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: foo\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
+        );
+        let Request::Upgrade { deflate, .. } =
+            parse_head(req.as_bytes(), 1024).unwrap().unwrap().request
+        else {
+            panic!("not an upgrade");
+        };
+        assert!(deflate.is_on());
+        let response = upgrade_response("k", &Mode::V1, "Sec-WebSocket-Extensions: x\r\n");
+        assert!(response.ends_with(
+            b"Sec-WebSocket-Accept: k\r\nSec-WebSocket-Protocol: herald.v1\r\nSec-WebSocket-Extensions: x\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod deflate;
 pub mod fanout;
 pub mod frame;
 pub mod history;

@@ -13,7 +13,7 @@ if ! command -v chromium >/dev/null; then
   apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
 fi
 
-echo "== Autobahn|Testsuite cases 1-10 (tests/autobahn/run.sh)"
+echo "== Autobahn|Testsuite cases 1-10, 12 and 13 (tests/autobahn/run.sh; about 6 minutes on 2 cores)"
 bash tests/autobahn/run.sh </dev/null
 
 # Last, so that its result lines close the log.

@@ -32,6 +32,15 @@ impl Mode {
     }
 }
 
+/// What fills a payload after its sequence number and timestamp.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Filler {
+    /// A byte pattern derived from the sequence number.
+    Bytes,
+    /// A JSON ticker update, repeated to the payload size.
+    Json,
+}
+
 /// Load generator for WebSocket servers speaking the path-topic protocol (the URL path is the
 /// topic; every message is delivered to every connection on that path).
 #[derive(Parser, Debug, Clone)]
@@ -101,6 +110,15 @@ pub struct Args {
     /// URL's path as the topic and read JSON envelopes. Publishers stay in raw path mode.
     #[arg(long)]
     pub v1: bool,
+    /// Offer permessage-deflate (RFC 7692) and inflate compressed messages, to measure a
+    /// server's compression. The server must answer with server_no_context_takeover (each
+    /// message is inflated on its own by one inflater per thread).
+    #[arg(long)]
+    pub deflate: bool,
+    /// Payload filler after the 16-byte header: `bytes` (a cheap pattern) or `json` (a JSON
+    /// ticker update, which compresses like a real feed).
+    #[arg(long, value_enum, default_value_t = Filler::Bytes)]
+    pub payload: Filler,
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
@@ -163,6 +181,10 @@ pub struct Config {
     pub insecure: bool,
     /// Subscribers use the `herald.v1` subprotocol (`--v1`).
     pub v1: bool,
+    /// Offer permessage-deflate and inflate what comes compressed.
+    pub deflate: bool,
+    /// Payload filler.
+    pub payload: Filler,
     /// JSON report instead of text.
     pub json: bool,
     /// Where to write the .hgrm distribution.
@@ -299,6 +321,8 @@ impl Config {
             cluster: a.cluster,
             insecure: a.insecure,
             v1: a.v1,
+            deflate: a.deflate,
+            payload: a.payload,
             json: a.json,
             hgrm: a.hgrm.clone(),
             server_pid: a.server_pid,

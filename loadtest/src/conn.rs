@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 
 use hdrhistogram::Histogram;
 
-use crate::cli::{Config, Mode};
+use crate::cli::{Config, Filler, Mode};
 use crate::clock::now_ns;
 use crate::errkind::io_kind;
 use crate::frame::{self, Head};
@@ -22,6 +22,8 @@ use crate::v1;
 
 /// Full-buffer reads per readiness event before yielding to other connections.
 const READ_BUDGET: usize = 32;
+/// Flag in `Conn::frag_op` (above the 4 opcode bits): the message being reassembled is compressed.
+const COMPRESSED: u8 = 0x40;
 /// Pending output above which a publisher drops scheduled messages instead of queueing more.
 pub const MAX_BACKLOG: usize = 8 << 20;
 
@@ -73,6 +75,10 @@ pub struct Ctx {
     pub rbuf: Vec<u8>,
     /// Masking-key generator state (xorshift64).
     pub rng: u64,
+    /// `--deflate`: the thread's inflater (each message is inflated afresh: the server
+    /// answered server_no_context_takeover) and its output buffer.
+    pub inflater: Option<Box<flate2::Decompress>>,
+    pub inflated: Vec<u8>,
 }
 
 impl Ctx {
@@ -403,12 +409,18 @@ impl Conn {
                 frame::apply_mask(body, m);
             }
             pos = end;
+            if h.rsv1 && !ctx.cfg.deflate {
+                return Err("protocol_error".into());
+            }
             match h.opcode {
                 frame::OP_TEXT | frame::OP_BINARY if self.frag_op == 0 => {
-                    if h.fin {
+                    if h.fin && h.rsv1 {
+                        self.on_compressed(ctx, body, now)?;
+                    } else if h.fin {
                         self.on_message(ctx, body, now)?;
                     } else {
-                        self.frag_op = h.opcode;
+                        // COMPRESSED marks a compressed message in the opcode's spare bits.
+                        self.frag_op = h.opcode | if h.rsv1 { COMPRESSED } else { 0 };
                         self.frag.clear();
                         self.frag.extend_from_slice(body);
                     }
@@ -420,7 +432,11 @@ impl Conn {
                     self.frag.extend_from_slice(body);
                     if h.fin {
                         let mut msg = std::mem::take(&mut self.frag);
-                        self.on_message(ctx, &mut msg, now)?;
+                        if self.frag_op & COMPRESSED != 0 {
+                            self.on_compressed(ctx, &msg, now)?;
+                        } else {
+                            self.on_message(ctx, &mut msg, now)?;
+                        }
                         self.frag = msg;
                         self.frag.clear();
                         self.frag_op = 0;
@@ -481,6 +497,43 @@ impl Conn {
         Ok(())
     }
 
+    /// Inflates a permessage-deflate message (RFC 7692 7.2.2: the stripped sync tail is put
+    /// back) and accounts it.
+    fn on_compressed(&mut self, ctx: &mut Ctx, body: &[u8], now: u64) -> Result<(), String> {
+        use flate2::{Decompress, FlushDecompress};
+        let inflater = ctx
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompress::new(false)));
+        inflater.reset(false);
+        let mut out = std::mem::take(&mut ctx.inflated);
+        out.clear();
+        for chunk in [body, &[0, 0, 0xff, 0xff][..]] {
+            let start = inflater.total_in();
+            while ((inflater.total_in() - start) as usize) < chunk.len()
+                || out.len() == out.capacity()
+            {
+                if out.len() == out.capacity() {
+                    if out.len() as u64 > frame::MAX_FRAME {
+                        return Err("frame_too_large".into());
+                    }
+                    out.reserve(out.capacity().max(4096));
+                }
+                let used = (inflater.total_in() - start) as usize;
+                let produced = out.len();
+                inflater
+                    .decompress_vec(&chunk[used..], &mut out, FlushDecompress::Sync)
+                    .map_err(|_| "bad_deflate".to_string())?;
+                let stuck = (inflater.total_in() - start) as usize == used && out.len() == produced;
+                if stuck && out.len() < out.capacity() {
+                    return Err("bad_deflate".into());
+                }
+            }
+        }
+        let result = self.on_message(ctx, &mut out, now);
+        ctx.inflated = out;
+        result
+    }
+
     /// Accounts one received data message.
     fn count_message(&mut self, ctx: &mut Ctx, body: &[u8], now: u64) {
         ctx.stats.received += 1;
@@ -488,7 +541,7 @@ impl Conn {
             return;
         }
         let cfg = &ctx.cfg;
-        let (k, sched) = match payload::decode(body, cfg.size) {
+        let (k, sched) = match payload::decode(body, cfg.size, cfg.payload == Filler::Json) {
             Ok(x) => x,
             Err(e) => {
                 ctx.stats.error(e.kind());
@@ -549,7 +602,12 @@ impl Conn {
         let mask = ctx.mask();
         let start = frame::push_header(&mut self.out, frame::OP_BINARY, size, mask);
         self.out.resize(start + size, 0);
-        payload::encode(&mut self.out[start..], k, sched);
+        payload::encode(
+            &mut self.out[start..],
+            k,
+            sched,
+            ctx.cfg.payload == Filler::Json,
+        );
         frame::apply_mask(&mut self.out[start..], mask);
         true
     }

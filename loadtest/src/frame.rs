@@ -25,6 +25,9 @@ pub const MAX_FRAME: u64 = 64 << 20;
 pub struct Head {
     /// Final fragment of a message.
     pub fin: bool,
+    /// RSV1: a permessage-deflate compressed message (allowed only if negotiated; the caller
+    /// checks).
+    pub rsv1: bool,
     /// Opcode (low four bits of byte 0).
     pub opcode: u8,
     /// Bytes of header, including the masking key if present.
@@ -60,8 +63,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::Protocol);
+    }
+    let rsv1 = b0 & 0x40 != 0;
+    if rsv1 && !matches!(b0 & 0x0f, OP_TEXT | OP_BINARY) {
+        return Err(FrameError::Protocol); // RFC 7692 6.1: first frame of a data message only
     }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0f;
@@ -108,6 +115,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, FrameError> {
     };
     Ok(Some(Head {
         fin,
+        rsv1,
         opcode,
         header_len: pos,
         payload_len: len as usize,
@@ -196,11 +204,14 @@ mod tests {
         assert_eq!(parse_head(&[0x82, 126, 1]), Ok(None));
         assert_eq!(parse_head(&[0x82, 127, 0, 0, 0, 0]), Ok(None));
         assert_eq!(parse_head(&[0x82, 0x85, 1, 2]), Ok(None));
+        assert_eq!(parse_head(&[0xa2, 0]), Err(FrameError::Protocol), "RSV2");
         assert_eq!(
-            parse_head(&[0xc2, 0]),
+            parse_head(&[0xc9, 0]),
             Err(FrameError::Protocol),
-            "RSV1 without extension"
+            "RSV1 on a ping"
         );
+        // RSV1 on a data frame is reported; the connection refuses it unless --deflate.
+        assert!(parse_head(&[0xc2, 0]).unwrap().unwrap().rsv1);
         assert_eq!(
             parse_head(&[0x83, 0]),
             Err(FrameError::Protocol),

@@ -57,12 +57,18 @@ impl UpgradeError {
 }
 
 /// A new upgrade request for `path`, and the accept key the server must answer with.
-pub fn request(target: &Target, path: &str) -> (Vec<u8>, String) {
+pub fn request(target: &Target, path: &str, deflate: bool) -> (Vec<u8>, String) {
     let key = generate_key();
     let accept = derive_accept_key(key.as_bytes());
+    // --deflate: the offer browsers send; the server must add server_no_context_takeover.
+    let offer = if deflate {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
         target.host_header
     );
     (req.into_bytes(), accept)
@@ -136,7 +142,7 @@ pub fn preflight(
 fn upgrade<S: Read + Write>(target: &Target, s: &mut S, timeout: Duration) -> Result<(), String> {
     let url = &target.url;
     let io_err = |e: std::io::Error| format!("{url}: upgrade failed: {e}");
-    let (req, accept) = request(target, &target.path);
+    let (req, accept) = request(target, &target.path, false);
     s.write_all(&req).map_err(io_err)?;
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::with_capacity(1024);
@@ -178,7 +184,7 @@ mod tests {
     #[test]
     fn request_is_a_valid_upgrade() {
         let t = parse("ws://127.0.0.1:9000/bench").expect("url");
-        let (req, accept) = request(&t, "/bench");
+        let (req, accept) = request(&t, "/bench", false);
         let text = String::from_utf8(req).expect("ascii");
         assert!(text.starts_with("GET /bench HTTP/1.1\r\nHost: 127.0.0.1:9000\r\n"));
         assert!(text.ends_with("\r\n\r\n"));

@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn a_64_byte_payload_round_trips() {
         let mut p = vec![0u8; 64];
-        crate::payload::encode(&mut p, 12345, 987_654_321);
+        crate::payload::encode(&mut p, 12345, 987_654_321, false);
         // A reference encoder, independent of the decoder under test.
         let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
@@ -360,7 +360,7 @@ mod tests {
         }
         let msg = format!(r#"{{"type":"message","topic":"bench","seq":1,"data_b64":"{b64}"}}"#);
         let got = payload_of(&msg, "bench").expect("payload");
-        assert_eq!(crate::payload::decode(&got, 64), Ok((12345, 987_654_321)));
+        assert_eq!(crate::payload::decode(&got, 64, false), Ok((12345, 987_654_321)));
     }
 
     #[test]

@@ -196,6 +196,8 @@ impl Worker {
             last_delivery_ns: 0,
             rbuf: vec![0; READ_BUF],
             rng: (now ^ (s.w + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+            inflater: None,
+            inflated: Vec::new(),
         };
         Ok(Worker {
             w: s.w,
@@ -394,7 +396,7 @@ impl Worker {
             _ if v1 => "/".to_string(),
             _ => target.path.clone(),
         };
-        let (mut req, accept) = handshake::request(target, &path);
+        let (mut req, accept) = handshake::request(target, &path, cfg.deflate);
         if v1 {
             req = crate::v1::offer(req);
         }

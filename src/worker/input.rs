@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::{Doom, Worker, READS_PER_EVENT};
 use crate::bus::{AckTo, Origin, Publication};
+use crate::config::Switch;
 use crate::conn::{Feed, Inbound, OutChunk, Phase};
+use crate::deflate::Agreement;
 use crate::frame::{self, Event};
 use crate::http::{self, Mode, Request};
 use crate::topic::TopicName;
@@ -132,8 +134,12 @@ impl Worker {
             Err(e) => return self.refuse(key, e),
         };
         match request {
-            Request::Upgrade { mode, accept } => {
-                self.open(key, mode, &accept);
+            Request::Upgrade {
+                mode,
+                accept,
+                deflate,
+            } => {
+                self.open(key, mode, &accept, deflate);
                 !has_more || self.on_frame_bytes(key, 0)
             }
             Request::Publish {
@@ -240,10 +246,20 @@ impl Worker {
         !full
     }
 
-    /// Complete the upgrade: answer 101 and, in raw path mode, subscribe the connection to
-    /// its topic (a `herald.v1` connection starts with no topic).
-    fn open(&mut self, key: usize, mode: Mode, accept: &str) {
-        let response = http::upgrade_response(accept, &mode);
+    /// Complete the upgrade: answer 101 (with the agreed subprotocol and compression) and,
+    /// in raw path mode, subscribe the connection to its topic (a `herald.v1` connection
+    /// starts with no topic).
+    fn open(&mut self, key: usize, mode: Mode, accept: &str, deflate: Agreement) {
+        let deflate = match self.config.compression {
+            Switch::On => deflate,
+            Switch::Off => Agreement::OFF,
+        };
+        self.conns[key].deflate = deflate;
+        let extensions = deflate
+            .response_header()
+            .map(|v| format!("Sec-WebSocket-Extensions: {v}\r\n"))
+            .unwrap_or_default();
+        let response = http::upgrade_response(accept, &mode, &extensions);
         self.queue_output(key, response.into(), 0);
         match mode {
             Mode::Path(topic) => {
@@ -272,17 +288,24 @@ impl Worker {
         let mut inbound = self.borrow_inbound(key);
         let mut events = std::mem::take(&mut self.frame_events);
         let max = self.config.max_message;
+        let inflater = self.conns[key].deflate.is_on().then_some(&mut self.deflate);
         let result = {
             let Inbound { pending, assembly } = &mut *inbound;
             if pending.is_empty() {
-                let r = frame::decode(&mut self.scratch[..n], assembly, max, &mut events);
+                let r = frame::decode_with(
+                    &mut self.scratch[..n],
+                    assembly,
+                    max,
+                    inflater,
+                    &mut events,
+                );
                 if let Ok(used) = r {
                     pending.extend_from_slice(&self.scratch[used..n]);
                 }
                 r
             } else {
                 pending.extend_from_slice(&self.scratch[..n]);
-                let r = frame::decode(pending, assembly, max, &mut events);
+                let r = frame::decode_with(pending, assembly, max, inflater, &mut events);
                 if let Ok(used) = r {
                     pending.drain(..used);
                 }

@@ -21,6 +21,7 @@ use slab::Slab;
 use crate::bus::{Bus, BusMsg};
 use crate::config::Config;
 use crate::conn::{Conn, Inbound};
+use crate::deflate::Codec;
 use crate::fanout::{Staged, Topics};
 use crate::frame;
 use crate::os;
@@ -91,6 +92,8 @@ pub struct Worker {
     /// An empty `Inbound` lent to connections that have none while their bytes are parsed.
     spare_inbound: Option<Box<Inbound>>,
     frame_events: Vec<frame::Event>,
+    /// permessage-deflate: the one compressor and inflater of this worker (lazily created).
+    deflate: Codec,
     /// Connections with queued output to write at the end of this turn.
     to_flush: Vec<usize>,
     /// Connections whose read budget ran out; read again next turn.
@@ -171,6 +174,7 @@ impl Worker {
             scratch: vec![0; SCRATCH_LEN],
             spare_inbound: None,
             frame_events: Vec::new(),
+            deflate: Codec::default(),
             to_flush: Vec::new(),
             read_again: Vec::new(),
             doomed: Vec::new(),

@@ -20,6 +20,7 @@ use crate::bus::{BusMsg, Origin, Publication};
 use bytes::Bytes;
 
 use crate::conn::{Feed, OutChunk, Phase};
+use crate::deflate::BatchFrames;
 use crate::fanout::{cork, Staged, Subscriber};
 use crate::topic::{self, TopicName};
 use crate::v1;
@@ -194,6 +195,11 @@ impl Worker {
             // Only a batch holding a message from this worker can contain a sender's own.
             let skip_senders = self.config.no_echo && batch.iter().any(|s| s.origin.worker == me);
             let mut complete: u64 = 0;
+            // permessage-deflate: compressed frames, made on the first subscriber that wants
+            // them (one set for bare payloads, one for envelopes).
+            let mut deflated = BatchFrames::default();
+            let mut deflated_envelopes = BatchFrames::default();
+            let min = self.config.compress_min;
             for sub in &topic.subscribers {
                 if sub.after >= last_seq {
                     continue; // joining (the owner's answer is on its way), or has these already
@@ -202,10 +208,7 @@ impl Worker {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
-                let (corked, frames) = match (&envelopes, sub.envelope) {
-                    (Some(e), true) => (&e.corked, Some(&e.frames)),
-                    _ => (&plain, None),
-                };
+                let envelopes = envelopes.as_ref().filter(|_| sub.envelope);
                 let own = Origin {
                     worker: me,
                     conn: conn.id,
@@ -215,9 +218,24 @@ impl Worker {
                     // Only part of the batch is for this one: queue those messages singly.
                     for (i, staged) in batch.iter().enumerate() {
                         if staged.seq > sub.after && !(sender_here && staged.origin == own) {
-                            let frame = frames.map_or(&staged.frame, |f| &f[i]);
+                            let data = match envelopes {
+                                Some(e) => deflated_envelopes.message(
+                                    &mut self.deflate,
+                                    e.frames.as_slice(),
+                                    i,
+                                    conn.deflate,
+                                    min,
+                                ),
+                                None => deflated.message(
+                                    &mut self.deflate,
+                                    batch.as_slice(),
+                                    i,
+                                    conn.deflate,
+                                    min,
+                                ),
+                            };
                             conn.out.push(OutChunk {
-                                data: frame.clone(),
+                                data,
                                 received: staged.received,
                                 messages: 1,
                             });
@@ -227,28 +245,46 @@ impl Worker {
                         conn.queued_for_flush = true;
                         self.to_flush.push(key);
                     }
-                } else if conn.out.is_empty() {
-                    match write_once(&mut conn.output(), corked) {
-                        Ok(n) if n == corked.len() => {
-                            complete += 1;
-                            self.counters.bytes_out += n as u64;
-                        }
-                        Ok(n) => {
-                            self.counters.bytes_out += n as u64;
-                            conn.out.push(OutChunk {
-                                data: corked.slice(n..),
-                                received: oldest,
-                                messages,
-                            });
-                        }
-                        Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
-                    }
                 } else {
-                    conn.out.push(OutChunk {
-                        data: corked.clone(),
-                        received: oldest,
-                        messages,
-                    });
+                    let compressed = match envelopes {
+                        Some(e) => deflated_envelopes.cork(
+                            &mut self.deflate,
+                            e.frames.as_slice(),
+                            conn.deflate,
+                            min,
+                        ),
+                        None => {
+                            deflated.cork(&mut self.deflate, batch.as_slice(), conn.deflate, min)
+                        }
+                    };
+                    let corked = match (&compressed, envelopes) {
+                        (Some(compressed), _) => compressed,
+                        (None, Some(e)) => &e.corked,
+                        (None, None) => &plain,
+                    };
+                    if conn.out.is_empty() {
+                        match write_once(&mut conn.output(), corked) {
+                            Ok(n) if n == corked.len() => {
+                                complete += 1;
+                                self.counters.bytes_out += n as u64;
+                            }
+                            Ok(n) => {
+                                self.counters.bytes_out += n as u64;
+                                conn.out.push(OutChunk {
+                                    data: corked.slice(n..),
+                                    received: oldest,
+                                    messages,
+                                });
+                            }
+                            Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
+                        }
+                    } else {
+                        conn.out.push(OutChunk {
+                            data: corked.clone(),
+                            received: oldest,
+                            messages,
+                        });
+                    }
                 }
                 if conn.out.bytes() > backlog_limit {
                     self.doomed.push((key, conn.id, Doom::SlowConsumer));

@@ -563,13 +563,23 @@ impl RawWs {
     /// `Sec-WebSocket-Accept`. Reads the response head byte by byte so that no frame
     /// bytes following it are consumed.
     pub fn connect(addr: SocketAddr, topic: &str) -> RawWs {
+        RawWs::connect_with(addr, topic, &[]).0
+    }
+
+    /// [`RawWs::connect`] with extra request header lines (e.g. `Sec-WebSocket-Extensions`);
+    /// also returns the 101 response, to check what the server answered.
+    pub fn connect_with(
+        addr: SocketAddr,
+        topic: &str,
+        extra_headers: &[&str],
+    ) -> (RawWs, HttpResponse) {
         let stream = TcpStream::connect(addr).expect("TCP connect");
         stream.set_nodelay(true).unwrap();
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         let mut raw = RawWs { stream };
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        let request = upgrade_request(&format!("/{topic}"), key, &[]);
+        let request = upgrade_request(&format!("/{topic}"), key, extra_headers);
         raw.stream
             .write_all(request.as_bytes())
             .expect("send upgrade");
@@ -589,7 +599,7 @@ impl RawWs {
             "bad Sec-WebSocket-Accept in {:?}",
             String::from_utf8_lossy(&head)
         );
-        raw
+        (raw, response)
     }
 
     /// Reads an HTTP response head (byte by byte, so frames after it stay unread).
