@@ -47,6 +47,55 @@ pub struct Config {
     #[arg(long)]
     pub no_echo: bool,
 
+    /// HS256 secret: every WebSocket upgrade and HTTP publish must carry a JWT signed with it
+    /// (see docs/security.md for where the token goes and which claims grant what).
+    #[arg(long, value_name = "SECRET", conflicts_with = "jwt_public_key")]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA for RS256, EC P-256 for ES256) that verifies the JWTs instead of a
+    /// shared secret: the server can check tokens but never mint them.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Clock skew allowed when checking a token's `exp` (and `nbf`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// A key backends present as `Authorization: Bearer KEY` to publish over HTTP; with it set,
+    /// an HTTP publish needs this key (or, with JWT on, a token granting the topic).
+    #[arg(long, value_name = "KEY")]
+    pub publish_key: Option<String>,
+
+    /// Comma-separated origins (`https://app.example.com`) whose pages may open WebSockets;
+    /// an upgrade from any other `Origin` gets 403 (cross-site WebSocket hijacking).
+    /// Requests without an `Origin` header (non-browser clients) are not affected.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Most open WebSocket connections in total (0: only the open-file limit); beyond it an
+    /// upgrade gets 503 and the listener keeps working.
+    #[arg(long, default_value_t = 0)]
+    pub max_conns: usize,
+
+    /// Most open WebSocket connections from one client IP address (0: no limit); beyond it an
+    /// upgrade gets 429.
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+
+    /// Messages per second one connection may send (token bucket, bursts of one second's
+    /// worth; 0: no limit). Over it the connection is closed with 1008.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_msgs: u32,
+
+    /// Bytes per second of message payload one connection may send (0: no limit). Over it
+    /// the connection is closed with 1008.
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit_bytes: u64,
+
+    /// Longest topic name accepted, in bytes (at most 256).
+    #[arg(long, default_value_t = 256)]
+    pub max_topic_len: usize,
+
     /// Largest message (after reassembling fragments) a client may send; larger closes with 1009.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_message: usize,
@@ -152,6 +201,15 @@ impl Config {
         }
         if self.max_backlog == 0 {
             return Err("--max-backlog must be at least 1 byte".into());
+        }
+        if self.max_topic_len == 0 || self.max_topic_len > crate::topic::MAX_TOPIC_LEN {
+            return Err(format!(
+                "--max-topic-len must be between 1 and {}",
+                crate::topic::MAX_TOPIC_LEN
+            ));
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err("--jwt-secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)".into());
         }
         if self.max_topics_per_conn == 0 {
             return Err("--max-topics-per-conn must be at least 1".into());

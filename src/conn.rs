@@ -11,6 +11,7 @@ use rustls::ServerConnection;
 
 use crate::deflate::Agreement;
 use crate::frame::Assembly;
+use crate::guard::Guard;
 use crate::tls;
 use crate::topic::TopicName;
 
@@ -215,6 +216,8 @@ pub struct Conn {
     /// permessage-deflate as negotiated in the upgrade (off until then): all the
     /// compression state a connection has (no context takeover either way).
     pub deflate: Agreement,
+    /// Auth grants, the gate place and rate buckets of an open WebSocket, when any is in use.
+    pub guard: Option<Box<Guard>>,
 }
 
 /// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
@@ -266,6 +269,7 @@ impl Conn {
             queued_for_flush: false,
             tls,
             deflate: Agreement::OFF,
+            guard: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use tungstenite::handshake::derive_accept_key;
 
+use crate::auth::Denied;
 use crate::deflate;
 use crate::topic::{self, TopicError};
 use crate::v1;
@@ -23,6 +24,7 @@ pub enum Request {
         mode: Mode,
         accept: String,
         deflate: deflate::Agreement,
+        credentials: Credentials,
     },
     /// `GET /health`: liveness probe.
     Health,
@@ -35,7 +37,19 @@ pub enum Request {
         text: bool,
         body_len: usize,
         keep_alive: bool,
+        /// The `Authorization: Bearer` value: the publish key or a JWT.
+        bearer: Option<String>,
     },
+}
+
+/// What a request presents to prove who it is (checked by `auth`, not here).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// A JWT (or, for HTTP publish, possibly the publish key): `Authorization: Bearer X`,
+    /// else `?token=X`, else (upgrades) a `Sec-WebSocket-Protocol` entry `bearer.X`.
+    pub token: Option<String>,
+    /// The `Origin` header a browser sends.
+    pub origin: Option<String>,
 }
 
 /// What an upgraded connection speaks.
@@ -79,6 +93,12 @@ pub enum HttpError {
     BodyTooLarge(usize),
     #[error("publish not acknowledged in time")]
     Unavailable,
+    #[error("{0}")]
+    Denied(Denied),
+    #[error("too many connections (--max-conns)")]
+    TooManyConns,
+    #[error("too many connections from this address (--max-conns-per-ip)")]
+    TooManyConnsPerIp,
 }
 
 impl HttpError {
@@ -92,7 +112,10 @@ impl HttpError {
             HttpError::HeadTooLarge => (431, "Request Header Fields Too Large"),
             HttpError::LengthRequired => (411, "Length Required"),
             HttpError::BodyTooLarge(_) => (413, "Content Too Large"),
-            HttpError::Unavailable => (503, "Service Unavailable"),
+            HttpError::Unavailable | HttpError::TooManyConns => (503, "Service Unavailable"),
+            HttpError::Denied(Denied::Forbidden | Denied::Origin) => (403, "Forbidden"),
+            HttpError::Denied(_) => (401, "Unauthorized"),
+            HttpError::TooManyConnsPerIp => (429, "Too Many Requests"),
         }
     }
 
@@ -102,6 +125,9 @@ impl HttpError {
             HttpError::MethodNotAllowed => "Allow: GET, POST\r\n",
             HttpError::UpgradeRequired => "Upgrade: websocket\r\n",
             HttpError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
+            HttpError::Denied(Denied::Forbidden | Denied::Origin) => "",
+            HttpError::Denied(_) => "WWW-Authenticate: Bearer\r\n",
+            HttpError::TooManyConns | HttpError::TooManyConnsPerIp => "Retry-After: 1\r\n",
             _ => "",
         }
     }
@@ -243,10 +269,25 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
         .filter_map(|h| std::str::from_utf8(h.value).ok());
+    let protocols = || {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|h| std::str::from_utf8(h.value).unwrap_or("").split(','))
+            .map(str::trim)
+    };
+    let token = header("authorization")
+        .and_then(bearer_token)
+        .or_else(|| query_param(target, "token"))
+        .or_else(|| protocols().find_map(|p| p.strip_prefix(BEARER_PROTOCOL).map(str::to_owned)));
     Ok(Request::Upgrade {
         mode,
         accept: derive_accept_key(key.as_bytes()),
         deflate: deflate::negotiate(extensions),
+        credentials: Credentials {
+            token,
+            origin: header("origin").map(str::to_owned),
+        },
     })
 }
 
@@ -281,6 +322,7 @@ fn route_publish<'h>(
         text,
         body_len,
         keep_alive,
+        bearer: header("authorization").and_then(bearer_token),
     })
 }
 
@@ -301,6 +343,28 @@ pub fn publish_response(seq: Option<u64>, keep_alive: bool) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// A browser cannot set `Authorization` on a WebSocket, but it can offer subprotocols: a
+/// `herald.v1` client may offer `bearer.<JWT>` beside `herald.v1` (only `herald.v1` is
+/// answered).
+pub const BEARER_PROTOCOL: &str = "bearer.";
+
+/// The credentials of `Authorization: Bearer X`.
+fn bearer_token(value: &str) -> Option<String> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+        .then(|| token.trim().to_owned())
+}
+
+/// The value of `name` in the target's query string (not percent-decoded: tokens and keys
+/// are URL-safe).
+fn query_param(target: &str, name: &str) -> Option<String> {
+    let (_, query) = target.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
 }
 
 /// Comma-separated header tokens, compared case-insensitively (`Connection: keep-alive, Upgrade`).
@@ -342,6 +406,7 @@ mod tests {
                 mode: Mode::Path("prices/BTC-USD".into()),
                 accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
                 deflate: deflate::Agreement::OFF,
+                credentials: Credentials::default(),
             }
         );
     }
@@ -413,7 +478,7 @@ mod tests {
         let head = |r: &str| parse_head(r.as_bytes(), 1024).unwrap().unwrap().request;
         assert_eq!(
             head("POST /prices/BTC HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"),
-            Request::Publish { topic: "prices/BTC".into(), text: true, body_len: 5, keep_alive: true }
+            Request::Publish { topic: "prices/BTC".into(), text: true, body_len: 5, keep_alive: true, bearer: None }
         );
         assert_eq!(
             head("POST /t HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
@@ -421,7 +486,8 @@ mod tests {
                 topic: "t".into(),
                 text: false,
                 body_len: 0,
-                keep_alive: false
+                keep_alive: false,
+                bearer: None
             }
         );
         assert_eq!(

@@ -4,12 +4,14 @@
 //! connections; workers exchange messages over bounded channels. See `docs/architecture.md`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod deflate;
 pub mod fanout;
 pub mod frame;
+pub mod guard;
 pub mod history;
 pub mod http;
 pub mod os;

@@ -13,8 +13,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::auth::{Auth, AuthSetupError};
 use crate::bus::{Bus, PeerLink, INBOX_CAPACITY};
 use crate::config::Config;
+use crate::guard::Gate;
 use crate::os;
 use crate::stats::{self, Counters, SharedCounters};
 use crate::tls;
@@ -44,6 +46,8 @@ pub enum StartError {
     Signals(io::Error),
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 impl Server {
@@ -56,6 +60,8 @@ impl Server {
             config.threads,
         );
         let count = cores.len();
+        let auth = Auth::from_config(&config)?;
+        let gate = Gate::new(config.max_conns, config.max_conns_per_ip);
         let tls_config = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
             _ => None,
@@ -96,6 +102,7 @@ impl Server {
             ),
             Err(e) => println!("capacity: unknown (cannot read the open-file limit: {e})"),
         }
+        println!("{}", auth.describe());
 
         let config = Arc::new(config);
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -135,6 +142,8 @@ impl Server {
                 shared: shared[index].clone(),
                 shutdown: shutdown.clone(),
                 boot,
+                auth: auth.clone(),
+                gate: gate.clone(),
             };
             let worker =
                 Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;

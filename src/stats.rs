@@ -35,9 +35,13 @@ pub struct Counters {
     pub history_msgs: u64,
     /// Memory charged for them, bytes (gauge; capped by `--history-max-bytes`).
     pub history_bytes: u64,
+    /// Requests refused for a missing, invalid or expired token, or a topic not granted.
+    pub auth_failures: u64,
+    /// Connections closed for sending faster than `--rate-limit-msgs` / `--rate-limit-bytes`.
+    pub rate_limited: u64,
 }
 
-const FIELDS: usize = 13;
+const FIELDS: usize = 15;
 
 impl Counters {
     fn to_array(self) -> [u64; FIELDS] {
@@ -55,11 +59,13 @@ impl Counters {
             self.v1_refusals,
             self.history_msgs,
             self.history_bytes,
+            self.auth_failures,
+            self.rate_limited,
         ]
     }
 
     fn from_array(a: [u64; FIELDS]) -> Self {
-        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses, replayed, v1_refusals, history_msgs, history_bytes] =
+        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses, replayed, v1_refusals, history_msgs, history_bytes, auth_failures, rate_limited] =
             a;
         Counters {
             open,
@@ -75,6 +81,8 @@ impl Counters {
             v1_refusals,
             history_msgs,
             history_bytes,
+            auth_failures,
+            rate_limited,
         }
     }
 
@@ -125,7 +133,7 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
     }
     let _ = write!(
         line,
-        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} full_drops={} rejected={} fd_pauses={} history_msgs={} history_bytes={} replayed={} v1_refusals={}",
+        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} full_drops={} rejected={} fd_pauses={} history_msgs={} history_bytes={} replayed={} v1_refusals={} auth_failures={} rate_limited={}",
         rate(p.msgs_in, n.msgs_in),
         rate(p.frames_out, n.frames_out),
         rate(p.bytes_out, n.bytes_out),
@@ -137,6 +145,8 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
         n.history_bytes,
         n.replayed,
         n.v1_refusals,
+        n.auth_failures,
+        n.rate_limited,
     );
     line
 }

@@ -15,7 +15,7 @@ pub const MAX_TOPIC_LEN: usize = 256;
 pub enum TopicError {
     #[error("empty topic")]
     Empty,
-    #[error("topic longer than {MAX_TOPIC_LEN} bytes")]
+    #[error("topic too long (at most --max-topic-len bytes; 256 at most)")]
     TooLong,
     #[error("topic may contain only letters, digits and -._~:/")]
     BadChar,

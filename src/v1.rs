@@ -71,6 +71,8 @@ pub enum Refusal {
     EpochChanged { epoch: String, current: String },
     #[error("seq {since} is ahead of the topic's last message ({last})")]
     SinceAhead { since: u64, last: u64 },
+    #[error("the connection's token does not grant this topic")]
+    Forbidden,
 }
 
 impl Refusal {
@@ -85,6 +87,7 @@ impl Refusal {
             Refusal::HistoryGap { .. } => "history_gap",
             Refusal::EpochChanged { .. } => "epoch_changed",
             Refusal::SinceAhead { .. } => "since_ahead",
+            Refusal::Forbidden => "forbidden",
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::io;
 use std::sync::Arc;
 
-use super::{Doom, Worker, READS_PER_EVENT};
+use super::{access, Doom, Worker, READS_PER_EVENT};
 use crate::bus::{AckTo, Origin, Publication};
 use crate::config::Switch;
 use crate::conn::{Feed, Inbound, OutChunk, Phase};
@@ -138,13 +138,25 @@ impl Worker {
                 mode,
                 accept,
                 deflate,
+                credentials,
             } => {
+                let guard = match self.admit_upgrade(key, &mode, &credentials) {
+                    Ok(guard) => guard,
+                    Err(e) => return self.refuse(key, e),
+                };
+                self.conns[key].guard = guard;
                 self.open(key, mode, &accept, deflate);
                 !has_more || self.on_frame_bytes(key, 0)
             }
             Request::Publish {
-                topic, keep_alive, ..
-            } => match body {
+                topic,
+                keep_alive,
+                bearer,
+                ..
+            } => match body.and_then(|frame| {
+                self.check_http_publish(&topic, bearer.as_deref())?;
+                Ok(frame)
+            }) {
                 Ok(frame) => {
                     self.publish_http(key, &topic, frame, keep_alive);
                     true
@@ -346,13 +358,23 @@ impl Worker {
                 _ => continue,
             };
             match event {
-                Event::Message(frame) => match topic {
-                    Some(topic) => {
-                        let conn_id = conn.id;
-                        self.accept_message(conn_id, topic, frame, None);
+                Event::Message(frame) => {
+                    let conn_id = conn.id;
+                    let len = frame::payload_of(&frame).1.len();
+                    if !self.within_rate(key, len, self.now) {
+                        self.fail(key, access::POLICY, access::RATE_LIMITED);
+                        return;
                     }
-                    None => self.on_v1_message(key, &frame),
-                },
+                    match topic {
+                        Some(topic) if !self.may_publish(key, &topic) => {
+                            self.counters.auth_failures += 1;
+                            self.fail(key, access::POLICY, access::NOT_PUBLISHER);
+                            return;
+                        }
+                        Some(topic) => self.accept_message(conn_id, topic, frame, None),
+                        None => self.on_v1_message(key, &frame),
+                    }
+                }
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
                     self.reply_and_close(key, reply);

@@ -1,7 +1,7 @@
 //! How connections end, and the timers that end them: every transition out of `Open` and
 //! every deadline lives here.
 
-use super::{Worker, CLOSE_GRACE};
+use super::{access, Worker, CLOSE_GRACE};
 use crate::conn::{Feed, Phase};
 use crate::frame;
 
@@ -31,6 +31,7 @@ impl Worker {
         if let Phase::Open { feed, .. } = &conn.phase {
             self.leave_feed(feed);
         }
+        self.release_guard(conn.guard.as_deref());
     }
 
     /// Leave `Open` (if open): the connection stops receiving topic messages at once.
@@ -137,6 +138,11 @@ impl Worker {
             };
             if let Some(v) = verdict {
                 expired.push((key, v));
+            }
+        }
+        for key in self.expired_tokens() {
+            if matches!(self.conns[key].phase, Phase::Open { .. }) {
+                self.fail(key, access::POLICY, access::TOKEN_EXPIRED);
             }
         }
         for (key, verdict) in expired {

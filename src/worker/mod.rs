@@ -3,6 +3,7 @@
 //! step is delegated: `input` (bytes in), `output` (the fan-out hot path and writes),
 //! `lifecycle` (closing and timers).
 
+mod access;
 mod input;
 mod lifecycle;
 mod output;
@@ -18,12 +19,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::auth::Auth;
 use crate::bus::{Bus, BusMsg};
 use crate::config::Config;
 use crate::conn::{Conn, Inbound};
 use crate::deflate::Codec;
 use crate::fanout::{Staged, Topics};
 use crate::frame;
+use crate::guard::Gate;
 use crate::os;
 use crate::owned::{HistoryLimits, Owned};
 use crate::stats::{self, Counters, SharedCounters};
@@ -87,6 +90,8 @@ pub struct Worker {
     topics: Topics,
     bus: Bus,
     config: Arc<Config>,
+    auth: Arc<Auth>,
+    gate: Arc<Gate>,
     /// One read buffer for all connections of this worker.
     scratch: Vec<u8>,
     /// An empty `Inbound` lent to connections that have none while their bytes are parsed.
@@ -134,6 +139,10 @@ pub struct WorkerParts {
     pub shutdown: Arc<AtomicBool>,
     /// Differs between server starts: part of every topic epoch.
     pub boot: u32,
+    /// Who may do what (shared by all workers).
+    pub auth: Arc<Auth>,
+    /// Open-WebSocket counts for the connection limits (shared by all workers).
+    pub gate: Arc<Gate>,
 }
 
 impl Worker {
@@ -147,6 +156,8 @@ impl Worker {
             shared,
             shutdown,
             boot,
+            auth,
+            gate,
         } = parts;
         let limits = HistoryLimits {
             per_topic: config.history,
@@ -171,6 +182,8 @@ impl Worker {
             topics: Topics::new(owned),
             bus,
             config,
+            auth,
+            gate,
             scratch: vec![0; SCRATCH_LEN],
             spare_inbound: None,
             frame_events: Vec::new(),

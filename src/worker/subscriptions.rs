@@ -49,6 +49,14 @@ impl Worker {
                 data,
                 payload,
             }) => {
+                if self.check_topic_len(&topic).is_err() {
+                    let e = Refusal::BadTopic(topic::TopicError::TooLong);
+                    return self.v1_refuse(key, Some(id), Some(&topic), &e);
+                }
+                if !self.may_publish(key, &topic) {
+                    self.counters.auth_failures += 1;
+                    return self.v1_refuse(key, Some(id), Some(&topic), &Refusal::Forbidden);
+                }
                 let frame = frame::encode(OpCode::Data(data), &payload);
                 let topic = self.shared_topic_name(&topic);
                 let conn_id = self.conns[key].id;
@@ -81,6 +89,14 @@ impl Worker {
     fn v1_subscribe(&mut self, key: usize, id: u64, wanted: Wanted) {
         if let Err(e) = topic::validate(&wanted.topic) {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &Refusal::BadTopic(e));
+        }
+        if self.check_topic_len(&wanted.topic).is_err() {
+            let e = Refusal::BadTopic(topic::TopicError::TooLong);
+            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &e);
+        }
+        if !self.may_subscribe(key, &wanted.topic) {
+            self.counters.auth_failures += 1;
+            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &Refusal::Forbidden);
         }
         let max = self.config.max_topics_per_conn;
         let Some(feed) = self.v1_feed(key) else {
