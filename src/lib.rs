@@ -6,6 +6,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod deflate;
 pub mod fanout;
