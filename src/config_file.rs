@@ -651,6 +651,41 @@ mod tests {
         assert!(mentions_flag("--history must", "history"));
     }
 
+    /// Flags of the kinds Config does not have yet, as another engineer might add them.
+    #[derive(Debug, clap::Parser)]
+    struct Repeats {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Repeatable: `--origin a --origin b`.
+        #[arg(long)]
+        origin: Vec<String>,
+        #[arg(long, action = ArgAction::Count)]
+        verbose: u8,
+    }
+
+    #[test]
+    fn repeatable_and_counted_flags_take_lists_and_counts() {
+        let f = TempFile::new("repeats", "origin = [\"a\", \"b\"]\nverbose = 2");
+        let parse = |args: &[&str]| {
+            try_parse::<Repeats>(["x", "--config", f.arg()].iter().chain(args))
+                .unwrap()
+                .0
+        };
+        let r = parse(&[]);
+        assert_eq!((r.origin, r.verbose), (vec!["a".into(), "b".into()], 2));
+        // The command line replaces the file's list rather than adding to it, and may still
+        // repeat the flag.
+        let r = parse(&["--origin", "c", "--origin", "d", "--verbose"]);
+        assert_eq!((r.origin, r.verbose), (vec!["c".into(), "d".into()], 1));
+        let one = TempFile::new("repeats-one", "origin = \"x\"");
+        let r = try_parse::<Repeats>(["x", "--config", one.arg()])
+            .unwrap()
+            .0;
+        assert_eq!(r.origin, ["x"]);
+        let bad = TempFile::new("repeats-bad", "verbose = true");
+        assert!(try_parse::<Repeats>(["x", "--config", bad.arg()]).is_err());
+    }
+
     const EXAMPLE: &str = include_str!("../herald.example.toml");
 
     /// The example's `# key = value` lines, uncommented.
