@@ -15,6 +15,12 @@ use clap::Parser;
     about = "Thread-per-core WebSocket fan-out server"
 )]
 pub struct Config {
+    /// Read settings from this TOML file first: its keys are these flags' long names
+    /// (`max-message = 1048576`), and flags given on the command line override it. Lets a
+    /// deployment keep its settings in one reviewed file (see herald.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Address to listen on for ws:// (port 0 picks a free port; the real one is printed).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
@@ -151,10 +157,12 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parse from `std::env::args`, exiting with clap's message on bad flags.
+    /// Parse from `std::env::args` and the `--config` file (if any), exiting with clap's
+    /// message on bad flags or keys; a message about a flag the file set names its key.
     pub fn from_args() -> Self {
-        let config = Config::parse();
+        let (config, origin) = crate::config_file::parse::<Config>();
         if let Err(msg) = config.validate() {
+            let msg = origin.explain(&msg);
             clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n")).exit();
         }
         config

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod deflate;
 pub mod fanout;

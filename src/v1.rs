@@ -134,18 +134,14 @@ struct RawSince {
     seq: u64,
 }
 
-/// Just the id, to answer a request that is otherwise malformed.
-#[derive(Deserialize)]
-struct IdOnly {
-    id: Option<u64>,
-}
-
 /// Decode one client text message. On failure, the id (if one could be read) and why.
 pub fn decode(text: &[u8]) -> Result<Request, (Option<u64>, Refusal)> {
     let raw: RawRequest = serde_json::from_slice(text).map_err(|e| {
-        let id = serde_json::from_slice::<IdOnly>(text)
-            .ok()
-            .and_then(|r| r.id);
+        // Only an object has an id (serde would also read a struct from an array).
+        let id = match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => map.get("id").and_then(|v| v.as_u64()),
+            _ => None,
+        };
         (id, Refusal::BadRequest(format!("invalid request: {e}")))
     })?;
     match raw {

@@ -55,6 +55,15 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    /// Starts `herald ARGS…` with exactly these arguments (no `--listen` or
+    /// `--stats-interval` added: for tests where a config file sets them) and waits for its
+    /// `listening on ws://…` line.
+    pub fn start_exact(args: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Server::spawn(cmd)
+    }
+
     /// Like [`Server::start`], but the process starts with the given soft and hard
     /// `RLIMIT_NOFILE` (set by `sh`'s `ulimit` right before it `exec`s the server, so the
     /// child's pid is the server's).
