@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod frame;
 pub mod history;
 pub mod http;
+pub mod log;
 pub mod os;
 pub mod owned;
 pub mod server;
