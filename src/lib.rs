@@ -13,6 +13,7 @@ pub mod frame;
 pub mod history;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod os;
 pub mod owned;
 pub mod server;
