@@ -360,7 +360,10 @@ mod tests {
         }
         let msg = format!(r#"{{"type":"message","topic":"bench","seq":1,"data_b64":"{b64}"}}"#);
         let got = payload_of(&msg, "bench").expect("payload");
-        assert_eq!(crate::payload::decode(&got, 64, false), Ok((12345, 987_654_321)));
+        assert_eq!(
+            crate::payload::decode(&got, 64, false),
+            Ok((12345, 987_654_321))
+        );
     }
 
     #[test]
