@@ -348,7 +348,8 @@ impl Worker {
         if let Err(e) = result {
             match self.conns.get(key).map(|c| &c.phase) {
                 Some(Phase::Open { .. }) => self.fail(key, e.close_code(), e.reason()),
-                Some(_) => self.hang_up_for(key, Ending::ProtocolError(e.close_code())), // garbage while closing: no more courtesy
+                // Garbage while closing: no more courtesy.
+                Some(_) => self.hang_up_for(key, Ending::ProtocolError(e.close_code())),
                 None => {}
             }
         }

@@ -82,7 +82,7 @@ pub struct WorkerReport {
 pub struct Worker {
     index: usize,
     poll: Poll,
-    /// Emptied at shutdown (stop accepting).
+    /// Kept through the drain (probes and refusals are answered); closed when the worker ends.
     listeners: Vec<Listener>,
     conns: Slab<Conn>,
     next_conn_id: u64,
