@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::log::{LogFormat, LogLevel};
+
 /// Herald's settings. Defaults are chosen for a feed server on the open internet:
 /// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
 #[derive(Debug, Clone, Parser)]
@@ -154,6 +156,14 @@ pub struct Config {
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Log line format on stderr: `text` for people, `json` (one object per line) for shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Least severe log level written to stderr; `debug` adds every connect and disconnect.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
 }
 
 impl Config {

@@ -35,6 +35,65 @@ pub enum Phase {
     Lingering { since: u32 },
 }
 
+/// Why a connection ended: the `reason` (and `code`) of its disconnect log line. The first
+/// decision to end a connection sets it; later steps (flushing, lingering, the grace timer)
+/// keep it. Four bytes, in what was `Conn`'s padding.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing decided yet (a disconnect with it is reported as `closed`).
+    #[default]
+    Unset,
+    /// The peer sent a close frame with this code (1005: none).
+    PeerClose(u16),
+    /// We failed the connection with this close code (1002, 1007, 1009, …).
+    ProtocolError(u16),
+    /// Closed with 1008 for exceeding `--max-backlog`.
+    SlowConsumer,
+    /// Keep-alive: silent for two ping intervals.
+    Timeout,
+    /// The handshake deadline passed.
+    HandshakeTimeout,
+    /// Server shutdown (1001, or an unfinished handshake dropped).
+    Shutdown,
+    /// An HTTP request was answered with this status and the connection closed.
+    Http(u16),
+    /// The peer closed TCP without a close frame.
+    Eof,
+    /// A socket read or write failed (reset, broken pipe).
+    Error,
+    /// The TLS handshake or session failed.
+    Tls,
+}
+
+impl Ending {
+    /// The log label: `peer_close`, `protocol_error`, `slow_consumer`, `timeout`, …
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::Unset => "closed",
+            Ending::PeerClose(_) => "peer_close",
+            Ending::ProtocolError(_) => "protocol_error",
+            Ending::SlowConsumer => "slow_consumer",
+            Ending::Timeout => "timeout",
+            Ending::HandshakeTimeout => "handshake_timeout",
+            Ending::Shutdown => "shutdown",
+            Ending::Http(_) => "http",
+            Ending::Eof => "eof",
+            Ending::Error => "error",
+            Ending::Tls => "tls",
+        }
+    }
+
+    /// The close code or HTTP status that goes with the reason, if any.
+    pub fn code(self) -> Option<u16> {
+        match self {
+            Ending::PeerClose(c) | Ending::ProtocolError(c) | Ending::Http(c) => Some(c),
+            Ending::SlowConsumer => Some(1008),
+            Ending::Shutdown => Some(1001),
+            _ => None,
+        }
+    }
+}
+
 /// What an open connection receives.
 #[derive(Debug)]
 pub enum Feed {
@@ -218,6 +277,8 @@ pub struct Conn {
     pub deflate: Agreement,
     /// Auth grants, the gate place and rate buckets of an open WebSocket, when any is in use.
     pub guard: Option<Box<Guard>>,
+    /// Why it is ending, once something decided it (for the disconnect log line).
+    pub ending: Ending,
 }
 
 /// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
@@ -270,6 +331,14 @@ impl Conn {
             tls,
             deflate: Agreement::OFF,
             guard: None,
+            ending: Ending::Unset,
+        }
+    }
+
+    /// Record why the connection ends, unless an earlier step already did.
+    pub fn end(&mut self, why: Ending) {
+        if self.ending == Ending::Unset {
+            self.ending = why;
         }
     }
 

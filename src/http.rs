@@ -5,6 +5,8 @@ use tungstenite::handshake::derive_accept_key;
 
 use crate::auth::Denied;
 use crate::deflate;
+use crate::metrics;
+use crate::stats::Reject;
 use crate::topic::{self, TopicError};
 use crate::v1;
 use crate::web;
@@ -26,8 +28,12 @@ pub enum Request {
         deflate: deflate::Agreement,
         credentials: Credentials,
     },
-    /// `GET /health`: liveness probe.
+    /// `GET /health`: liveness probe (200 while the process runs, draining or not).
     Health,
+    /// `GET /ready`: readiness probe (503 while draining, so load balancers stop sending).
+    Ready,
+    /// `GET /metrics`: the Prometheus scrape.
+    Metrics,
     /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
     Page { target: String },
     /// `POST /<topic>`: publish the `body_len`-byte body that follows the head, as text
@@ -99,6 +105,8 @@ pub enum HttpError {
     TooManyConns,
     #[error("too many connections from this address (--max-conns-per-ip)")]
     TooManyConnsPerIp,
+    #[error("server shutting down")]
+    ShuttingDown,
 }
 
 impl HttpError {
@@ -112,11 +120,42 @@ impl HttpError {
             HttpError::HeadTooLarge => (431, "Request Header Fields Too Large"),
             HttpError::LengthRequired => (411, "Length Required"),
             HttpError::BodyTooLarge(_) => (413, "Content Too Large"),
-            HttpError::Unavailable | HttpError::TooManyConns => (503, "Service Unavailable"),
+            HttpError::Unavailable | HttpError::TooManyConns | HttpError::ShuttingDown => {
+                (503, "Service Unavailable")
+            }
             HttpError::Denied(Denied::Forbidden | Denied::Origin) => (403, "Forbidden"),
             HttpError::Denied(_) => (401, "Unauthorized"),
             HttpError::TooManyConnsPerIp => (429, "Too Many Requests"),
         }
+    }
+
+    /// The refusal's reason for `herald_rejected_total{reason=...}`: the exhaustive match
+    /// makes a new variant pick its counter slot.
+    pub fn rejection(&self) -> Reject {
+        match self {
+            HttpError::BadRequest(_) => Reject::BadRequest,
+            HttpError::BadTopic(_) => Reject::BadTopic,
+            HttpError::NotFound => Reject::NotFound,
+            HttpError::MethodNotAllowed => Reject::MethodNotAllowed,
+            HttpError::UpgradeRequired => Reject::UpgradeRequired,
+            HttpError::UnsupportedVersion => Reject::UnsupportedVersion,
+            HttpError::HeadTooLarge => Reject::HeadTooLarge,
+            HttpError::LengthRequired => Reject::LengthRequired,
+            HttpError::BodyTooLarge(_) => Reject::BodyTooLarge,
+            HttpError::Unavailable => Reject::Unavailable,
+            HttpError::ShuttingDown => Reject::Draining,
+            HttpError::Denied(Denied::Forbidden) => Reject::Forbidden,
+            HttpError::Denied(Denied::Origin) => Reject::Origin,
+            HttpError::Denied(_) => Reject::Unauthorized,
+            HttpError::TooManyConns => Reject::TooManyConns,
+            HttpError::TooManyConnsPerIp => Reject::TooManyConnsPerIp,
+        }
+    }
+
+    /// Stable snake_case label of the refusal (`bad_topic`, `not_found`, …), the same one
+    /// `/metrics` prints, so logs and dashboards name refusals alike.
+    pub fn reason(&self) -> &'static str {
+        self.rejection().label()
     }
 
     /// Extra headers the RFCs ask for with this status.
@@ -127,7 +166,9 @@ impl HttpError {
             HttpError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
             HttpError::Denied(Denied::Forbidden | Denied::Origin) => "",
             HttpError::Denied(_) => "WWW-Authenticate: Bearer\r\n",
-            HttpError::TooManyConns | HttpError::TooManyConnsPerIp => "Retry-After: 1\r\n",
+            HttpError::TooManyConns | HttpError::TooManyConnsPerIp | HttpError::ShuttingDown => {
+                "Retry-After: 1\r\n"
+            }
             _ => "",
         }
     }
@@ -151,6 +192,30 @@ pub fn plain_response(code: u16, reason: &str, extra_headers: &str, body: &str) 
 /// The `200 ok` answer to `GET /health`.
 pub fn health_response() -> Vec<u8> {
     plain_response(200, "OK", "Cache-Control: no-store\r\n", "ok")
+}
+
+/// The answer to `GET /ready`: `200 ready` while serving, `503 draining` once shutting down.
+pub fn ready_response(ready: bool) -> Vec<u8> {
+    if ready {
+        plain_response(200, "OK", "Cache-Control: no-store\r\n", "ready")
+    } else {
+        plain_response(
+            503,
+            "Service Unavailable",
+            "Cache-Control: no-store\r\nRetry-After: 1\r\n",
+            "draining",
+        )
+    }
+}
+
+/// The answer to `GET /metrics`: `body` in the Prometheus text format.
+pub fn metrics_response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        metrics::CONTENT_TYPE,
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// The answer to a plain `GET` of `target`: the demo page (or a file under `static_dir`);
@@ -228,6 +293,8 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
     let Some(upgrade) = header("upgrade") else {
         return match path {
             "/health" => Ok(Request::Health),
+            "/ready" => Ok(Request::Ready),
+            "/metrics" => Ok(Request::Metrics),
             _ => Ok(Request::Page {
                 target: target.to_owned(),
             }),
@@ -502,5 +569,65 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(head.request, Request::Health);
+        let head = |r: &str| parse_head(r.as_bytes(), 1024).unwrap().unwrap().request;
+        assert_eq!(
+            head("GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Ready
+        );
+        assert_eq!(
+            head("GET /metrics?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics
+        );
+        assert!(ready_response(true).starts_with(b"HTTP/1.1 200 OK\r\n"));
+        let draining = String::from_utf8(ready_response(false)).unwrap();
+        assert!(draining.starts_with("HTTP/1.1 503 "), "{draining}");
+        assert!(draining.contains("\r\nRetry-After: 1\r\n"), "{draining}");
+        assert!(draining.ends_with("\r\n\r\ndraining"), "{draining}");
+        let metrics = String::from_utf8(metrics_response("a 1\n")).unwrap();
+        assert!(metrics.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"));
+        assert!(metrics.ends_with(
+            "\r\nContent-Length: 4\r\nCache-Control: no-store\r\nConnection: close\r\n\r\na 1\n"
+        ));
+    }
+
+    #[test]
+    fn refusals_carry_stable_reasons() {
+        let reason = |r: &str| parse_head(r.as_bytes(), 1024).unwrap_err().reason();
+        assert_eq!(
+            reason(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
+            "bad_topic"
+        );
+        assert_eq!(
+            reason(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
+            "unsupported_version"
+        );
+        assert_eq!(
+            reason("PUT /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            reason("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "length_required"
+        );
+        assert_eq!(
+            reason("POST /chat HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"),
+            "body_too_large"
+        );
+        assert_eq!(reason("GARBAGE\r\n\r\n"), "bad_request");
+        let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(reason(&huge), "head_too_large");
+        assert_eq!(
+            page_response("/chat", None).unwrap_err().reason(),
+            "upgrade_required"
+        );
+        assert_eq!(
+            page_response("/no%20such", None).unwrap_err().reason(),
+            "not_found"
+        );
+        assert_eq!(HttpError::Unavailable.reason(), "unavailable");
+        let busy = String::from_utf8(HttpError::ShuttingDown.response()).unwrap();
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
+        assert!(busy.contains("\r\nRetry-After: 1\r\n"), "{busy}");
+        assert_eq!(HttpError::ShuttingDown.reason(), "draining");
     }
 }

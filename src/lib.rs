@@ -15,6 +15,8 @@ pub mod frame;
 pub mod guard;
 pub mod history;
 pub mod http;
+pub mod log;
+pub mod metrics;
 pub mod os;
 pub mod owned;
 pub mod server;

@@ -7,6 +7,7 @@ use herald::server::Server;
 
 fn main() -> ExitCode {
     let config = Config::from_args();
+    herald::log::init(config.log_format, config.log_level);
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {

@@ -120,6 +120,7 @@ impl Server {
         }
         let wakers: Vec<Arc<Waker>> = links.iter().map(|(_, w)| w.clone()).collect();
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
+        let everyone: Arc<[Arc<SharedCounters>]> = shared.clone().into();
 
         let boot = boot_id();
         let mut workers = Vec::with_capacity(count);
@@ -140,6 +141,7 @@ impl Server {
                 bus: Bus::new(index, peers, inbox),
                 config: config.clone(),
                 shared: shared[index].clone(),
+                everyone: everyone.clone(),
                 shutdown: shutdown.clone(),
                 boot,
                 auth: auth.clone(),
@@ -153,7 +155,7 @@ impl Server {
                 .spawn(move || {
                     if let Some(core) = core {
                         if !core_affinity::set_for_current(core) {
-                            eprintln!("herald: worker {index}: could not pin to core {}", core.id);
+                            log::warn!(worker = index, core = core.id; "could not pin to core");
                         }
                     }
                     worker.run()
@@ -206,7 +208,7 @@ impl Server {
             // A second signal means "now": skip the rest of the drain.
             let mut again = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).ok();
             if again.as_mut().is_some_and(|s| s.forever().next().is_some()) {
-                eprintln!("herald: second signal, exiting without draining");
+                log::warn!("second signal, exiting without draining");
                 std::process::exit(1);
             }
         });
@@ -229,7 +231,7 @@ impl Server {
                     totals.push(report.counters);
                     let _ = latency.add(&report.latency);
                 }
-                Err(_) => eprintln!("herald: worker {index} panicked"),
+                Err(_) => log::error!(worker = index; "worker panicked"),
             }
         }
         let total = Counters::sum(&totals);

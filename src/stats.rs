@@ -1,6 +1,8 @@
 //! Counters and latency: each worker counts in plain integers and publishes a snapshot to its
-//! own cache line once per loop turn; the control thread reads them for the stats line. The
-//! fan-out latency histogram stays in the worker and is merged once, at exit.
+//! own cache lines once per loop turn; the control thread reads them for the stats line, and
+//! any worker reads all of them to answer `GET /metrics`. The fan-out latency is counted
+//! twice: in fixed Prometheus buckets (published with the counters, so live) and in an HDR
+//! histogram that stays in the worker and is merged once, at exit, for exact percentiles.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -8,23 +10,142 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+/// Declares [`Reject`] from one row per reason: variant, metric label, doc. Adding a reason is
+/// adding a row; its counter slot, its `/metrics` line and its label follow from it.
+macro_rules! reasons {
+    ($($variant:ident => $label:literal, $doc:literal;)*) => {
+        /// Why a handshake (or HTTP request) was refused: the `reason` label of
+        /// `herald_rejected_total`. The one list of reasons; every one is printed, even at 0,
+        /// so dashboards and alerts can name a reason before it first happens.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Reject {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Reject {
+            /// Every reason, in slot order.
+            pub const ALL: &'static [Reject] = &[$(Reject::$variant,)*];
+            /// The stable snake_case labels, in slot order (`LABELS[r as usize]`).
+            pub const LABELS: &'static [&'static str] = &[$($label,)*];
+        }
+    };
+}
+
+reasons! {
+    BadRequest => "bad_request", "Malformed request or upgrade headers (400).";
+    BadTopic => "bad_topic", "The path is not a valid topic (400).";
+    NotFound => "not_found", "No such page (404).";
+    MethodNotAllowed => "method_not_allowed", "Neither GET nor POST (405).";
+    UpgradeRequired => "upgrade_required", "A plain GET of a topic path (426).";
+    UnsupportedVersion => "unsupported_version", "Sec-WebSocket-Version other than 13 (426).";
+    HeadTooLarge => "head_too_large", "Request head over 8 KiB (431).";
+    LengthRequired => "length_required", "A publish without Content-Length (411).";
+    BodyTooLarge => "body_too_large", "A publish body over --max-message (413).";
+    Unavailable => "unavailable", "A publish not acknowledged in time (503).";
+    Draining => "draining", "An upgrade or publish while shutting down (503).";
+    Timeout => "timeout", "The handshake deadline passed.";
+    Tls => "tls", "The TLS handshake failed.";
+    Reset => "reset", "The peer reset or broke the connection mid-request.";
+    Unauthorized => "unauthorized", "Missing or invalid credentials (401).";
+    Forbidden => "forbidden", "Credentials not allowed this topic (403).";
+    Origin => "origin", "The Origin header is not allowed (403).";
+    TooManyConns => "too_many_conns", "The server's connection limit is reached.";
+    TooManyConnsPerIp => "too_many_conns_per_ip", "The peer address's connection limit is reached.";
+}
+
+impl Reject {
+    /// How many reasons there are (the size of [`Rejected`]).
+    pub const COUNT: usize = Reject::LABELS.len();
+
+    /// The metric label, e.g. `bad_topic`.
+    pub fn label(self) -> &'static str {
+        Reject::LABELS[self as usize]
+    }
+}
+
+/// Refusals counted per [`Reject`] reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected(pub [u64; Reject::COUNT]);
+
+impl Rejected {
+    /// Count one refusal.
+    pub fn count(&mut self, reason: Reject) {
+        self.0[reason as usize] += 1;
+    }
+
+    /// The count for one reason.
+    pub fn get(&self, reason: Reject) -> u64 {
+        self.0[reason as usize]
+    }
+
+    /// All refusals, whatever the reason (the stats line's `rejected=`).
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+/// Upper bounds (inclusive, µs) of the fan-out latency buckets, 50 µs to 5 s in 1-2.5-5
+/// steps; a last, open bucket takes the rest. Fixed so that workers can add plain integers
+/// and `/metrics` can print a Prometheus histogram without locks.
+pub const LATENCY_BOUNDS_MICROS: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000,
+];
+
+/// Buckets including the open one (`+Inf`).
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MICROS.len() + 1;
+
+/// The live fan-out latency: deliveries per bucket (not cumulative) and their sum.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// `counts[i]`: deliveries that took at most `LATENCY_BOUNDS_MICROS[i]` and more than the
+    /// bound before; the last slot holds those over 5 s.
+    pub counts: [u64; LATENCY_BUCKETS],
+    /// Sum of all recorded latencies, µs.
+    pub sum_micros: u64,
+}
+
+impl LatencyBuckets {
+    /// Record `n` deliveries of `micros` each (a binary search over 16 bounds: a few ns, once
+    /// per message per batch, not per subscriber).
+    #[inline]
+    pub fn record_n(&mut self, micros: u64, n: u64) {
+        let i = LATENCY_BOUNDS_MICROS.partition_point(|&b| b < micros);
+        self.counts[i] += n;
+        self.sum_micros = self.sum_micros.wrapping_add(micros.saturating_mul(n));
+    }
+
+    /// Deliveries recorded (the histogram's `_count`).
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 /// What a worker counts. Plain integers: only the owning worker writes them.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     /// Connections currently held (gauge).
     pub open: u64,
+    /// Connections accepted since start.
     pub accepted: u64,
     /// Messages received from clients.
     pub msgs_in: u64,
     /// Messages written to subscribers (one per subscriber per message).
     pub frames_out: u64,
+    /// Bytes read from clients (after TLS decryption), request heads and frames alike.
+    pub bytes_in: u64,
+    /// Bytes written to clients (before TLS encryption).
     pub bytes_out: u64,
     /// Subscribers closed for exceeding `--max-backlog`.
     pub slow_closes: u64,
     /// Publications dropped because a worker's inbox and outbox were full.
     pub full_drops: u64,
-    /// Handshakes refused with an HTTP error or timed out.
-    pub rejected: u64,
+    /// Handshakes refused with an HTTP error or timed out, by reason.
+    pub rejected: Rejected,
+    /// Requests refused for missing or bad credentials.
+    pub auth_failures: u64,
+    /// Connections closed for going over a rate limit.
+    pub rate_limited: u64,
     /// Times accepting paused because the process ran out of file descriptors.
     pub fd_pauses: u64,
     /// Messages sent from history to joining `herald.v1` subscribers (`since`, `rewind`).
@@ -35,73 +156,99 @@ pub struct Counters {
     pub history_msgs: u64,
     /// Memory charged for them, bytes (gauge; capped by `--history-max-bytes`).
     pub history_bytes: u64,
-    /// Requests refused for a missing, invalid or expired token, or a topic not granted.
-    pub auth_failures: u64,
-    /// Connections closed for sending faster than `--rate-limit-msgs` / `--rate-limit-bytes`.
-    pub rate_limited: u64,
+    /// Fan-out latency in fixed buckets (live, unlike the HDR histogram).
+    pub latency: LatencyBuckets,
 }
 
-const FIELDS: usize = 15;
+/// Scalar fields of [`Counters`].
+const SCALARS: usize = 15;
+/// Every `u64` of [`Counters`]: scalars, rejections by reason, latency buckets and sum.
+const SLOTS: usize = SCALARS + Reject::COUNT + LATENCY_BUCKETS + 1;
 
 impl Counters {
-    fn to_array(self) -> [u64; FIELDS] {
-        [
+    fn to_array(self) -> [u64; SLOTS] {
+        let scalars: [u64; SCALARS] = [
             self.open,
             self.accepted,
             self.msgs_in,
             self.frames_out,
+            self.bytes_in,
             self.bytes_out,
             self.slow_closes,
             self.full_drops,
-            self.rejected,
+            self.auth_failures,
+            self.rate_limited,
             self.fd_pauses,
             self.replayed,
             self.v1_refusals,
             self.history_msgs,
             self.history_bytes,
-            self.auth_failures,
-            self.rate_limited,
-        ]
+        ];
+        let mut a = [0u64; SLOTS];
+        let (head, rest) = a.split_at_mut(SCALARS);
+        head.copy_from_slice(&scalars);
+        let (rejected, rest) = rest.split_at_mut(Reject::COUNT);
+        rejected.copy_from_slice(&self.rejected.0);
+        let (buckets, sum) = rest.split_at_mut(LATENCY_BUCKETS);
+        buckets.copy_from_slice(&self.latency.counts);
+        sum[0] = self.latency.sum_micros;
+        a
     }
 
-    fn from_array(a: [u64; FIELDS]) -> Self {
-        let [open, accepted, msgs_in, frames_out, bytes_out, slow_closes, full_drops, rejected, fd_pauses, replayed, v1_refusals, history_msgs, history_bytes, auth_failures, rate_limited] =
-            a;
-        Counters {
-            open,
-            accepted,
-            msgs_in,
-            frames_out,
-            bytes_out,
-            slow_closes,
-            full_drops,
-            rejected,
-            fd_pauses,
-            replayed,
-            v1_refusals,
-            history_msgs,
-            history_bytes,
-            auth_failures,
-            rate_limited,
-        }
+    fn from_array(a: [u64; SLOTS]) -> Self {
+        let (head, rest) = a.split_at(SCALARS);
+        let (rejected, rest) = rest.split_at(Reject::COUNT);
+        let (buckets, sum) = rest.split_at(LATENCY_BUCKETS);
+        let mut c = Counters {
+            rejected: Rejected(std::array::from_fn(|i| rejected[i])),
+            latency: LatencyBuckets {
+                counts: std::array::from_fn(|i| buckets[i]),
+                sum_micros: sum[0],
+            },
+            ..Default::default()
+        };
+        [
+            c.open,
+            c.accepted,
+            c.msgs_in,
+            c.frames_out,
+            c.bytes_in,
+            c.bytes_out,
+            c.slow_closes,
+            c.full_drops,
+            c.auth_failures,
+            c.rate_limited,
+            c.fd_pauses,
+            c.replayed,
+            c.v1_refusals,
+            c.history_msgs,
+            c.history_bytes,
+        ] = std::array::from_fn(|i| head[i]);
+        c
     }
 
-    /// Sum over workers (the gauge `open` sums too).
+    /// Sum over workers (the gauges sum too).
     pub fn sum<'a>(all: impl IntoIterator<Item = &'a Counters>) -> Counters {
-        let mut total = [0u64; FIELDS];
+        let mut total = [0u64; SLOTS];
         for c in all {
             for (t, v) in total.iter_mut().zip(c.to_array()) {
-                *t += v;
+                *t = t.wrapping_add(v);
             }
         }
         Counters::from_array(total)
     }
 }
 
-/// One worker's published counters, alone on its cache line so workers never share one.
-#[derive(Debug, Default)]
+/// One worker's published counters, on cache lines of its own so workers never share one.
+#[derive(Debug)]
 #[repr(align(128))]
-pub struct SharedCounters([AtomicU64; FIELDS]);
+pub struct SharedCounters([AtomicU64; SLOTS]);
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
 
 impl SharedCounters {
     /// Called by the owning worker once per turn.
@@ -111,6 +258,7 @@ impl SharedCounters {
         }
     }
 
+    /// The last published snapshot (fields may be from adjacent turns; each is exact).
     pub fn read(&self) -> Counters {
         Counters::from_array(std::array::from_fn(|i| self.0[i].load(Relaxed)))
     }
@@ -139,7 +287,7 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
         rate(p.bytes_out, n.bytes_out),
         n.slow_closes,
         n.full_drops,
-        n.rejected,
+        n.rejected.total(),
         n.fd_pauses,
         n.history_msgs,
         n.history_bytes,
@@ -155,7 +303,7 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
 pub fn totals_line(c: &Counters) -> String {
     format!(
         "totals: accepted={} msgs_in={} frames_out={} bytes_out={} slow_closes={} full_drops={} rejected={} fd_pauses={} replayed={} v1_refusals={}",
-        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected, c.fd_pauses, c.replayed, c.v1_refusals
+        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected.total(), c.fd_pauses, c.replayed, c.v1_refusals
     )
 }
 
@@ -216,5 +364,90 @@ mod tests {
         };
         shared.publish(&c);
         assert_eq!(shared.read(), c);
+    }
+
+    #[test]
+    fn every_slot_survives_publish_and_sum() {
+        let mut c = Counters {
+            open: 1,
+            accepted: 2,
+            msgs_in: 3,
+            frames_out: 4,
+            bytes_in: 5,
+            bytes_out: 6,
+            slow_closes: 7,
+            full_drops: 8,
+            auth_failures: 9,
+            rate_limited: 10,
+            fd_pauses: 11,
+            replayed: 12,
+            v1_refusals: 13,
+            history_msgs: 14,
+            history_bytes: 15,
+            ..Default::default()
+        };
+        for (i, &reason) in Reject::ALL.iter().enumerate() {
+            for _ in 0..=i {
+                c.rejected.count(reason);
+            }
+        }
+        c.latency.record_n(70, 3);
+        c.latency.record_n(9_000_000, 1);
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        assert_eq!(shared.read(), c);
+        let twice = Counters::sum([&c, &c]);
+        assert_eq!(twice.history_bytes, 30);
+        assert_eq!(
+            twice.rejected.get(Reject::TooManyConnsPerIp),
+            2 * Reject::COUNT as u64
+        );
+        assert_eq!(twice.latency.count(), 8);
+        assert_eq!(twice.latency.sum_micros, 2 * (210 + 9_000_000));
+    }
+
+    #[test]
+    fn reasons_have_unique_snake_case_labels() {
+        assert_eq!(Reject::ALL.len(), Reject::COUNT);
+        for (i, &reason) in Reject::ALL.iter().enumerate() {
+            assert_eq!(reason as usize, i);
+            let label = reason.label();
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+            assert_eq!(
+                Reject::LABELS.iter().filter(|&&l| l == label).count(),
+                1,
+                "{label}"
+            );
+        }
+        for label in [
+            "unauthorized",
+            "forbidden",
+            "origin",
+            "too_many_conns",
+            "too_many_conns_per_ip",
+            "timeout",
+            "tls",
+        ] {
+            assert!(Reject::LABELS.contains(&label), "{label} is pre-declared");
+        }
+    }
+
+    #[test]
+    fn latency_buckets_take_inclusive_upper_bounds() {
+        let mut b = LatencyBuckets::default();
+        b.record_n(1, 1); // ≤ 50 µs
+        b.record_n(50, 1); // ≤ 50 µs: bounds are inclusive (`le`)
+        b.record_n(51, 1); // ≤ 100 µs
+        b.record_n(5_000_000, 1); // ≤ 5 s
+        b.record_n(5_000_001, 2); // +Inf
+        assert_eq!(b.counts[0], 2);
+        assert_eq!(b.counts[1], 1);
+        assert_eq!(b.counts[LATENCY_BUCKETS - 2], 1);
+        assert_eq!(b.counts[LATENCY_BUCKETS - 1], 2);
+        assert_eq!(b.count(), 6);
+        assert_eq!(b.sum_micros, 1 + 50 + 51 + 5_000_000 + 2 * 5_000_001);
     }
 }

@@ -60,7 +60,11 @@ struct Bystander {
 
 impl Bystander {
     fn new(addr: SocketAddr, headers: &[&str]) -> Bystander {
-        let (sub, _) = RawWs::connect_with(addr, "bystander", headers);
+        let (mut sub, _) = RawWs::connect_with(addr, "bystander", headers);
+        // Its own message coming back proves the subscription is in effect at the topic's
+        // owner (same channel, in order), so no later publish can miss it.
+        sub.send(&frame(true, 0, OP_TEXT, b"sync"));
+        assert_eq!(sub.expect_message(), (OP_TEXT, b"sync".to_vec()));
         Bystander { sub, n: 0 }
     }
 
@@ -300,6 +304,7 @@ fn the_publish_key_guards_http_publishing_and_anonymous_mode_is_announced() {
     );
     let addr = server.addr;
     let mut sub = connect(addr, "news");
+    sync(&mut sub, "news");
     assert_eq!(post(addr, "news", "", "x"), 401);
     assert_eq!(
         post(addr, "news", "Authorization: Bearer wrong-key\r\n", "x"),

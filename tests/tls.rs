@@ -288,3 +288,46 @@ fn bad_certificate_or_key_files_are_clear_startup_errors() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `/metrics` and `/ready` are served on the `wss://` listener like everything else, and a
+/// failed TLS handshake is counted under `herald_rejected_total{reason="tls"}`.
+#[test]
+fn metrics_and_ready_over_tls_count_failed_tls_handshakes() {
+    let cert = Cert::new();
+    let (_server, tls_addr) = start_tls(&cert, &["--threads", "1"]);
+    let get = |path: &str| {
+        let mut stream = tls_stream(&cert, tls_addr);
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).to_string()
+    };
+    let ready = get("/ready");
+    assert!(ready.starts_with("HTTP/1.1 200 OK"), "{ready:.200}");
+    assert!(ready.ends_with("\r\n\r\nready"), "{ready:.200}");
+
+    for _ in 0..2 {
+        let mut bad = TcpStream::connect(tls_addr).expect("connect");
+        bad.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        bad.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("plain HTTP on the TLS port");
+        // The server answers with a TLS alert (or nothing) and closes.
+        let _ = bad.read_to_end(&mut Vec::new());
+    }
+
+    let metrics = get("/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics:.300}");
+    assert!(
+        metrics.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"),
+        "{metrics:.300}"
+    );
+    assert!(
+        metrics.contains("\nherald_rejected_total{reason=\"tls\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nherald_connections{worker=\"0\"} 1\n"),
+        "only the scrape is open: {metrics}"
+    );
+}

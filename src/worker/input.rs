@@ -7,10 +7,11 @@ use std::sync::Arc;
 use super::{access, Doom, Worker, READS_PER_EVENT};
 use crate::bus::{AckTo, Origin, Publication};
 use crate::config::Switch;
-use crate::conn::{Feed, Inbound, OutChunk, Phase};
+use crate::conn::{Ending, Feed, Inbound, OutChunk, Phase};
 use crate::deflate::Agreement;
 use crate::frame::{self, Event};
 use crate::http::{self, Mode, Request};
+use crate::stats::Reject;
 use crate::topic::TopicName;
 use crate::v1;
 use bytes::Bytes;
@@ -40,18 +41,31 @@ impl Worker {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => {
                     conn.last_heard = self.tick;
+                    self.counters.bytes_in += n as u64;
                     if !self.on_bytes(key, n) {
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                Err(e) => {
                     // A failed TLS handshake (or a reset mid-request) is a refused handshake.
+                    let tls_failed = conn.tls.as_ref().is_some_and(|t| t.is_handshaking());
                     if matches!(conn.phase, Phase::Handshake { .. }) {
-                        self.counters.rejected += 1;
+                        let reason = if tls_failed {
+                            Reject::Tls
+                        } else {
+                            Reject::Reset
+                        };
+                        self.counters.rejected.count(reason);
                     }
-                    return self.hang_up(key);
+                    log::debug!(worker = self.index, conn = conn.id, error:% = e; "read failed");
+                    let why = if tls_failed {
+                        Ending::Tls
+                    } else {
+                        Ending::Error
+                    };
+                    return self.hang_up_for(key, why);
                 }
             }
         }
@@ -85,7 +99,7 @@ impl Worker {
         if matches!(self.conns[key].phase, Phase::Flushing { .. }) {
             self.write_queued(key);
         }
-        self.hang_up(key);
+        self.hang_up_for(key, Ending::Eof);
     }
 
     /// Route `n` fresh bytes in `scratch` by phase. Returns false when the connection is gone
@@ -133,6 +147,12 @@ impl Worker {
             Ok(Some(head)) => head.request,
             Err(e) => return self.refuse(key, e),
         };
+        // Shutting down: the listeners still accept so that probes see it, but new
+        // subscribers and publishes are sent elsewhere.
+        let draining = self.drain_deadline.is_some();
+        if draining && matches!(request, Request::Upgrade { .. } | Request::Publish { .. }) {
+            return self.refuse(key, http::HttpError::ShuttingDown);
+        }
         match request {
             Request::Upgrade {
                 mode,
@@ -167,18 +187,28 @@ impl Worker {
                 self.reply_and_close(key, http::health_response());
                 true
             }
+            Request::Ready => {
+                self.reply_and_close(key, http::ready_response(!draining));
+                true
+            }
+            Request::Metrics => {
+                let body = self.metrics_body();
+                self.reply_and_close(key, http::metrics_response(&body));
+                true
+            }
             Request::Page { target } => {
-                let response = http::page_response(&target, self.config.static_dir.as_deref())
-                    .unwrap_or_else(|e| e.response());
-                self.reply_and_close(key, response);
+                match http::page_response(&target, self.config.static_dir.as_deref()) {
+                    Ok(response) => self.reply_and_close(key, response),
+                    Err(e) => return self.refuse(key, e),
+                }
                 true
             }
         }
     }
 
-    /// Answer a refused request with its status and close.
-    fn refuse(&mut self, key: usize, error: http::HttpError) -> bool {
-        self.counters.rejected += 1;
+    /// Answer a refused request with its status and close; count it under its reason.
+    pub(super) fn refuse(&mut self, key: usize, error: http::HttpError) -> bool {
+        self.counters.rejected.count(error.rejection());
         self.reply_and_close(key, error.response());
         true
     }
@@ -330,7 +360,8 @@ impl Worker {
         if let Err(e) = result {
             match self.conns.get(key).map(|c| &c.phase) {
                 Some(Phase::Open { .. }) => self.fail(key, e.close_code(), e.reason()),
-                Some(_) => self.hang_up(key), // garbage while closing: no more courtesy
+                // Garbage while closing: no more courtesy.
+                Some(_) => self.hang_up_for(key, Ending::ProtocolError(e.close_code())),
                 None => {}
             }
         }
@@ -377,6 +408,7 @@ impl Worker {
                 }
                 Event::Ping(pong) => self.queue_output(key, pong, 0),
                 Event::Close(reply) => {
+                    self.end(key, Ending::PeerClose(close_code(&reply)));
                     self.reply_and_close(key, reply);
                     return;
                 }
@@ -424,5 +456,14 @@ impl Worker {
             conn.queued_for_flush = true;
             self.to_flush.push(key);
         }
+    }
+}
+
+/// The code in our reply to a peer's close frame (an unmasked control frame: two header
+/// bytes, then the code); 1005 ("no status") when the peer sent none.
+fn close_code(reply: &[u8]) -> u16 {
+    match reply {
+        [_, len, hi, lo, ..] if *len >= 2 => u16::from_be_bytes([*hi, *lo]),
+        _ => 1005,
     }
 }

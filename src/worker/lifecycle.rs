@@ -2,8 +2,9 @@
 //! every deadline lives here.
 
 use super::{access, Worker, CLOSE_GRACE};
-use crate::conn::{Feed, Phase};
+use crate::conn::{Ending, Feed, Phase};
 use crate::frame;
+use crate::http::HttpError;
 
 /// Close code and reason sent to every client when the server shuts down.
 const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
@@ -28,10 +29,32 @@ impl Worker {
             return;
         }
         let conn = self.conns.remove(key);
+        if conn.id >= self.drain_first_id {
+            self.late_conns = self.late_conns.saturating_sub(1);
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            let peer = self.peers.remove(&key).map(|a| a.to_string());
+            log::debug!(
+                worker = self.index,
+                conn = conn.id,
+                peer = peer.as_deref().unwrap_or("unknown"),
+                reason = conn.ending.label(),
+                code = conn.ending.code();
+                "disconnect"
+            );
+        }
         if let Phase::Open { feed, .. } = &conn.phase {
             self.leave_feed(feed);
         }
         self.release_guard(conn.guard.as_deref());
+    }
+
+    /// Drop the connection now, for this reason (unless an earlier one was recorded).
+    pub(super) fn hang_up_for(&mut self, key: usize, why: Ending) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.end(why);
+        }
+        self.hang_up(key);
     }
 
     /// Leave `Open` (if open): the connection stops receiving topic messages at once.
@@ -55,6 +78,7 @@ impl Worker {
     /// Fail the connection (RFC 6455 7.1.7) for a peer's protocol error: send our close
     /// frame with the error's code, then close TCP ourselves without waiting for a reply.
     pub(super) fn fail(&mut self, key: usize, code: u16, reason: &str) {
+        self.end(key, Ending::ProtocolError(code));
         self.reply_and_close(key, frame::close_frame(code, reason));
     }
 
@@ -62,14 +86,26 @@ impl Worker {
     /// peer's reply, within the grace period, so browsers see a clean `onclose`.
     fn go_away(&mut self, key: usize) {
         let (code, reason) = GOING_AWAY;
+        self.end(key, Ending::Shutdown);
         self.leave_topic(key, Phase::Closing { since: self.tick });
         self.queue_output(key, frame::close_frame(code, reason), 0);
     }
 
     /// Send final bytes (an HTTP response or the reply to the peer's close), then close TCP.
     pub(super) fn reply_and_close(&mut self, key: usize, last: impl Into<bytes::Bytes>) {
+        let last = last.into();
+        if let Some(status) = http_status(&last) {
+            self.end(key, Ending::Http(status));
+        }
         self.leave_topic(key, Phase::Flushing { since: self.tick });
-        self.queue_output(key, last.into(), 0);
+        self.queue_output(key, last, 0);
+    }
+
+    /// Record why connection `key` ends (the first reason wins).
+    pub(super) fn end(&mut self, key: usize, why: Ending) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.end(why);
+        }
     }
 
     /// A subscriber over `--max-backlog`: drop what it has not started receiving, close it
@@ -85,6 +121,7 @@ impl Worker {
         self.counters.slow_closes += 1;
         if let Some(conn) = self.conns.get_mut(key) {
             conn.out.truncate_unstarted();
+            conn.end(Ending::SlowConsumer);
         }
         let (code, reason) = SLOW_CONSUMER;
         self.reply_and_close(key, frame::close_frame(code, reason));
@@ -147,14 +184,13 @@ impl Worker {
         }
         for (key, verdict) in expired {
             match verdict {
-                Expired::HangUp => self.hang_up(key),
+                Expired::HangUp => self.hang_up_for(key, Ending::Timeout),
                 Expired::HandshakeTimeout => {
-                    self.counters.rejected += 1;
-                    self.hang_up(key);
+                    self.counters.rejected.count(crate::stats::Reject::Timeout);
+                    self.hang_up_for(key, Ending::HandshakeTimeout);
                 }
                 Expired::NoAck => {
-                    let response = crate::http::HttpError::Unavailable.response();
-                    self.reply_and_close(key, response);
+                    self.refuse(key, HttpError::Unavailable);
                 }
                 Expired::Ping => {
                     if let Some(Phase::Open { last_ping, .. }) =
@@ -168,21 +204,29 @@ impl Worker {
         }
     }
 
-    /// Shutdown: stop accepting, drop unfinished handshakes, and send 1001 to every open
-    /// connection; the loop then runs until they are gone or the drain deadline passes.
+    /// Shutdown: drop unfinished handshakes and send 1001 to every open connection; the loop
+    /// then runs until they are gone or the drain deadline passes. The listeners keep
+    /// accepting meanwhile, so probes see the drain: `/ready` answers 503, `/health` and
+    /// `/metrics` 200, new upgrades and publishes 503 (see `on_request_bytes`).
     pub(super) fn begin_drain(&mut self) {
         self.drain_deadline = Some(self.now + self.config.drain_timeout);
-        for mut listener in std::mem::take(&mut self.listeners) {
-            let _ = self.poll.registry().deregister(&mut listener.socket);
-        }
+        self.drain_first_id = self.next_conn_id;
+        self.late_conns = 0;
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns[key].phase {
-                Phase::Handshake { .. } => self.hang_up(key),
+                Phase::Handshake { .. } => self.hang_up_for(key, Ending::Shutdown),
                 Phase::Open { .. } => self.go_away(key),
                 _ => {}
             }
         }
         self.flush();
     }
+}
+
+/// The status of an HTTP response (`HTTP/1.1 503 …` → 503); `None` for anything else (a
+/// close frame).
+fn http_status(bytes: &[u8]) -> Option<u16> {
+    let digits = bytes.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }

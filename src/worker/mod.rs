@@ -9,7 +9,9 @@ mod lifecycle;
 mod output;
 mod subscriptions;
 
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,7 +85,7 @@ pub struct WorkerReport {
 pub struct Worker {
     index: usize,
     poll: Poll,
-    /// Emptied at shutdown (stop accepting).
+    /// Kept through the drain (probes and refusals are answered); closed when the worker ends.
     listeners: Vec<Listener>,
     conns: Slab<Conn>,
     next_conn_id: u64,
@@ -107,6 +109,8 @@ pub struct Worker {
     doomed: Vec<(usize, u64, Doom)>,
     counters: Counters,
     shared: Arc<SharedCounters>,
+    /// Every worker's published counters (ours included), read to answer `GET /metrics`.
+    everyone: Arc<[Arc<SharedCounters>]>,
     latency: Histogram<u64>,
     started: Instant,
     now: Instant,
@@ -117,6 +121,14 @@ pub struct Worker {
     accept_pending: bool,
     shutdown: Arc<AtomicBool>,
     drain_deadline: Option<Instant>,
+    /// While draining: connection ids from here on were accepted during the drain. They are
+    /// answered (503, `/health`, `/metrics`) but do not hold the drain open.
+    drain_first_id: u64,
+    /// Connections accepted during the drain that are still in the slab.
+    late_conns: usize,
+    /// Peer addresses by slab key, for the disconnect log line (by then the socket may no
+    /// longer know its peer). Kept only while debug logging is on; otherwise never touched.
+    peers: HashMap<usize, SocketAddr>,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -136,6 +148,8 @@ pub struct WorkerParts {
     pub bus: Bus,
     pub config: Arc<Config>,
     pub shared: Arc<SharedCounters>,
+    /// Every worker's published counters, in worker order (`GET /metrics` reads them all).
+    pub everyone: Arc<[Arc<SharedCounters>]>,
     pub shutdown: Arc<AtomicBool>,
     /// Differs between server starts: part of every topic epoch.
     pub boot: u32,
@@ -154,6 +168,7 @@ impl Worker {
             bus,
             config,
             shared,
+            everyone,
             shutdown,
             boot,
             auth,
@@ -193,6 +208,7 @@ impl Worker {
             doomed: Vec::new(),
             counters: Counters::default(),
             shared,
+            everyone,
             latency: stats::new_latency_histogram(),
             started: now,
             now,
@@ -202,6 +218,9 @@ impl Worker {
             accept_pending: false,
             shutdown,
             drain_deadline: None,
+            drain_first_id: u64::MAX,
+            late_conns: 0,
+            peers: HashMap::new(),
         })
     }
 
@@ -214,7 +233,7 @@ impl Worker {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("herald: worker {}: poll failed: {e}", self.index);
+                    log::warn!(worker = self.index, error:% = e; "poll failed, worker stops");
                     break;
                 }
             }
@@ -290,9 +309,9 @@ impl Worker {
                 return;
             };
             match listener.socket.accept() {
-                Ok((socket, _)) => {
+                Ok((socket, peer)) => {
                     let tls = listener.tls.clone();
-                    self.admit(socket, tls);
+                    self.admit(socket, peer, tls);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -304,7 +323,7 @@ impl Worker {
                     if os::is_fd_exhaustion(&e) {
                         self.counters.fd_pauses += 1;
                     } else {
-                        eprintln!("herald: worker {}: accept failed: {e}", self.index);
+                        log::warn!(worker = self.index, error:% = e; "accept failed");
                     }
                     self.accept_paused_until = Some(self.now + FD_BACKOFF);
                     return;
@@ -317,13 +336,18 @@ impl Worker {
     /// Take a new socket into the slab and the poll, and read at once: a client sends its
     /// request right after connecting, so it is usually already here, and reading now saves
     /// a trip through the poll.
-    fn admit(&mut self, mut socket: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+    fn admit(
+        &mut self,
+        mut socket: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
         // Herald coalesces its own writes per turn; Nagle would only add delay on top.
         let _ = socket.set_nodelay(true);
         let session = match tls.as_ref().map(tls::new_session).transpose() {
             Ok(session) => session,
             Err(e) => {
-                eprintln!("herald: worker {}: TLS session failed: {e}", self.index);
+                log::warn!(worker = self.index, peer:% = peer, error:% = e; "TLS session failed");
                 return;
             }
         };
@@ -335,13 +359,21 @@ impl Worker {
             .registry()
             .register(&mut socket, Token(key), interest)
         {
-            eprintln!("herald: worker {}: register failed: {e}", self.index);
+            log::warn!(worker = self.index, peer:% = peer, error:% = e; "register failed");
             return;
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
+        let is_tls = session.is_some();
         entry.insert(Conn::new(socket, id, self.tick, session));
         self.counters.accepted += 1;
+        if self.drain_deadline.is_some() {
+            self.late_conns += 1;
+        }
+        if log::log_enabled!(log::Level::Debug) {
+            log::debug!(worker = self.index, conn = id, peer:% = peer, tls = is_tls; "connect");
+            self.peers.insert(key, peer);
+        }
         self.on_readable(key);
     }
 
@@ -399,14 +431,23 @@ impl Worker {
     }
 
     /// Start draining when the shutdown flag is up; report true once drained or out of time.
+    /// Connections accepted during the drain (probes, refused upgrades) do not count: the
+    /// listeners stay open until the worker exits, and must not keep it alive.
     fn shutdown_done(&mut self) -> bool {
         if self.drain_deadline.is_none() && self.shutdown.load(Relaxed) {
             self.begin_drain();
         }
         match self.drain_deadline {
-            Some(deadline) => self.conns.is_empty() || self.now >= deadline,
+            Some(deadline) => self.conns.len() <= self.late_conns || self.now >= deadline,
             None => false,
         }
+    }
+
+    /// `GET /metrics`: every worker's last published counters (ours published just now).
+    fn metrics_body(&mut self) -> String {
+        self.publish_counters();
+        let snapshot: Vec<Counters> = self.everyone.iter().map(|s| s.read()).collect();
+        crate::metrics::render(&snapshot)
     }
 
     /// Converts a duration into whole ticks (at least one).

@@ -19,7 +19,7 @@ use super::{Doom, Worker};
 use crate::bus::{BusMsg, Origin, Publication};
 use bytes::Bytes;
 
-use crate::conn::{Feed, OutChunk, Phase};
+use crate::conn::{Ending, Feed, OutChunk, Phase};
 use crate::deflate::BatchFrames;
 use crate::fanout::{cork, Staged, Subscriber};
 use crate::topic::{self, TopicName};
@@ -162,7 +162,7 @@ impl Worker {
         for (key, id, doom) in std::mem::take(&mut self.doomed) {
             if self.conns.get(key).is_some_and(|c| c.id == id) {
                 match doom {
-                    Doom::Broken => self.hang_up(key),
+                    Doom::Broken => self.hang_up_for(key, Ending::Error),
                     Doom::SlowConsumer => self.close_slow_consumer(key),
                 }
             }
@@ -296,6 +296,7 @@ impl Worker {
                 for staged in &batch {
                     let micros = now.saturating_duration_since(staged.received).as_micros() as u64;
                     let _ = self.latency.record_n(micros.max(1), complete);
+                    self.counters.latency.record_n(micros.max(1), complete);
                 }
             }
             // Give the (now empty) batch vector back to the topic to reuse its allocation.
@@ -343,7 +344,7 @@ impl Worker {
         let now = Instant::now();
         // TLS records encrypted earlier go first: they precede anything still queued.
         if conn.flush_tls().is_err() {
-            return self.hang_up(key);
+            return self.hang_up_for(key, Ending::Error);
         }
         let (queue, mut output) = conn.queue_and_output();
         let result = queue.write_to(&mut output, |chunk| {
@@ -351,6 +352,9 @@ impl Worker {
                 counters.frames_out += chunk.messages as u64;
                 let micros = now.saturating_duration_since(chunk.received).as_micros() as u64;
                 let _ = latency.record_n(micros.max(1), chunk.messages as u64);
+                counters
+                    .latency
+                    .record_n(micros.max(1), chunk.messages as u64);
             }
         });
         match result {
@@ -361,7 +365,7 @@ impl Worker {
                     self.finish_flushing(key);
                 }
             }
-            Err(_) => self.hang_up(key),
+            Err(_) => self.hang_up_for(key, Ending::Error),
         }
     }
 }
