@@ -4,6 +4,7 @@
 //! `lifecycle` (closing and timers).
 
 mod access;
+mod cluster;
 mod input;
 mod lifecycle;
 mod output;
@@ -21,6 +22,7 @@ use slab::Slab;
 
 use crate::auth::Auth;
 use crate::bus::{Bus, BusMsg};
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::conn::{Conn, Inbound};
 use crate::deflate::Codec;
@@ -117,6 +119,8 @@ pub struct Worker {
     accept_pending: bool,
     shutdown: Arc<AtomicBool>,
     drain_deadline: Option<Instant>,
+    /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
+    cluster: Option<ClusterLink>,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -143,6 +147,8 @@ pub struct WorkerParts {
     pub auth: Arc<Auth>,
     /// Open-WebSocket counts for the connection limits (shared by all workers).
     pub gate: Arc<Gate>,
+    /// Cluster mode: the bridge to Redis (`None`: single node).
+    pub cluster: Option<ClusterLink>,
 }
 
 impl Worker {
@@ -158,6 +164,7 @@ impl Worker {
             boot,
             auth,
             gate,
+            cluster,
         } = parts;
         let limits = HistoryLimits {
             per_topic: config.history,
@@ -202,6 +209,7 @@ impl Worker {
             accept_pending: false,
             shutdown,
             drain_deadline: None,
+            cluster,
         })
     }
 
@@ -367,9 +375,16 @@ impl Worker {
                     topic,
                     worker,
                     active,
-                } => self.topics.owned.set_interest(&topic, worker, active),
+                } => self.owner_interest(&topic, worker, active),
                 BusMsg::Join(request) => self.on_join(request),
                 BusMsg::Joined { request, result } => self.on_joined(request, result),
+                BusMsg::Remote { seq, publication } => self.deliver_remote(seq, publication),
+                BusMsg::Gap {
+                    topic,
+                    refusal,
+                    forwarded,
+                } => self.on_broker_gap(topic, refusal, forwarded),
+                BusMsg::PublishFailed { to, conn } => self.on_publish_failed(to, conn),
             }
         }
     }

@@ -29,6 +29,9 @@ impl Worker {
     /// A client's message enters the server: hand it to its topic's owner (a direct call
     /// when that is this worker; seastar-style, same-core work never goes through a channel).
     pub(super) fn publish(&mut self, publication: Publication) {
+        let Some(publication) = self.publish_to_broker(publication) else {
+            return; // cluster mode: Redis numbers it
+        };
         let owner = topic::owner_of(&publication.topic, self.bus.workers());
         if owner == self.bus.me() {
             self.sequence_and_route(publication);
@@ -141,7 +144,7 @@ impl Worker {
         let owner = topic::owner_of(topic, self.bus.workers());
         let me = self.bus.me();
         if owner == me {
-            self.topics.owned.set_interest(topic, me as u16, active);
+            self.owner_interest(topic, me as u16, active);
         } else {
             self.bus.send(
                 owner,
