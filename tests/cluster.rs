@@ -471,3 +471,35 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     late.send(json!({"op": "subscribe", "id": 3, "topics": [{"topic": "news", "since": {"epoch": old_epoch, "seq": 5}}]}));
     assert_eq!(late.expect("error")["code"], "epoch_changed");
 }
+
+#[test]
+fn broker_flags_are_validated() {
+    for (args, expected) in [
+        (
+            &["--broker", "http://127.0.0.1:6379"][..],
+            "only redis://HOST:PORT URLs",
+        ),
+        (
+            &["--broker", "redis://127.0.0.1:6379", "--history", "10"][..],
+            "use --broker-history",
+        ),
+        (
+            &[
+                "--broker",
+                "redis://127.0.0.1:6379",
+                "--broker-history",
+                "0",
+            ][..],
+            "--broker-history must be at least 1",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run herald");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
