@@ -432,6 +432,14 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     p.publish(7, "news", "lost");
     let refused = p.expect("error");
     assert_eq!(refused["code"], "unavailable", "{refused}");
+    // So is a new subscription (the existing ones stay).
+    p.send(json!({"op": "subscribe", "id": 8, "topics": ["other"]}));
+    let refused = p.expect("error");
+    assert_eq!(
+        (&refused["code"], &refused["topic"]),
+        (&json!("unavailable"), &json!("other")),
+        "{refused}"
+    );
     let down = a
         .wait_line(Duration::from_secs(5), |l| l.contains("broker=down"))
         .expect("the stats line shows the outage");

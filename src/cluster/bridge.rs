@@ -429,9 +429,10 @@ impl Listener {
         down_since: Instant,
     ) -> Result<std::convert::Infallible, Stop> {
         pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        let channels: Vec<String> = self.topics.keys().map(|t| script::channel_of(t)).collect();
-        if !channels.is_empty() {
-            pubsub.subscribe(&channels)?;
+        // One channel per SUBSCRIBE: each call returns on its own confirmation, so every
+        // subscription is in place before its topic's position is read below.
+        for topic in self.topics.keys() {
+            pubsub.subscribe(script::channel_of(topic))?;
         }
         let (gaps, recovered) = (
             self.stats.gaps.load(Relaxed),
