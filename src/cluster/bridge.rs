@@ -164,9 +164,10 @@ impl Publisher {
 
     /// Serve publishes until every worker has gone (shutdown).
     pub fn run(mut self, queue: Receiver<PublishReq>) {
-        let mut conn: Option<(Connection, String, u64)> = None;
+        let mut conn: Option<(Connection, String)> = None;
         let mut backoff = Backoff(BACKOFF_MIN);
         let mut retry_at = Instant::now();
+        let mut seen_generation = 0;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while let Ok(first) = queue.recv() {
             batch.push(first);
@@ -177,8 +178,13 @@ impl Publisher {
                 }
             }
             let generation = self.stats.generation.load(Relaxed);
-            if conn.as_ref().is_some_and(|c| c.2 != generation) {
-                conn = None; // the listener reconnected: this socket may be stale
+            if generation != seen_generation {
+                // The listener (re)connected: Redis is reachable now, so stop backing off,
+                // and do not trust a socket from before.
+                seen_generation = generation;
+                conn = None;
+                retry_at = Instant::now();
+                backoff.reset();
             }
             if conn.is_none() && Instant::now() >= retry_at {
                 match connect(&self.client).and_then(|mut c| {
@@ -186,7 +192,7 @@ impl Publisher {
                     Ok((c, sha))
                 }) {
                     Ok((c, sha)) => {
-                        conn = Some((c, sha, generation));
+                        conn = Some((c, sha));
                         backoff.reset();
                     }
                     Err(e) => {
@@ -196,7 +202,7 @@ impl Publisher {
                 }
             }
             let result = match conn.as_mut() {
-                Some((c, sha, _)) => self.publish_all(c, sha, &batch),
+                Some((c, sha)) => self.publish_all(c, sha, &batch),
                 None => Err(None),
             };
             match result {
