@@ -505,3 +505,66 @@ fn broker_flags_are_validated() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
+    let Some(redis) = Redis::start_or_skip() else {
+        return;
+    };
+    let mut a = node(&redis, &["--stats-interval", "100ms"]);
+    let mut raw = RawWs::connect(a.addr, "g");
+    raw.set_read_timeout(IO_TIMEOUT);
+    thread::sleep(Duration::from_millis(300));
+    let mut sub = V1::connect(a.addr);
+    let epoch = sub.subscribe(1, json!(["g"]))["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for k in 1..=3 {
+        assert_eq!(post(a.addr, "g", "m"), (202, format!("{{\"seq\":{k}}}")));
+        assert_eq!(message(&sub.recv()).0, k);
+        assert_eq!(raw.expect_message().1, b"m");
+    }
+    let mut r = redis.client();
+    // Garbage on the channel is skipped and counted, never delivered.
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("herald:{g}")
+        .arg("not a herald message")
+        .query(&mut r)
+        .unwrap();
+    // A message numbered 10 while the node has delivered 3, and the log has no 4..9: the
+    // node must not deliver 10 as if nothing were missing.
+    let forged = format!("{epoch} 10 00000000 0 0\ntten");
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("herald:{g}")
+        .arg(forged)
+        .query(&mut r)
+        .unwrap();
+    let notice = sub.recv();
+    assert_eq!(
+        (
+            &notice["type"],
+            &notice["topic"],
+            &notice["code"],
+            &notice["id"]
+        ),
+        (
+            &json!("error"),
+            &json!("g"),
+            &json!("history_gap"),
+            &Value::Null
+        ),
+        "{notice}"
+    );
+    assert_eq!(raw.expect_close(), Ok(Some(1012)));
+    // The subscription has ended: an unsubscribe says so.
+    sub.send(json!({"op": "unsubscribe", "id": 2, "topics": ["g"]}));
+    assert_eq!(sub.expect("error")["code"], "not_subscribed");
+    assert!(a
+        .line_starting("broker: gap on topic g", Duration::from_secs(5))
+        .is_some());
+    let stats = a
+        .wait_line(Duration::from_secs(5), |l| l.contains("broker_gaps=1"))
+        .expect("the gap is counted");
+    assert!(stats.contains("broker_malformed=1"), "{stats}");
+}
