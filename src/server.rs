@@ -142,7 +142,8 @@ impl Server {
                     })
                     .collect();
                 println!(
-                    "cluster: node {boot:08x}, broker {url}, history {} messages per topic in Redis",
+                    "cluster: node {boot:08x}, broker {}, history {} messages per topic in Redis",
+                    cluster::redacted(url),
                     config.broker_history
                 );
                 Some(cluster::start(broker, peers).map_err(StartError::Broker)?)

@@ -126,11 +126,23 @@ pub struct BrokerConfig {
     pub node: u32,
 }
 
+/// The broker URL for logs: credentials (`redis://user:password@…`) are never printed.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// Start the two bridge threads; `workers` are the links to every worker's inbox.
 pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<ClusterLink> {
     let stats = Arc::new(BrokerStats::default());
     let client = redis::Client::open(config.url.as_str())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let config = BrokerConfig {
+        url: redacted(&config.url),
+        ..config
+    };
     let (publish, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
         crossbeam_channel::bounded(PUBLISH_QUEUE);
     // Interest changes and joins are never dropped (like on the bus): at most one per
@@ -158,4 +170,16 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         listen,
         stats,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_the_logs() {
+        assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redacted("redis://:s3cret@h:6379"), "redis://***@h:6379");
+        assert_eq!(redacted("redis://u:p@ss@h:1"), "redis://***@h:1");
+    }
 }

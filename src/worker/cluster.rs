@@ -19,7 +19,7 @@ use crate::conn::{Feed, Phase};
 use crate::fanout::Staged;
 use crate::http::HttpError;
 use crate::topic::{self, TopicName};
-use crate::v1::{self, Refusal};
+use crate::v1::Refusal;
 
 /// Close code and reason for a raw-mode subscriber whose topic has a hole that cannot be
 /// filled (RFC 6455 1012 "service restart": reconnect).
@@ -65,7 +65,7 @@ impl Worker {
         match to.request {
             Some(id) => {
                 if matches!(conn.phase, Phase::Open { .. }) {
-                    self.v1_refuse_publish(key, id);
+                    self.v1_refuse(key, Some(id), None, &Refusal::Unavailable);
                 }
             }
             None => {
@@ -74,11 +74,6 @@ impl Worker {
                 }
             }
         }
-    }
-
-    fn v1_refuse_publish(&mut self, key: usize, id: u64) {
-        self.counters.v1_refusals += 1;
-        self.queue_output(key, v1::error(Some(id), None, &Refusal::Unavailable), 0);
     }
 
     /// Owner side, every mode: `worker` gained or lost its subscribers of `topic`. In
@@ -189,8 +184,7 @@ impl Worker {
                     };
                     let sub = feed.subs.swap_remove(i);
                     self.unsubscribe(&sub.topic, sub.slot);
-                    self.counters.v1_refusals += 1;
-                    self.queue_output(key, v1::error(None, Some(&topic), &refusal), 0);
+                    self.v1_refuse(key, None, Some(&topic), &refusal);
                 }
                 Feed::Path { .. } => {
                     let (code, reason) = BROKER_GAP;
