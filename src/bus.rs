@@ -93,6 +93,20 @@ pub enum BusMsg {
         worker: u16,
         active: bool,
     },
+    /// Cluster mode, from the broker bridge to a topic's owner: message `seq`, numbered by
+    /// Redis; hand it to the interested workers (no numbering here).
+    Remote { seq: u64, publication: Publication },
+    /// Cluster mode: messages of `topic` are missing for good (Redis lost them or restarted
+    /// empty). The owner forwards it to every interested worker (`forwarded`), and each
+    /// tells its subscribers explicitly instead of leaving a silent hole.
+    Gap {
+        topic: TopicName,
+        refusal: Refusal,
+        forwarded: bool,
+    },
+    /// Cluster mode, from the broker bridge to a publisher's worker: Redis could not number
+    /// the message (unreachable), so the publisher is told "unavailable", never "published".
+    PublishFailed { to: AckTo, conn: u64 },
 }
 
 impl BusMsg {

@@ -153,6 +153,18 @@ pub struct Config {
     #[arg(long, default_value_t = 128, value_name = "BYTES")]
     pub compress_min: usize,
 
+    /// Cluster mode: share topics with other Herald nodes through this Redis
+    /// (`redis://HOST:PORT[/DB]`). Redis numbers every message, keeps each topic's history
+    /// and broadcasts to the nodes with subscribers (docs/operations.md). Off: one node, no
+    /// Redis needed.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Cluster mode: messages kept per topic in Redis for `since` recovery and `rewind` on
+    /// any node (replaces --history, which is per node).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub broker_history: usize,
+
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -234,6 +246,19 @@ impl Config {
         }
         if self.history > 0 && self.history_max_bytes == 0 {
             return Err("--history-max-bytes must be at least 1 byte when --history is on".into());
+        }
+        if let Some(url) = &self.broker {
+            if !url.starts_with("redis://") {
+                return Err(format!(
+                    "--broker {url}: only redis://HOST:PORT URLs are supported"
+                ));
+            }
+            if self.history > 0 {
+                return Err("--history keeps history per node; with --broker it lives in Redis: use --broker-history".into());
+            }
+            if self.broker_history == 0 {
+                return Err("--broker-history must be at least 1".into());
+            }
         }
         for (name, d) in [
             ("--handshake-timeout", self.handshake_timeout),

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod conn;

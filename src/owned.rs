@@ -144,6 +144,14 @@ impl Owned {
         Some((seq, &owned.interested))
     }
 
+    /// The workers with subscribers of `topic` (cluster mode: where a message numbered by
+    /// Redis goes).
+    pub fn interested(&self, topic: &TopicName) -> &[u16] {
+        self.topics
+            .get(topic)
+            .map_or(&[], |t| t.interested.as_slice())
+    }
+
     /// Record that `worker` gained or lost its subscribers for `topic`.
     pub fn set_interest(&mut self, topic: &TopicName, worker: u16, active: bool) {
         if active {

@@ -15,6 +15,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::auth::{Auth, AuthSetupError};
 use crate::bus::{Bus, PeerLink, INBOX_CAPACITY};
+use crate::cluster;
 use crate::config::Config;
 use crate::guard::Gate;
 use crate::os;
@@ -33,6 +34,8 @@ pub struct Server {
     /// Registered before the first line is printed, so a signal sent as soon as a script
     /// sees `listening on` is never the default "terminate now".
     signals: Signals,
+    /// Cluster mode: broker health and counters, appended to the stats line.
+    broker: Option<Arc<cluster::BrokerStats>>,
 }
 
 /// Why the server could not start; each is a clear message for the operator.
@@ -48,6 +51,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsSetupError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    #[error("cannot start the cluster broker bridge: {0}")]
+    Broker(io::Error),
 }
 
 impl Server {
@@ -123,6 +128,30 @@ impl Server {
         let everyone: Arc<[Arc<SharedCounters>]> = shared.clone().into();
 
         let boot = boot_id();
+        let cluster = match &config.broker {
+            Some(url) => {
+                let broker = cluster::BrokerConfig {
+                    url: url.clone(),
+                    history: config.broker_history,
+                    node: boot,
+                };
+                let peers = links
+                    .iter()
+                    .map(|(tx, waker)| PeerLink {
+                        inbox: tx.clone(),
+                        waker: waker.clone(),
+                    })
+                    .collect();
+                println!(
+                    "cluster: node {boot:08x}, broker {}, history {} messages per topic in Redis",
+                    cluster::redacted(url),
+                    config.broker_history
+                );
+                Some(cluster::start(broker, peers).map_err(StartError::Broker)?)
+            }
+            None => None,
+        };
+        let broker_stats = cluster.as_ref().map(|c| c.stats.clone());
         let mut workers = Vec::with_capacity(count);
         for (index, ((poll, listeners), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
@@ -146,6 +175,7 @@ impl Server {
                 boot,
                 auth: auth.clone(),
                 gate: gate.clone(),
+                cluster: cluster.clone(),
             };
             let worker =
                 Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
@@ -171,6 +201,7 @@ impl Server {
             shutdown,
             config,
             signals,
+            broker: broker_stats,
         })
     }
 
@@ -196,7 +227,12 @@ impl Server {
             }
             if !interval.is_zero() && last.0.elapsed() >= interval {
                 let now = (Instant::now(), self.snapshot());
-                println!("{}", stats::stats_line(&last.1, &now.1, now.0 - last.0));
+                let mut line = stats::stats_line(&last.1, &now.1, now.0 - last.0);
+                if let Some(broker) = &self.broker {
+                    line.push(' ');
+                    line.push_str(&broker.fields());
+                }
+                println!("{line}");
                 last = now;
             }
         }

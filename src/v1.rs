@@ -73,6 +73,8 @@ pub enum Refusal {
     SinceAhead { since: u64, last: u64 },
     #[error("the connection's token does not grant this topic")]
     Forbidden,
+    #[error("the cluster broker (Redis) is unreachable; retry shortly")]
+    Unavailable,
 }
 
 impl Refusal {
@@ -88,6 +90,7 @@ impl Refusal {
             Refusal::EpochChanged { .. } => "epoch_changed",
             Refusal::SinceAhead { .. } => "since_ahead",
             Refusal::Forbidden => "forbidden",
+            Refusal::Unavailable => "unavailable",
         }
     }
 }

@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need (Debian's Chromium
-# for the real-browser tests; the Autobahn harness sets up its own Python 2 on first use),
+# for the real-browser tests, redis-server for the cluster tests; the Autobahn harness sets up
+# its own Python 2 on first use),
 # runs the Autobahn|Testsuite conformance cases, then every cargo test of the workspace.
 # Exit status: non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
+missing=()
 if ! command -v chromium >/dev/null; then
   echo "tests/run.sh: installing Debian's chromium for tests/browser.rs" >&2
+  missing+=(chromium fonts-dejavu-core)
+fi
+if ! command -v redis-server >/dev/null; then
+  echo "tests/run.sh: installing Debian's redis-server for tests/cluster.rs" >&2
+  missing+=(redis-server)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
-  apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # tests/cluster.rs starts its own redis-server instances on private loopback ports; a system
+  # service the package may have started (where an init system runs) is not needed.
+  if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+    service redis-server stop >/dev/null 2>&1 || true
+  fi
 fi
 
 echo "== Autobahn|Testsuite cases 1-10, 12 and 13 (tests/autobahn/run.sh; about 6 minutes on 2 cores)"

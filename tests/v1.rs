@@ -3,6 +3,8 @@
 //! duplicate while publishing goes on, and the explicit answers when recovery is impossible.
 
 mod common;
+#[path = "common/v1.rs"]
+mod v1_client;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,55 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
-
-/// A `herald.v1` client.
-struct V1 {
-    ws: Ws,
-}
-
-impl V1 {
-    fn connect(addr: SocketAddr) -> V1 {
-        let stream = TcpStream::connect(addr).expect("TCP connect");
-        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
-        let (ws, response) = tungstenite::client(request, stream).expect("v1 handshake");
-        assert_eq!(
-            response
-                .headers()
-                .get("sec-websocket-protocol")
-                .map(|v| v.to_str().unwrap()),
-            Some("herald.v1")
-        );
-        V1 { ws }
-    }
-
-    fn send(&mut self, request: Value) {
-        send_text(&mut self.ws, &request.to_string());
-    }
-
-    /// The next server message, parsed.
-    fn recv(&mut self) -> Value {
-        let text = recv_text(&mut self.ws);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-    }
-
-    /// The next message, which must be of `kind`.
-    fn expect(&mut self, kind: &str) -> Value {
-        let v = self.recv();
-        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
-        v
-    }
-
-    fn subscribe(&mut self, id: u64, topics: Value) {
-        self.send(json!({"op": "subscribe", "id": id, "topics": topics}));
-    }
-}
+use v1_client::V1;
 
 fn post(addr: SocketAddr, topic: &str, content_type: &str, body: &[u8]) -> String {
     let mut request = format!(
@@ -97,7 +52,7 @@ fn the_subprotocol_is_negotiated_and_raw_mode_is_unchanged() {
 fn one_connection_gets_many_topics_as_envelopes_and_publishes_with_acks() {
     let server = Server::start(&["--threads", "2"]);
     let mut v1 = V1::connect(server.addr);
-    v1.subscribe(1, json!(["a", {"topic": "b"}]));
+    v1.send_subscribe(1, json!(["a", {"topic": "b"}]));
     let mut subscribed: Vec<Value> = (0..2).map(|_| v1.expect("subscribed")).collect();
     subscribed.sort_by_key(|v| v["topic"].as_str().unwrap().to_string());
     for (v, topic) in subscribed.iter().zip(["a", "b"]) {
@@ -236,13 +191,13 @@ fn bad_requests_get_error_codes_and_the_connection_goes_on() {
     assert_all_cases_passed(&failures, total);
 
     // Per-connection topic limit: the third topic is refused, the first two work.
-    v1.subscribe(6, json!(["a", "b", "c"]));
+    v1.send_subscribe(6, json!(["a", "b", "c"]));
     let replies: Vec<Value> = (0..3).map(|_| v1.recv()).collect();
     let refused: Vec<&Value> = replies.iter().filter(|v| v["type"] == "error").collect();
     assert_eq!(refused.len(), 1, "{replies:?}");
     assert_eq!(refused[0]["code"], "too_many_topics");
     assert_eq!(refused[0]["topic"], "c");
-    v1.subscribe(7, json!(["a"]));
+    v1.send_subscribe(7, json!(["a"]));
     let again = v1.expect("error");
     assert_eq!(again["code"], "already_subscribed");
     post(server.addr, "b", "text/plain", b"still here");
@@ -258,7 +213,7 @@ fn bad_requests_get_error_codes_and_the_connection_goes_on() {
 
     // A binary message is not a request: closed with 1003, other clients unaffected.
     let mut other = V1::connect(server.addr);
-    other.subscribe(1, json!(["b"]));
+    other.send_subscribe(1, json!(["b"]));
     other.expect("subscribed");
     v1.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
     let code = loop {
@@ -284,7 +239,7 @@ fn rewind_replays_the_last_messages_even_of_a_topic_nobody_subscribed_to() {
         );
     }
     let mut v1 = V1::connect(server.addr);
-    v1.subscribe(1, json!([{"topic": "h", "rewind": 3}]));
+    v1.send_subscribe(1, json!([{"topic": "h", "rewind": 3}]));
     let s = v1.expect("subscribed");
     assert_eq!(
         (s["seq"].clone(), s["replayed"].clone()),
@@ -350,7 +305,7 @@ fn a_subscriber_killed_and_resubscribed_with_since_misses_nothing_under_load() {
     let server = Server::start(&["--threads", "2", "--history", "100000"]);
     let addr = server.addr;
     let mut v1 = V1::connect(addr);
-    v1.subscribe(1, json!(["feed"]));
+    v1.send_subscribe(1, json!(["feed"]));
     let epoch = v1.expect("subscribed")["epoch"]
         .as_str()
         .unwrap()
@@ -406,7 +361,7 @@ fn a_subscriber_killed_and_resubscribed_with_since_misses_nothing_under_load() {
             drop(v1);
             v1 = V1::connect(addr);
             let last = *seen.last().unwrap();
-            v1.subscribe(
+            v1.send_subscribe(
                 2,
                 json!([{"topic": "feed", "since": {"epoch": epoch, "seq": last}}]),
             );
@@ -435,7 +390,7 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
         post(server.addr, "t", "text/plain", format!("{i}").as_bytes());
     }
     let mut v1 = V1::connect(server.addr);
-    v1.subscribe(1, json!(["t"]));
+    v1.send_subscribe(1, json!(["t"]));
     let s = v1.expect("subscribed");
     let epoch = s["epoch"].as_str().unwrap().to_string();
     assert_eq!(s["seq"], 10);
@@ -453,7 +408,7 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
         ("ahead", json!({"epoch": epoch, "seq": 11}), "since_ahead"),
     ];
     for (name, since, code) in &cases {
-        v1.subscribe(3, json!([{"topic": "t", "since": since}]));
+        v1.send_subscribe(3, json!([{"topic": "t", "since": since}]));
         let got = v1.recv();
         if got["type"] != "error" || got["code"] != *code || got["topic"] != "t" {
             failures.push(format!("{name}: got {got}, want error {code}"));
@@ -462,7 +417,7 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
     assert_all_cases_passed(&failures, cases.len());
     // Refused means not subscribed: a plain subscribe works afterwards, and the oldest
     // message still kept (8) can be recovered from.
-    v1.subscribe(
+    v1.send_subscribe(
         4,
         json!([{"topic": "t", "since": {"epoch": epoch, "seq": 7}}]),
     );
@@ -480,7 +435,7 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
         post(server.addr, "t", "text/plain", format!("{i}").as_bytes());
     }
     let mut v1 = V1::connect(server.addr);
-    v1.subscribe(
+    v1.send_subscribe(
         1,
         json!([{"topic": "t", "since": {"epoch": epoch, "seq": 9}}]),
     );
@@ -524,7 +479,7 @@ fn history_memory_is_capped_and_messages_expire() {
         "{line}"
     );
     let mut v1 = V1::connect(server.addr);
-    v1.subscribe(1, json!([{"topic": "big", "rewind": 1000}]));
+    v1.send_subscribe(1, json!([{"topic": "big", "rewind": 1000}]));
     assert_eq!(v1.expect("subscribed")["replayed"], 20);
     for seq in 81..=100 {
         assert_eq!(v1.expect("message")["seq"], seq);
@@ -538,6 +493,6 @@ fn history_memory_is_capped_and_messages_expire() {
         "history did not expire: {:?}",
         server.stdout().last()
     );
-    v1.subscribe(2, json!([{"topic": "other", "rewind": 5}]));
+    v1.send_subscribe(2, json!([{"topic": "other", "rewind": 5}]));
     assert_eq!(v1.expect("subscribed")["replayed"], 0);
 }

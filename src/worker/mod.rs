@@ -4,6 +4,7 @@
 //! `lifecycle` (closing and timers).
 
 mod access;
+mod cluster;
 mod input;
 mod lifecycle;
 mod output;
@@ -23,6 +24,7 @@ use slab::Slab;
 
 use crate::auth::Auth;
 use crate::bus::{Bus, BusMsg};
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::conn::{Conn, Inbound};
 use crate::deflate::Codec;
@@ -129,6 +131,8 @@ pub struct Worker {
     /// Peer addresses by slab key, for the disconnect log line (by then the socket may no
     /// longer know its peer). Kept only while debug logging is on; otherwise never touched.
     peers: HashMap<usize, SocketAddr>,
+    /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
+    cluster: Option<ClusterLink>,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -157,6 +161,8 @@ pub struct WorkerParts {
     pub auth: Arc<Auth>,
     /// Open-WebSocket counts for the connection limits (shared by all workers).
     pub gate: Arc<Gate>,
+    /// Cluster mode: the bridge to Redis (`None`: single node).
+    pub cluster: Option<ClusterLink>,
 }
 
 impl Worker {
@@ -173,6 +179,7 @@ impl Worker {
             boot,
             auth,
             gate,
+            cluster,
         } = parts;
         let limits = HistoryLimits {
             per_topic: config.history,
@@ -221,6 +228,7 @@ impl Worker {
             drain_first_id: u64::MAX,
             late_conns: 0,
             peers: HashMap::new(),
+            cluster,
         })
     }
 
@@ -399,9 +407,16 @@ impl Worker {
                     topic,
                     worker,
                     active,
-                } => self.topics.owned.set_interest(&topic, worker, active),
+                } => self.owner_interest(&topic, worker, active),
                 BusMsg::Join(request) => self.on_join(request),
                 BusMsg::Joined { request, result } => self.on_joined(request, result),
+                BusMsg::Remote { seq, publication } => self.deliver_remote(seq, publication),
+                BusMsg::Gap {
+                    topic,
+                    refusal,
+                    forwarded,
+                } => self.on_broker_gap(topic, refusal, forwarded),
+                BusMsg::PublishFailed { to, conn } => self.on_publish_failed(to, conn),
             }
         }
     }
@@ -447,7 +462,11 @@ impl Worker {
     fn metrics_body(&mut self) -> String {
         self.publish_counters();
         let snapshot: Vec<Counters> = self.everyone.iter().map(|s| s.read()).collect();
-        crate::metrics::render(&snapshot)
+        let mut body = crate::metrics::render(&snapshot);
+        if let Some(cluster) = &self.cluster {
+            body.push_str(&cluster.stats.prometheus());
+        }
+        body
     }
 
     /// Converts a duration into whole ticks (at least one).

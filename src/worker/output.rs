@@ -29,6 +29,9 @@ impl Worker {
     /// A client's message enters the server: hand it to its topic's owner (a direct call
     /// when that is this worker; seastar-style, same-core work never goes through a channel).
     pub(super) fn publish(&mut self, publication: Publication) {
+        let Some(publication) = self.publish_to_broker(publication) else {
+            return; // cluster mode: Redis numbers it
+        };
         let owner = topic::owner_of(&publication.topic, self.bus.workers());
         if owner == self.bus.me() {
             self.sequence_and_route(publication);
@@ -43,7 +46,7 @@ impl Worker {
     pub(super) fn sequence_and_route(&mut self, publication: Publication) {
         let me = self.bus.me() as u16;
         let ack = publication.ack.map(|to| (to, publication.origin));
-        let seq = self.route(publication, me);
+        let seq = self.route(publication);
         if let Some((to, origin)) = ack {
             if origin.worker == me {
                 self.on_ack(to, origin.conn, seq);
@@ -58,16 +61,23 @@ impl Worker {
         }
     }
 
-    /// Number the message (keeping it in history) and hand it to the interested workers
-    /// (staging it here if this worker is one of them). `None`: not numbered (nobody
-    /// subscribes and there is no history).
-    fn route(&mut self, publication: Publication, me: u16) -> Option<u64> {
-        let (seq, interested) =
+    /// Number the message (keeping it in history) and hand it to the interested workers.
+    /// `None`: not numbered (nobody subscribes and there is no history).
+    fn route(&mut self, publication: Publication) -> Option<u64> {
+        let (seq, _) =
             self.topics
                 .owned
                 .sequence(&publication.topic, &publication.frame, self.now)?;
+        self.hand_to_workers(seq, publication);
+        Some(seq)
+    }
+
+    /// Owner side: message number `seq` goes to every worker with subscribers of its topic,
+    /// in numbering order (a `Deliver` to each peer; staged here if this worker is one).
+    pub(super) fn hand_to_workers(&mut self, seq: u64, publication: Publication) {
+        let me = self.bus.me() as u16;
         let mut local = false;
-        for &worker in interested {
+        for &worker in self.topics.owned.interested(&publication.topic) {
             if worker == me {
                 local = true;
             } else {
@@ -96,7 +106,6 @@ impl Worker {
                 &topic,
             );
         }
-        Some(seq)
     }
 
     /// Add an upgraded raw-mode connection to its path's topic.
@@ -141,7 +150,7 @@ impl Worker {
         let owner = topic::owner_of(topic, self.bus.workers());
         let me = self.bus.me();
         if owner == me {
-            self.topics.owned.set_interest(topic, me as u16, active);
+            self.owner_interest(topic, me as u16, active);
         } else {
             self.bus.send(
                 owner,

@@ -69,7 +69,13 @@ impl Worker {
         }
     }
 
-    fn v1_refuse(&mut self, key: usize, id: Option<u64>, topic: Option<&str>, why: &Refusal) {
+    pub(super) fn v1_refuse(
+        &mut self,
+        key: usize,
+        id: Option<u64>,
+        topic: Option<&str>,
+        why: &Refusal,
+    ) {
         self.counters.v1_refusals += 1;
         self.queue_output(key, v1::error(id, topic, why), 0);
     }
@@ -163,6 +169,9 @@ impl Worker {
 
     /// Owner side: answer a join with where the stream starts and what to replay.
     pub(super) fn on_join(&mut self, request: JoinRequest) {
+        let Some(request) = self.join_through_broker(request) else {
+            return; // cluster mode: the bridge answers from Redis
+        };
         let result = self.topics.owned.join(&request.topic, &request.start);
         let to = request.worker as usize;
         if to == self.bus.me() {

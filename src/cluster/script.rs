@@ -1,0 +1,284 @@
+//! What cluster mode keeps in Redis and how it reads it back (sans-IO, so it is unit-tested
+//! without a server): key names, the two Lua scripts, the PUBLISH payload, stream entries.
+//!
+//! Per topic `T` (the braces are a Redis Cluster hash tag, so all of a topic's keys live in
+//! one slot):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `herald:{T}:seq` | string | the last sequence number given out (0 before the first) |
+//! | `herald:{T}:epoch` | string | this life of the topic's numbering |
+//! | `herald:{T}:log` | stream | the last `--broker-history` messages, entry id `0-<seq>` |
+//! | channel `herald:{T}` | pub/sub | every message as it is numbered |
+//!
+//! A missing `seq` key means a new life: Redis never had the topic, or lost it (restarted
+//! without persistence, flushed, evicted). Both scripts then start a new epoch and drop any
+//! stale log, so a client's `since` from the old life is answered `epoch_changed`, never
+//! misread as a position in the new numbering.
+
+use bytes::Bytes;
+use redis::Value;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
+
+use crate::bus::Origin;
+use crate::frame;
+use crate::topic::{self, TopicName};
+
+/// Numbers one message, keeps it in the topic's log and publishes it, atomically: every node
+/// sees the topic's messages in numbering order, and a message is in the log before anyone
+/// can hear of it.
+///
+/// KEYS: seq, log, epoch. ARGV: epoch for a new life, log length, origin, body, channel.
+/// Returns the message's number.
+pub const PUBLISH: &str = r"
+local epoch = redis.call('GET', KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 0 or not epoch then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], 0)
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
+redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
+return seq
+";
+
+/// Where a topic stands, creating it (a new epoch at 0) if Redis does not have it. Used when
+/// a node starts listening to a topic, and after every reconnect.
+///
+/// KEYS: seq, log, epoch. ARGV: epoch for a new life. Returns `{epoch, seq}`.
+pub const POSITION: &str = r"
+local epoch = redis.call('GET', KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 0 or not epoch then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], 0)
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
+return {epoch, redis.call('GET', KEYS[1])}
+";
+
+/// The Redis names of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub seq: String,
+    pub log: String,
+    pub epoch: String,
+    pub channel: String,
+}
+
+impl Keys {
+    /// Names for `topic` (hash-tagged: one Redis Cluster slot per topic).
+    pub fn of(topic: &str) -> Keys {
+        Keys {
+            seq: format!("herald:{{{topic}}}:seq"),
+            log: format!("herald:{{{topic}}}:log"),
+            epoch: format!("herald:{{{topic}}}:epoch"),
+            channel: channel_of(topic),
+        }
+    }
+}
+
+/// The pub/sub channel of `topic`.
+pub fn channel_of(topic: &str) -> String {
+    format!("herald:{{{topic}}}")
+}
+
+/// The topic a channel name belongs to, if it is a valid Herald channel.
+pub fn topic_of_channel(channel: &str) -> Option<TopicName> {
+    let name = channel.strip_prefix("herald:{")?.strip_suffix('}')?;
+    topic::validate(name).ok()?;
+    Some(name.into())
+}
+
+/// A message as stored in the log and published: one kind byte (`t` text, `b` binary), then
+/// the payload. Frames are re-encoded on the way out of Redis, so nothing Redis holds is
+/// ever sent to a client unchecked.
+pub fn body_of(frame: &[u8]) -> Vec<u8> {
+    let (data, payload) = frame::payload_of(frame);
+    let mut body = Vec::with_capacity(payload.len() + 1);
+    body.push(if data == Data::Text { b't' } else { b'b' });
+    body.extend_from_slice(payload);
+    body
+}
+
+/// The server frame for a stored body, or `None` if the body is malformed (unknown kind, or
+/// text that is not UTF-8): such a message is skipped and counted, never forwarded.
+pub fn frame_of(body: &[u8]) -> Option<Bytes> {
+    let (&kind, payload) = body.split_first()?;
+    let data = match kind {
+        b't' => {
+            std::str::from_utf8(payload).ok()?;
+            Data::Text
+        }
+        b'b' => Data::Binary,
+        _ => return None,
+    };
+    Some(frame::encode(OpCode::Data(data), payload))
+}
+
+/// How the publishing node names the publisher inside the message (`node worker conn`), so
+/// `--no-echo` works on the publisher's own node and nowhere else.
+pub fn origin_arg(node: u32, origin: Origin) -> String {
+    format!("{node:08x} {} {}", origin.worker, origin.conn)
+}
+
+/// One message heard on a topic's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub epoch: String,
+    pub seq: u64,
+    /// Set only when this node published it.
+    pub origin: Option<Origin>,
+    pub frame: Bytes,
+}
+
+/// Parse a PUBLISH payload (`epoch seq node worker conn\n` + body). `node` is this node's id,
+/// to recognise its own publishers. `None` for anything malformed.
+pub fn parse_heard(payload: &[u8], node: u32) -> Option<Heard> {
+    let newline = payload.iter().position(|&b| b == b'\n')?;
+    let (head, body) = (&payload[..newline], &payload[newline + 1..]);
+    let head = std::str::from_utf8(head).ok()?;
+    let mut parts = head.split(' ');
+    let epoch = parts.next().filter(|e| !e.is_empty())?.to_owned();
+    let seq: u64 = parts.next()?.parse().ok()?;
+    let from = u32::from_str_radix(parts.next()?, 16).ok()?;
+    let worker: u16 = parts.next()?.parse().ok()?;
+    let conn: u64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || seq == 0 {
+        return None;
+    }
+    Some(Heard {
+        epoch,
+        seq,
+        origin: (from == node).then_some(Origin { worker, conn }),
+        frame: frame_of(body)?,
+    })
+}
+
+/// Stream entries from XRANGE / XREVRANGE as `(seq, frame)`, in the order given. An entry
+/// that is not ours (bad id, no body, malformed body) makes the whole answer unusable:
+/// recovery is all or nothing.
+pub fn parse_entries(value: &Value) -> Option<Vec<(u64, Bytes)>> {
+    let Value::Array(entries) = value else {
+        return None;
+    };
+    entries
+        .iter()
+        .map(|entry| {
+            let Value::Array(pair) = entry else {
+                return None;
+            };
+            let [id, fields] = pair.as_slice() else {
+                return None;
+            };
+            let seq = bulk(id)
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .and_then(|id| id.strip_prefix("0-"))
+                .and_then(|n| n.parse::<u64>().ok())?;
+            let Value::Array(fields) = fields else {
+                return None;
+            };
+            let [name, body] = fields.as_slice() else {
+                return None;
+            };
+            if bulk(name)? != b"b" {
+                return None;
+            }
+            Some((seq, frame_of(bulk(body)?)?))
+        })
+        .collect()
+}
+
+/// The `{epoch, seq}` answer of [`POSITION`].
+pub fn parse_position(value: &Value) -> Option<(String, u64)> {
+    let Value::Array(pair) = value else {
+        return None;
+    };
+    let [epoch, seq] = pair.as_slice() else {
+        return None;
+    };
+    let epoch = String::from_utf8(bulk(epoch)?.to_vec()).ok()?;
+    let seq = std::str::from_utf8(bulk(seq)?).ok()?.parse().ok()?;
+    Some((epoch, seq))
+}
+
+fn bulk(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn keys_are_hash_tagged_and_channels_map_back() {
+        let k = Keys::of("prices/BTC");
+        assert_eq!(k.seq, "herald:{prices/BTC}:seq");
+        assert_eq!(k.channel, "herald:{prices/BTC}");
+        assert_eq!(topic_of_channel(&k.channel).as_deref(), Some("prices/BTC"));
+        assert_eq!(topic_of_channel("other:{x}"), None);
+        assert_eq!(topic_of_channel("herald:{bad topic}"), None);
+    }
+
+    #[test]
+    fn bodies_round_trip_and_malformed_ones_are_refused() {
+        let text = frame::encode(OpCode::Data(Data::Text), b"hi");
+        assert_eq!(body_of(&text), b"thi");
+        assert_eq!(frame_of(b"thi"), Some(text));
+        let bin = frame::encode(OpCode::Data(Data::Binary), &[0, 255]);
+        assert_eq!(frame_of(&body_of(&bin)), Some(bin));
+        assert_eq!(frame_of(b"t\xff"), None, "text must be UTF-8");
+        assert_eq!(frame_of(b"x"), None);
+        assert_eq!(frame_of(b""), None);
+    }
+
+    #[test]
+    fn heard_messages_parse_and_only_our_node_keeps_the_origin() {
+        let origin = Origin { worker: 3, conn: 9 };
+        let mut payload = format!("e1.2 42 {}\n", origin_arg(0xab, origin)).into_bytes();
+        payload.extend_from_slice(b"thello");
+        let heard = parse_heard(&payload, 0xab).unwrap();
+        assert_eq!((heard.epoch.as_str(), heard.seq), ("e1.2", 42));
+        assert_eq!(heard.origin, Some(origin));
+        assert_eq!(frame::payload_of(&heard.frame).1, b"hello");
+        assert_eq!(parse_heard(&payload, 0xac).unwrap().origin, None);
+        for bad in [
+            &b"e 1 ab 0 0"[..],
+            b"e x ab 0 0\nthi",
+            b"e 0 ab 0 0\nthi",
+            b"e 1 ab 0\nthi",
+            b" 1 ab 0 0\nthi",
+            b"e 1 ab 0 0\nq",
+        ] {
+            assert_eq!(parse_heard(bad, 0xab), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stream_entries_parse_all_or_nothing() {
+        let entry = |id: &[u8], body: &[u8]| {
+            Value::Array(vec![b(id), Value::Array(vec![b(b"b"), b(body)])])
+        };
+        let good = Value::Array(vec![entry(b"0-5", b"ta"), entry(b"0-6", b"tb")]);
+        let parsed = parse_entries(&good).unwrap();
+        assert_eq!(parsed.iter().map(|e| e.0).collect::<Vec<_>>(), vec![5, 6]);
+        let bad = Value::Array(vec![entry(b"0-5", b"ta"), entry(b"12-1", b"tb")]);
+        assert_eq!(parse_entries(&bad), None);
+        assert_eq!(parse_entries(&Value::Nil), None);
+        assert_eq!(
+            parse_position(&Value::Array(vec![b(b"e"), b(b"7")])),
+            Some(("e".to_string(), 7))
+        );
+        assert_eq!(parse_position(&Value::Array(vec![b(b"e")])), None);
+    }
+}

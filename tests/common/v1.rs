@@ -1,0 +1,80 @@
+//! A `herald.v1` test client (tungstenite underneath), shared by the tests that speak the
+//! subprotocol (`tests/v1.rs`, `tests/cluster.rs`). Include it with
+//! `#[path = "common/v1.rs"] mod v1_client;` next to `mod common;`.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+
+use crate::common::{recv_text, send_text, Ws, IO_TIMEOUT};
+
+/// A connection that offered `herald.v1` (the server must have selected it).
+pub struct V1 {
+    pub ws: Ws,
+}
+
+impl V1 {
+    pub fn connect(addr: SocketAddr) -> V1 {
+        let stream = TcpStream::connect(addr).expect("TCP connect");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
+        let (ws, response) = tungstenite::client(request, stream).expect("v1 handshake");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap()),
+            Some("herald.v1")
+        );
+        V1 { ws }
+    }
+
+    pub fn send(&mut self, request: Value) {
+        send_text(&mut self.ws, &request.to_string());
+    }
+
+    /// The next server message, parsed.
+    pub fn recv(&mut self) -> Value {
+        let text = recv_text(&mut self.ws);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// The next message, or `None` once the connection is gone.
+    pub fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => return serde_json::from_str(&t).ok(),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message, which must be of `kind`.
+    pub fn expect(&mut self, kind: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
+        v
+    }
+
+    /// Sends a subscribe request (the answers are read by the caller).
+    pub fn send_subscribe(&mut self, id: u64, topics: Value) {
+        self.send(json!({"op": "subscribe", "id": id, "topics": topics}));
+    }
+
+    /// Subscribes and returns the (single) `subscribed` answer.
+    pub fn subscribe(&mut self, id: u64, topics: Value) -> Value {
+        self.send_subscribe(id, topics);
+        self.expect("subscribed")
+    }
+
+    pub fn publish(&mut self, id: u64, topic: &str, data: &str) {
+        self.send(json!({"op": "publish", "id": id, "topic": topic, "data": data}));
+    }
+}
