@@ -103,45 +103,36 @@ impl Owned {
         })
     }
 
-    /// Number the next message of `topic` and keep it in history. Returns the number and the
-    /// workers to deliver it to. Without history, a topic nobody subscribes to is neither
-    /// numbered nor remembered (`None`).
-    pub fn sequence(
-        &mut self,
-        topic: &TopicName,
-        frame: &Bytes,
-        now: Instant,
-    ) -> Option<(u64, &[u16])> {
-        let keep = self.limits.per_topic > 0;
-        if !keep && !self.topics.contains_key(topic) {
-            return None;
-        }
-        if !self.topics.contains_key(topic) {
-            self.create(topic);
-        }
-        let owned = self.topics.get_mut(topic)?;
+    /// Number the next message of `topic` and keep it in history. Without history, a topic
+    /// nobody subscribes to is neither numbered nor remembered (`None`). One table lookup
+    /// for a known topic: this runs for every published message.
+    pub fn sequence(&mut self, topic: &TopicName, frame: &Bytes, now: Instant) -> Option<u64> {
+        let per_topic = self.limits.per_topic;
+        let owned = match self.topics.get_mut(topic) {
+            Some(owned) => owned,
+            None if per_topic > 0 => self.create(topic),
+            None => return None,
+        };
         owned.last_seq += 1;
         let seq = owned.last_seq;
-        if keep {
+        if per_topic > 0 {
             let epoch = owned.epoch;
-            let charge = frame.len() + KEPT_OVERHEAD;
             let kept = Kept {
                 seq,
                 frame: frame.clone(),
                 at: now,
             };
-            if let Some(out) = owned.ring.push(kept, self.limits.per_topic) {
+            if let Some(out) = owned.ring.push(kept, per_topic) {
                 self.kept -= 1;
                 self.kept_bytes -= out.frame.len() + KEPT_OVERHEAD;
             }
             self.kept += 1;
-            self.kept_bytes += charge;
+            self.kept_bytes += frame.len() + KEPT_OVERHEAD;
             self.order
                 .push_back((topic.clone(), epoch, seq, now, frame.len()));
             self.enforce_cap();
         }
-        let owned = self.topics.get(topic)?;
-        Some((seq, &owned.interested))
+        Some(seq)
     }
 
     /// The workers with subscribers of `topic` (cluster mode: where a message numbered by
@@ -258,9 +249,9 @@ mod tests {
         assert!(o.sequence(&t, &frame(1), now).is_none());
         o.set_interest(&t, 1, true);
         o.set_interest(&t, 0, true);
-        let (seq, workers) = o.sequence(&t, &frame(1), now).unwrap();
-        assert_eq!((seq, workers.to_vec()), (1, vec![1, 0]));
-        assert_eq!(o.sequence(&t, &frame(1), now).map(|(s, _)| s), Some(2));
+        assert_eq!(o.sequence(&t, &frame(1), now), Some(1));
+        assert_eq!(o.interested(&t), &[1, 0]);
+        assert_eq!(o.sequence(&t, &frame(1), now), Some(2));
         o.set_interest(&t, 1, false);
         o.set_interest(&t, 0, false);
         assert!(o.is_empty());
@@ -287,7 +278,7 @@ mod tests {
         o.expire(now + Duration::from_secs(11));
         assert!(o.is_empty());
         assert_eq!(o.kept(), (0, 0));
-        assert_eq!(o.sequence(&t, &frame(10), now).map(|(s, _)| s), Some(1));
+        assert_eq!(o.sequence(&t, &frame(10), now), Some(1));
         let again = o.join(&t, &Start::Now).unwrap();
         assert_ne!(again.epoch, first_epoch);
         let since_old = Start::Since {

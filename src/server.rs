@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crossbeam_channel::Sender;
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::auth::{Auth, AuthSetupError};
-use crate::bus::{Bus, PeerLink, INBOX_CAPACITY};
+use crate::bus::{Bus, BusMsg, PeerLink, INBOX_CAPACITY};
 use crate::cluster;
 use crate::config::Config;
 use crate::guard::Gate;
@@ -135,13 +136,7 @@ impl Server {
                     history: config.broker_history,
                     node: boot,
                 };
-                let peers = links
-                    .iter()
-                    .map(|(tx, waker)| PeerLink {
-                        inbox: tx.clone(),
-                        waker: waker.clone(),
-                    })
-                    .collect();
+                let peers = peer_links(&links);
                 println!(
                     "cluster: node {boot:08x}, broker {}, history {} messages per topic in Redis",
                     cluster::redacted(url),
@@ -156,13 +151,7 @@ impl Server {
         for (index, ((poll, listeners), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
         {
-            let peers = links
-                .iter()
-                .map(|(tx, waker)| PeerLink {
-                    inbox: tx.clone(),
-                    waker: waker.clone(),
-                })
-                .collect();
+            let peers = peer_links(&links);
             let parts = WorkerParts {
                 index,
                 poll,
@@ -293,4 +282,15 @@ fn boot_id() -> u32 {
         .map_or(0, |d| d.as_nanos());
     let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
     ((mixed ^ (mixed >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// The sending side of every worker's inbox (for a worker, or for the cluster bridge).
+fn peer_links(links: &[(Sender<BusMsg>, Arc<Waker>)]) -> Vec<PeerLink> {
+    links
+        .iter()
+        .map(|(tx, waker)| PeerLink {
+            inbox: tx.clone(),
+            waker: waker.clone(),
+        })
+        .collect()
 }

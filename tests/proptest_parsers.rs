@@ -15,6 +15,8 @@
 //! `PROPTEST_CASES` replaces every property's case count; `PROPTEST_RNG_SEED` the seed. A
 //! failure prints the shrunk input; paste it into a unit test of the module concerned.
 
+mod common;
+
 use std::collections::HashSet;
 
 use base64::Engine as _;
@@ -576,23 +578,10 @@ fn deflated(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A masked client frame.
+/// A masked client frame: `first` is the header's first byte (FIN, RSV bits, opcode).
 fn client_frame(first: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    let (fin, rsv, opcode) = (first & 0x80 != 0, (first >> 4) & 7, first & 0x0f);
+    common::encode_frame(fin, rsv, opcode, payload, Some(mask))
 }
 
 /// The wire bytes of `messages`, and the events a server must decode from them in order.

@@ -24,40 +24,48 @@ use crate::bus::Origin;
 use crate::frame;
 use crate::topic::{self, TopicName};
 
+/// The start both scripts share: read the topic's epoch (`epoch`), and if Redis has no
+/// numbering for the topic, begin a new life (number 0, no log, epoch `ARGV[1]`).
+/// KEYS: seq, log, epoch.
+macro_rules! start_topic_if_new {
+    () => {
+        r"
+local epoch = redis.call('GET', KEYS[3])
+if redis.call('EXISTS', KEYS[1]) == 0 or not epoch then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], 0)
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end"
+    };
+}
+
 /// Numbers one message, keeps it in the topic's log and publishes it, atomically: every node
 /// sees the topic's messages in numbering order, and a message is in the log before anyone
 /// can hear of it.
 ///
 /// KEYS: seq, log, epoch. ARGV: epoch for a new life, log length, origin, body, channel.
 /// Returns the message's number.
-pub const PUBLISH: &str = r"
-local epoch = redis.call('GET', KEYS[3])
-if redis.call('EXISTS', KEYS[1]) == 0 or not epoch then
-  redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[1], 0)
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[3], epoch)
-end
+pub const PUBLISH: &str = concat!(
+    start_topic_if_new!(),
+    r"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
 redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
 return seq
-";
+"
+);
 
 /// Where a topic stands, creating it (a new epoch at 0) if Redis does not have it. Used when
 /// a node starts listening to a topic, and after every reconnect.
 ///
 /// KEYS: seq, log, epoch. ARGV: epoch for a new life. Returns `{epoch, seq}`.
-pub const POSITION: &str = r"
-local epoch = redis.call('GET', KEYS[3])
-if redis.call('EXISTS', KEYS[1]) == 0 or not epoch then
-  redis.call('DEL', KEYS[2])
-  redis.call('SET', KEYS[1], 0)
-  epoch = ARGV[1]
-  redis.call('SET', KEYS[3], epoch)
-end
+pub const POSITION: &str = concat!(
+    start_topic_if_new!(),
+    r"
 return {epoch, redis.call('GET', KEYS[1])}
-";
+"
+);
 
 /// The Redis names of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

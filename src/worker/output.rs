@@ -64,10 +64,10 @@ impl Worker {
     /// Number the message (keeping it in history) and hand it to the interested workers.
     /// `None`: not numbered (nobody subscribes and there is no history).
     fn route(&mut self, publication: Publication) -> Option<u64> {
-        let (seq, _) =
-            self.topics
-                .owned
-                .sequence(&publication.topic, &publication.frame, self.now)?;
+        let seq = self
+            .topics
+            .owned
+            .sequence(&publication.topic, &publication.frame, self.now)?;
         self.hand_to_workers(seq, publication);
         Some(seq)
     }

@@ -23,6 +23,13 @@ use crate::v1::{self, Refusal, Request, Wanted};
 /// Close code for a non-text message on a `herald.v1` connection (RFC 6455: unsupported data).
 const UNSUPPORTED_DATA: (u16, &str) = (1003, "herald.v1 takes JSON text messages");
 
+/// What a `herald.v1` request wants to do with a topic (each needs its own grant).
+#[derive(Clone, Copy)]
+enum Use {
+    Subscribe,
+    Publish,
+}
+
 impl Worker {
     /// One client message on a `herald.v1` connection: a JSON request.
     pub(super) fn on_v1_message(&mut self, key: usize, message: &[u8]) {
@@ -49,13 +56,8 @@ impl Worker {
                 data,
                 payload,
             }) => {
-                if self.check_topic_len(&topic).is_err() {
-                    let e = Refusal::BadTopic(topic::TopicError::TooLong);
+                if let Err(e) = self.v1_topic_check(key, &topic, Use::Publish) {
                     return self.v1_refuse(key, Some(id), Some(&topic), &e);
-                }
-                if !self.may_publish(key, &topic) {
-                    self.counters.auth_failures += 1;
-                    return self.v1_refuse(key, Some(id), Some(&topic), &Refusal::Forbidden);
                 }
                 let frame = frame::encode(OpCode::Data(data), &payload);
                 let topic = self.shared_topic_name(&topic);
@@ -80,6 +82,24 @@ impl Worker {
         self.queue_output(key, v1::error(id, topic, why), 0);
     }
 
+    /// Whether this connection may use `topic` so: a valid name within `--max-topic-len`,
+    /// granted by its token (a refusal for lack of a grant counts as an auth failure).
+    fn v1_topic_check(&mut self, key: usize, topic: &str, what: Use) -> Result<(), Refusal> {
+        topic::validate(topic).map_err(Refusal::BadTopic)?;
+        if self.check_topic_len(topic).is_err() {
+            return Err(Refusal::BadTopic(topic::TopicError::TooLong));
+        }
+        let granted = match what {
+            Use::Subscribe => self.may_subscribe(key, topic),
+            Use::Publish => self.may_publish(key, topic),
+        };
+        if !granted {
+            self.counters.auth_failures += 1;
+            return Err(Refusal::Forbidden);
+        }
+        Ok(())
+    }
+
     fn v1_feed(&mut self, key: usize) -> Option<&mut V1Feed> {
         match &mut self.conns.get_mut(key)?.phase {
             Phase::Open {
@@ -93,16 +113,8 @@ impl Worker {
     /// Subscribe to one topic: deliveries are held back until the owner says where the
     /// stream starts (see the module doc).
     fn v1_subscribe(&mut self, key: usize, id: u64, wanted: Wanted) {
-        if let Err(e) = topic::validate(&wanted.topic) {
-            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &Refusal::BadTopic(e));
-        }
-        if self.check_topic_len(&wanted.topic).is_err() {
-            let e = Refusal::BadTopic(topic::TopicError::TooLong);
+        if let Err(e) = self.v1_topic_check(key, &wanted.topic, Use::Subscribe) {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &e);
-        }
-        if !self.may_subscribe(key, &wanted.topic) {
-            self.counters.auth_failures += 1;
-            return self.v1_refuse(key, Some(id), Some(&wanted.topic), &Refusal::Forbidden);
         }
         let max = self.config.max_topics_per_conn;
         let Some(feed) = self.v1_feed(key) else {
