@@ -5,6 +5,7 @@
 #
 #   benches/compare.sh [--rows a,b,c,d,e,f,g,b2] [--duration S] [--warmup S]
 #                      [--servers herald,uws,ws] [--out DIR] [--sat-rates 2000,5000,...]
+#                      [--base-bin PATH]
 #
 # Rows (one publisher, 64 B payloads, topic /bench):
 #   a   1k subscribers x 100 msg/s            e   connection storm: 10k connections, --connect-rate 0
@@ -18,6 +19,10 @@
 #   d   idle memory: server VmRSS after 10k idle connections minus before, / 10k
 #       (held by benches/peers/hold-conns.js, since the loadtest has no hold mode)
 #   e uses --max-inflight 500 for every server: uWebSockets.js's listen backlog is fixed at 512.
+#
+# --base-bin PATH adds the server `herald-base`: another herald binary (say, one built before a
+# change, copied aside) run exactly like `herald`, so old and new are measured in one run:
+#   benches/compare.sh --rows a,c --servers herald-base,herald --base-bin /tmp/herald-before
 #
 # Needs: cargo, taskset, jq, ss, timeout; node + npm (Node 20) for the peers and row d.
 # Every run is bounded (timeout) and every server is stopped and reaped before the next starts.
@@ -35,6 +40,7 @@ DURATION=10
 WARMUP=1
 OUT=""
 SAT_RATES=(2000 5000 10000 20000 50000)
+BASE_BIN=""
 SAT_P99_MS=50 # row c: a p99 over this means a queue built up (deliveries late, counted in the drain)
 TOPIC=/bench
 
@@ -55,6 +61,8 @@ while (($#)); do
         --servers=*) SERVERS=${1#*=}; shift ;;
         --sat-rates) IFS=, read -r -a SAT_RATES <<<"${2:?--sat-rates needs a value}"; shift 2 ;;
         --sat-rates=*) IFS=, read -r -a SAT_RATES <<<"${1#*=}"; shift ;;
+        --base-bin) BASE_BIN=${2:?--base-bin needs a value}; shift 2 ;;
+        --base-bin=*) BASE_BIN=${1#*=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --out=*) OUT=${1#*=}; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -75,7 +83,8 @@ for r in "${ROW_LIST[@]}"; do
     [[ " ${ALL_ROWS[*]} " == *" $r "* ]] || die "unknown row '$r' (rows: ${ALL_ROWS[*]})"
 done
 for s in "${SERVER_LIST[@]}"; do
-    [[ $s == herald || $s == uws || $s == ws ]] || die "unknown server '$s' (servers: herald, uws, ws)"
+    [[ $s == herald || $s == uws || $s == ws || $s == herald-base ]] || die "unknown server '$s' (servers: herald, uws, ws, herald-base)"
+    [[ $s != herald-base || -x $BASE_BIN ]] || die "server herald-base needs --base-bin PATH (an executable herald)"
 done
 
 # ---------------------------------------------------------------- prerequisites
@@ -157,6 +166,7 @@ start_server() { # name tag: starts it pinned, sets SRV_PID / SRV_PORT
     mkdir -p "$OUT/logs"
     case $name in
         herald) taskset -c 0 "$HERALD" --listen 127.0.0.1:0 --threads 1 --cores 0 --stats-interval 0 >"$so" 2>"$se" & ;;
+        herald-base) taskset -c 0 "$BASE_BIN" --listen 127.0.0.1:0 --threads 1 --cores 0 --stats-interval 0 >"$so" 2>"$se" & ;;
         herald-2t) taskset -c 0,1 "$HERALD" --listen 127.0.0.1:0 --threads 2 --cores 0,1 --stats-interval 0 >"$so" 2>"$se" & ;;
         uws) taskset -c 0 node "$PEERS/uws-server.js" 0 >"$so" 2>"$se" & ;;
         ws) taskset -c 0 node "$PEERS/ws-server.js" 0 >"$so" 2>"$se" & ;;
@@ -390,7 +400,7 @@ for row in "${ROW_LIST[@]}"; do
 done
 
 # ---------------------------------------------------------------- table
-declare -A SERVER_TITLE=([herald]="herald (1 thread)" [uws]="uWebSockets.js pub/sub" [ws]="Node ws" [herald-2t]="herald --threads 2 (cores 0,1)")
+declare -A SERVER_TITLE=([herald]="herald (1 thread)" [herald-base]="herald --base-bin (1 thread)" [uws]="uWebSockets.js pub/sub" [ws]="Node ws" [herald-2t]="herald --threads 2 (cores 0,1)")
 
 print_table() { # title rows... (servers from the global $TABLE_SERVERS)
     local row m s line ms

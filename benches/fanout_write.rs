@@ -13,8 +13,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::fanout::{cork, Staged};
-use herald::frame;
+use herald::feed::fanout::{cork, Staged};
+use herald::proto::frame;
 
 const SUBSCRIBERS: usize = 64;
 
@@ -32,7 +32,7 @@ fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
 }
 
 fn batch(frames: usize, payload: usize) -> Vec<Staged> {
-    let origin = herald::bus::Origin { worker: 0, conn: 0 };
+    let origin = herald::feed::bus::Origin { worker: 0, conn: 0 };
     (0..frames)
         .map(|i| Staged {
             seq: i as u64,

@@ -2,7 +2,7 @@
 //! encoding the one server frame every subscriber shares.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use herald::frame::{self, Assembly};
+use herald::proto::frame::{self, Assembly};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// `count` masked client text frames of `len` bytes back to back.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::conn::{OutChunk, OutQueue};
-use herald::http;
+use herald::proto::http;
+use herald::worker::conn::{OutChunk, OutQueue};
 
 const UPGRADE: &[u8] = b"GET /prices/BTC-USD HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nConnection: Upgrade\r\n\
 Pragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0\r\n\

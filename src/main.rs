@@ -2,12 +2,12 @@
 
 use std::process::ExitCode;
 
-use herald::config::Config;
+use herald::ops::config::Config;
 use herald::server::Server;
 
 fn main() -> ExitCode {
     let config = Config::from_args();
-    herald::log::init(config.log_format, config.log_level);
+    herald::ops::log::init(config.log_format, config.log_level);
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(e) => {

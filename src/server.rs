@@ -14,14 +14,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::auth::{Auth, AuthSetupError};
-use crate::bus::{Bus, BusMsg, PeerLink, INBOX_CAPACITY};
 use crate::cluster;
-use crate::config::Config;
-use crate::guard::Gate;
-use crate::os;
-use crate::stats::{self, Counters, SharedCounters};
-use crate::tls;
+use crate::feed::bus::{Bus, BusMsg, PeerLink, INBOX_CAPACITY};
+use crate::ops::config::Config;
+use crate::ops::os;
+use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::policy::auth::{Auth, AuthSetupError};
+use crate::policy::guard::Gate;
+use crate::site::{Site, SiteError};
+use crate::worker::tls;
 use crate::worker::{Listener, Worker, WorkerParts, WorkerReport, WAKER};
 
 /// A started server: its address and the handles the control loop needs.
@@ -54,6 +55,8 @@ pub enum StartError {
     Auth(#[from] AuthSetupError),
     #[error("cannot start the cluster broker bridge: {0}")]
     Broker(io::Error),
+    #[error(transparent)]
+    Site(#[from] SiteError),
 }
 
 impl Server {
@@ -68,6 +71,7 @@ impl Server {
         let count = cores.len();
         let auth = Auth::from_config(&config)?;
         let gate = Gate::new(config.max_conns, config.max_conns_per_ip);
+        let site = Arc::new(Site::load(config.static_dir.as_deref())?);
         let tls_config = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
             _ => None,
@@ -164,6 +168,7 @@ impl Server {
                 boot,
                 auth: auth.clone(),
                 gate: gate.clone(),
+                site: site.clone(),
                 cluster: cluster.clone(),
             };
             let worker =

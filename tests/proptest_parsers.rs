@@ -27,11 +27,11 @@ use proptest::test_runner::{RngAlgorithm, RngSeed};
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use herald::deflate::{self, Codec};
-use herald::frame::{self, Assembly, Event, FrameError};
-use herald::http::{self, HttpError, Mode, Request as HttpRequest, MAX_HEAD};
-use herald::topic;
-use herald::v1::{self, Refusal, Request, Start, Wanted};
+use herald::proto::deflate::{self, Codec};
+use herald::proto::frame::{self, Assembly, Event, FrameError};
+use herald::proto::http::{self, HttpError, Mode, Request as HttpRequest, MAX_HEAD};
+use herald::proto::topic::{self, Start};
+use herald::proto::v1::{self, Refusal, Request, Wanted};
 
 /// The seed every property starts from unless `PROPTEST_RNG_SEED` says otherwise.
 const SEED: u64 = 0x6865_7261_6c64; // "herald"

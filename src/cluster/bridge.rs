@@ -26,11 +26,10 @@ use redis::{Connection, PubSub, RedisError, Value};
 
 use super::script::{self, Keys};
 use super::{BrokerConfig, BrokerStats, PublishReq, SubReq};
-use crate::bus::{BusMsg, JoinRequest, Origin, PeerLink, Publication};
-use crate::history::Kept;
-use crate::owned::Joined;
-use crate::topic::{self, TopicName};
-use crate::v1::{Refusal, Start};
+use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
+use crate::feed::history::{self, Kept, Need, Unrecoverable};
+use crate::feed::owned::{owner_of, Joined};
+use crate::proto::topic::{Start, TopicName};
 
 /// Connecting, and any single command, may take this long before the connection counts as
 /// lost (a hung Redis must not hang the bridge).
@@ -376,7 +375,7 @@ impl Listener {
                 }
                 Ok(SubReq::Join(request)) => {
                     BrokerStats::count(&self.stats.unavailable, 1);
-                    self.answer(request, Err(Refusal::Unavailable));
+                    self.answer(request, Err(JoinError::Unavailable));
                 }
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
@@ -523,7 +522,7 @@ impl Listener {
                     Err(stop) => {
                         // Never leave a joiner waiting: it is told to retry.
                         BrokerStats::count(&self.stats.unavailable, 1);
-                        self.answer(request, Err(Refusal::Unavailable));
+                        self.answer(request, Err(JoinError::Unavailable));
                         Err(stop)
                     }
                 }
@@ -575,7 +574,7 @@ impl Listener {
         };
         match known {
             Some(p) if p.epoch != epoch || current < p.last => {
-                let refusal = Refusal::EpochChanged {
+                let refusal = Unrecoverable::EpochChanged {
                     epoch: p.epoch,
                     current: epoch.clone(),
                 };
@@ -606,23 +605,15 @@ impl Listener {
         to: u64,
     ) -> Result<(), Stop> {
         let entries = self.range(commands, topic, from, to)?;
-        let complete = entries.len() as u64 == to - from + 1
-            && entries.first().is_some_and(|e| e.0 == from)
-            && entries.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-        if complete {
-            BrokerStats::count(&self.stats.recovered, entries.len() as u64);
-            for (seq, frame) in entries {
-                self.forward(topic, seq, frame, FOREIGN);
+        let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+        match history::complete(&seqs, from, to) {
+            Ok(()) => {
+                BrokerStats::count(&self.stats.recovered, entries.len() as u64);
+                for (seq, frame) in entries {
+                    self.forward(topic, seq, frame, FOREIGN);
+                }
             }
-        } else {
-            let first = entries.first().map_or(to + 1, |e| e.0);
-            self.gap(
-                topic,
-                Refusal::HistoryGap {
-                    since: from - 1,
-                    first,
-                },
-            );
+            Err(gap) => self.gap(topic, gap),
         }
         if let Some(Some(p)) = self.topics.get_mut(topic) {
             p.last = p.last.max(to);
@@ -667,7 +658,7 @@ impl Listener {
         };
         if heard.epoch != known.epoch {
             // Redis lost the topic and a new life began without our connection breaking.
-            let refusal = Refusal::EpochChanged {
+            let refusal = Unrecoverable::EpochChanged {
                 epoch: known.epoch,
                 current: heard.epoch.clone(),
             };
@@ -699,7 +690,7 @@ impl Listener {
     /// Hand a numbered message to the topic's owner worker on this node.
     fn forward(&mut self, topic: &TopicName, seq: u64, frame: bytes::Bytes, origin: Origin) {
         BrokerStats::count(&self.stats.heard, 1);
-        let owner = topic::owner_of(topic, self.workers);
+        let owner = owner_of(topic, self.workers);
         let publication = Publication {
             topic: topic.clone(),
             frame,
@@ -711,10 +702,10 @@ impl Listener {
     }
 
     /// Tell the topic's subscribers on this node that messages are missing for good.
-    fn gap(&mut self, topic: &TopicName, refusal: Refusal) {
+    fn gap(&mut self, topic: &TopicName, refusal: Unrecoverable) {
         BrokerStats::count(&self.stats.gaps, 1);
         println!("broker: gap on topic {topic}: {refusal}");
-        let owner = topic::owner_of(topic, self.workers);
+        let owner = owner_of(topic, self.workers);
         let topic = topic.clone();
         self.out.send(
             owner,
@@ -733,15 +724,19 @@ impl Listener {
         commands: &mut Connection,
         topic: &TopicName,
         start: &Start,
-    ) -> Result<Result<Joined, Refusal>, Stop> {
+    ) -> Result<Result<Joined, JoinError>, Stop> {
         let Some(Some(position)) = self.topics.get(topic).cloned() else {
-            return Ok(Err(Refusal::Unavailable));
+            return Ok(Err(JoinError::Unavailable));
         };
         let Position { epoch, last } = position;
-        let entries = match start {
-            Start::Now => Vec::new(),
-            Start::Rewind(n) => {
-                let n = (*n).min(self.history as u64);
+        let need = match history::decide(start, &epoch, last) {
+            Ok(need) => need,
+            Err(why) => return Ok(Err(why.into())),
+        };
+        let entries = match need {
+            Need::Nothing => Vec::new(),
+            Need::Last(n) => {
+                let n = n.min(self.history as u64);
                 if n == 0 || last == 0 {
                     Vec::new()
                 } else {
@@ -758,24 +753,11 @@ impl Listener {
                     entries
                 }
             }
-            Start::Since { epoch: theirs, .. } if *theirs != epoch => {
-                return Ok(Err(Refusal::EpochChanged {
-                    epoch: theirs.clone(),
-                    current: epoch,
-                }));
-            }
-            Start::Since { seq, .. } if *seq > last => {
-                return Ok(Err(Refusal::SinceAhead { since: *seq, last }));
-            }
-            Start::Since { seq, .. } if *seq == last => Vec::new(),
-            Start::Since { seq, .. } => {
-                let entries = self.range(commands, topic, seq + 1, last)?;
-                let complete = entries.len() as u64 == last - seq
-                    && entries.first().is_some_and(|e| e.0 == seq + 1)
-                    && entries.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-                if !complete {
-                    let first = entries.first().map_or(last + 1, |e| e.0);
-                    return Ok(Err(Refusal::HistoryGap { since: *seq, first }));
+            Need::Range { from, to } => {
+                let entries = self.range(commands, topic, from, to)?;
+                let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
+                if let Err(gap) = history::complete(&seqs, from, to) {
+                    return Ok(Err(gap.into()));
                 }
                 entries
             }
@@ -794,7 +776,7 @@ impl Listener {
 
     /// Send a join's answer straight to the subscriber's worker. Live messages reach that
     /// worker through the owner, sent after this answer, so they arrive after it.
-    fn answer(&mut self, request: JoinRequest, result: Result<Joined, Refusal>) {
+    fn answer(&mut self, request: JoinRequest, result: Result<Joined, JoinError>) {
         let worker = request.worker as usize;
         self.out.send(worker, BusMsg::Joined { request, result });
     }

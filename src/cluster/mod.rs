@@ -29,8 +29,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::bus::{AckTo, JoinRequest, Origin, PeerLink};
-use crate::topic::TopicName;
+use crate::feed::bus::{AckTo, JoinRequest, Origin, PeerLink};
+use crate::proto::topic::TopicName;
 
 /// Publishes that may wait for the publishing bridge thread; past this, a publish is refused
 /// as unavailable at once (a worker never waits for Redis).

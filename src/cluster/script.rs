@@ -20,9 +20,9 @@ use bytes::Bytes;
 use redis::Value;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::bus::Origin;
-use crate::frame;
-use crate::topic::{self, TopicName};
+use crate::feed::bus::Origin;
+use crate::proto::frame;
+use crate::proto::topic::{self, TopicName};
 
 /// The start both scripts share: read the topic's epoch (`epoch`), and if Redis has no
 /// numbering for the topic, begin a new life (number 0, no log, epoch `ARGV[1]`).

@@ -6,10 +6,11 @@
 use std::time::Instant;
 
 use super::Worker;
-use crate::auth::{unix_now, Denied};
-use crate::guard::{Bucket, Guard};
-use crate::http::{Credentials, HttpError, Mode};
-use crate::topic::TopicError;
+use crate::policy::auth::unix_now;
+use crate::policy::guard::{Bucket, Guard};
+use crate::proto::http::Denied;
+use crate::proto::http::{Credentials, HttpError, Mode};
+use crate::proto::topic::TopicError;
 
 /// Close code and reasons for policy violations on an open connection (RFC 6455: 1008).
 pub const POLICY: u16 = 1008;

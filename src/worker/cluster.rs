@@ -12,13 +12,15 @@
 //! - Gaps: a hole Redis cannot fill ends every subscription to the topic on this node with
 //!   an explicit notice (see docs/protocol.md, "Cluster mode").
 
+use super::conn::{Feed, Phase};
 use super::Worker;
-use crate::bus::{AckTo, BusMsg, JoinRequest, Publication};
 use crate::cluster::{BrokerStats, PublishReq, SubReq};
-use crate::conn::{Feed, Phase};
-use crate::http::HttpError;
-use crate::topic::{self, TopicName};
-use crate::v1::Refusal;
+use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest, Publication};
+use crate::feed::history::Unrecoverable;
+use crate::feed::owned::owner_of;
+use crate::proto::http::HttpError;
+use crate::proto::topic::TopicName;
+use crate::proto::v1::Refusal;
 
 /// Close code and reason for a raw-mode subscriber whose topic has a hole that cannot be
 /// filled (RFC 6455 1012 "service restart": reconnect).
@@ -102,7 +104,7 @@ impl Worker {
         };
         if let Err(e) = cluster.listen.send(SubReq::Join(request)) {
             if let SubReq::Join(request) = e.into_inner() {
-                self.on_joined(request, Err(Refusal::Unavailable));
+                self.on_joined(request, Err(JoinError::Unavailable));
             }
         }
         None
@@ -117,9 +119,14 @@ impl Worker {
     /// interested workers; every worker ends its subscriptions to the topic explicitly:
     /// `herald.v1` subscribers get an `error` with the topic and `history_gap` or
     /// `epoch_changed` (and are unsubscribed), raw-mode subscribers are closed with 1012.
-    pub(super) fn on_broker_gap(&mut self, topic: TopicName, refusal: Refusal, forwarded: bool) {
+    pub(super) fn on_broker_gap(
+        &mut self,
+        topic: TopicName,
+        refusal: Unrecoverable,
+        forwarded: bool,
+    ) {
         let me = self.bus.me();
-        if !forwarded && topic::owner_of(&topic, self.bus.workers()) == me {
+        if !forwarded && owner_of(&topic, self.bus.workers()) == me {
             let others: Vec<u16> = self
                 .topics
                 .owned
@@ -137,6 +144,7 @@ impl Worker {
                 self.bus.send(worker as usize, gap);
             }
         }
+        let refusal = Refusal::from(refusal);
         let keys: Vec<usize> = self
             .topics
             .local

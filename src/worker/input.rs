@@ -5,15 +5,16 @@ use std::io;
 use std::sync::Arc;
 
 use super::{access, Doom, Worker, READS_PER_EVENT};
-use crate::bus::{AckTo, Origin, Publication};
-use crate::config::Switch;
-use crate::conn::{Ending, Feed, Inbound, OutChunk, Phase};
-use crate::deflate::Agreement;
-use crate::frame::{self, Event};
-use crate::http::{self, Mode, Request};
-use crate::stats::Reject;
-use crate::topic::TopicName;
-use crate::v1;
+use crate::feed::bus::{AckTo, Origin, Publication};
+use crate::ops::config::Switch;
+use crate::ops::metrics;
+use crate::ops::stats::Reject;
+use crate::proto::deflate::Agreement;
+use crate::proto::frame::{self, Event};
+use crate::proto::http::{self, Mode, Request};
+use crate::proto::topic::TopicName;
+use crate::proto::v1;
+use crate::worker::conn::{Ending, Feed, Inbound, OutChunk, Phase};
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -149,7 +150,7 @@ impl Worker {
         };
         // Shutting down: the listeners still accept so that probes see it, but new
         // subscribers and publishes are sent elsewhere.
-        let draining = self.drain_deadline.is_some();
+        let draining = self.serving.is_draining();
         if draining && matches!(request, Request::Upgrade { .. } | Request::Publish { .. }) {
             return self.refuse(key, http::HttpError::ShuttingDown);
         }
@@ -193,11 +194,11 @@ impl Worker {
             }
             Request::Metrics => {
                 let body = self.metrics_body();
-                self.reply_and_close(key, http::metrics_response(&body));
+                self.reply_and_close(key, metrics::response(&body));
                 true
             }
             Request::Page { target } => {
-                match http::page_response(&target, self.config.static_dir.as_deref()) {
+                match self.site.response(&target) {
                     Ok(response) => self.reply_and_close(key, response),
                     Err(e) => return self.refuse(key, e),
                 }
@@ -208,7 +209,7 @@ impl Worker {
 
     /// Answer a refused request with its status and close; count it under its reason.
     pub(super) fn refuse(&mut self, key: usize, error: http::HttpError) -> bool {
-        self.counters.rejected.count(error.rejection());
+        self.counters.rejected.count(Reject::from(&error));
         self.reply_and_close(key, error.response());
         true
     }
@@ -218,10 +219,10 @@ impl Worker {
     fn publish_http(&mut self, key: usize, topic: &str, frame: Bytes, keep_alive: bool) {
         let topic = self.shared_topic_name(topic);
         let conn = &mut self.conns[key];
-        conn.phase = Phase::AwaitingAck {
+        conn.enter(Phase::AwaitingAck {
             since: self.tick,
             keep_alive,
-        };
+        });
         let conn_id = conn.id;
         let ack = AckTo { key, request: None };
         self.accept_message(conn_id, topic, frame, Some(ack));
@@ -267,13 +268,13 @@ impl Worker {
             return;
         };
         // While shutting down, answer and close instead of waiting for another request.
-        let keep_alive = keep_alive && self.drain_deadline.is_none();
+        let keep_alive = keep_alive && !self.serving.is_draining();
         let response = http::publish_response(seq, keep_alive);
         if !keep_alive {
             self.reply_and_close(key, response);
             return;
         }
-        conn.phase = Phase::Handshake { since: self.tick };
+        conn.enter(Phase::Handshake { since: self.tick });
         self.queue_output(key, response.into(), 0);
         self.read_again.push(key);
     }
@@ -309,10 +310,10 @@ impl Worker {
                 self.subscribe_path(key, name);
             }
             Mode::V1 => {
-                self.conns[key].phase = Phase::Open {
+                self.conns[key].enter(Phase::Open {
                     feed: Feed::V1(Box::default()),
                     last_ping: self.tick,
-                };
+                });
             }
         }
     }

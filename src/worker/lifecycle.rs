@@ -1,15 +1,74 @@
 //! How connections end, and the timers that end them: every transition out of `Open` and
 //! every deadline lives here.
 
+use std::time::Instant;
+
 use super::{access, Worker, CLOSE_GRACE};
-use crate::conn::{Ending, Feed, Phase};
-use crate::frame;
-use crate::http::HttpError;
+use crate::proto::frame;
+use crate::proto::http::HttpError;
+use crate::worker::conn::{Ending, Feed, Phase};
 
 /// Close code and reason sent to every client when the server shuts down.
 const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
 /// Close code and reason for a subscriber that fell `--max-backlog` behind.
 const SLOW_CONSUMER: (u16, &str) = (1008, "slow consumer");
+
+/// Whether a worker serves normally or drains. Draining starts at the shutdown signal and
+/// ends when the connections the worker had then are gone, or at `deadline`. Connections
+/// accepted during the drain (probes, refused upgrades; ids from `first_late_id` on) are
+/// answered but do not hold it open: `late` counts those still in the slab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Serving {
+    Live,
+    Draining {
+        deadline: Instant,
+        first_late_id: u64,
+        late: usize,
+    },
+}
+
+impl Serving {
+    pub(super) fn is_draining(&self) -> bool {
+        matches!(self, Serving::Draining { .. })
+    }
+
+    /// When the drain gives up on the connections left (the loop's poll must wake by then).
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Serving::Live => None,
+            Serving::Draining { deadline, .. } => Some(*deadline),
+        }
+    }
+
+    /// A connection was accepted.
+    pub(super) fn accepted(&mut self) {
+        if let Serving::Draining { late, .. } = self {
+            *late += 1;
+        }
+    }
+
+    /// Connection `id` left the slab.
+    pub(super) fn dropped(&mut self, id: u64) {
+        if let Serving::Draining {
+            first_late_id,
+            late,
+            ..
+        } = self
+        {
+            if id >= *first_late_id {
+                *late = late.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether a drain is over, with `conns` connections in the slab at `now`.
+    pub(super) fn drained(&self, conns: usize, now: Instant) -> bool {
+        match *self {
+            Serving::Live => false,
+            Serving::Draining { deadline, late, .. } => conns <= late || now >= deadline,
+        }
+    }
+}
 
 /// What the sweep decided for one connection.
 enum Expired {
@@ -29,9 +88,7 @@ impl Worker {
             return;
         }
         let conn = self.conns.remove(key);
-        if conn.id >= self.drain_first_id {
-            self.late_conns = self.late_conns.saturating_sub(1);
-        }
+        self.serving.dropped(conn.id);
         if log::log_enabled!(log::Level::Debug) {
             let peer = self.peers.remove(&key).map(|a| a.to_string());
             log::debug!(
@@ -62,7 +119,7 @@ impl Worker {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let previous = std::mem::replace(&mut conn.phase, next);
+        let previous = conn.enter(next);
         if let Phase::Open { feed, .. } = previous {
             self.leave_feed(&feed);
         }
@@ -135,7 +192,7 @@ impl Worker {
         if conn.shutdown_write().is_err() {
             return self.hang_up(key);
         }
-        conn.phase = Phase::Lingering { since: self.tick };
+        conn.enter(Phase::Lingering { since: self.tick });
     }
 
     /// Once per tick: handshake deadlines, keep-alive pings and silence limits, and the grace
@@ -186,7 +243,9 @@ impl Worker {
             match verdict {
                 Expired::HangUp => self.hang_up_for(key, Ending::Timeout),
                 Expired::HandshakeTimeout => {
-                    self.counters.rejected.count(crate::stats::Reject::Timeout);
+                    self.counters
+                        .rejected
+                        .count(crate::ops::stats::Reject::Timeout);
                     self.hang_up_for(key, Ending::HandshakeTimeout);
                 }
                 Expired::NoAck => {
@@ -209,9 +268,11 @@ impl Worker {
     /// accepting meanwhile, so probes see the drain: `/ready` answers 503, `/health` and
     /// `/metrics` 200, new upgrades and publishes 503 (see `on_request_bytes`).
     pub(super) fn begin_drain(&mut self) {
-        self.drain_deadline = Some(self.now + self.config.drain_timeout);
-        self.drain_first_id = self.next_conn_id;
-        self.late_conns = 0;
+        self.serving = Serving::Draining {
+            deadline: self.now + self.config.drain_timeout,
+            first_late_id: self.next_conn_id,
+            late: 0,
+        };
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns[key].phase {

@@ -5,10 +5,12 @@
 
 mod access;
 mod cluster;
+pub mod conn;
 mod input;
 mod lifecycle;
 mod output;
 mod subscriptions;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -22,19 +24,20 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::auth::Auth;
-use crate::bus::{Bus, BusMsg};
 use crate::cluster::ClusterLink;
-use crate::config::Config;
-use crate::conn::{Conn, Inbound};
-use crate::deflate::Codec;
-use crate::fanout::{Staged, Topics};
-use crate::frame;
-use crate::guard::Gate;
-use crate::os;
-use crate::owned::{HistoryLimits, Owned};
-use crate::stats::{self, Counters, SharedCounters};
-use crate::tls;
+use crate::feed::bus::{Bus, BusMsg};
+use crate::feed::fanout::{Staged, Topics};
+use crate::feed::owned::{HistoryLimits, Owned};
+use crate::ops::config::Config;
+use crate::ops::os;
+use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::policy::auth::Auth;
+use crate::policy::guard::Gate;
+use crate::proto::deflate::Codec;
+use crate::proto::frame;
+use crate::site::Site;
+use conn::{Conn, Inbound};
+use lifecycle::Serving;
 
 /// Token of the waker other workers (and the control thread) use to get our attention.
 pub const WAKER: Token = Token(usize::MAX);
@@ -96,6 +99,7 @@ pub struct Worker {
     config: Arc<Config>,
     auth: Arc<Auth>,
     gate: Arc<Gate>,
+    site: Arc<Site>,
     /// One read buffer for all connections of this worker.
     scratch: Vec<u8>,
     /// An empty `Inbound` lent to connections that have none while their bytes are parsed.
@@ -122,12 +126,8 @@ pub struct Worker {
     /// The listener still had connections when the per-turn accept budget ran out.
     accept_pending: bool,
     shutdown: Arc<AtomicBool>,
-    drain_deadline: Option<Instant>,
-    /// While draining: connection ids from here on were accepted during the drain. They are
-    /// answered (503, `/health`, `/metrics`) but do not hold the drain open.
-    drain_first_id: u64,
-    /// Connections accepted during the drain that are still in the slab.
-    late_conns: usize,
+    /// Live, or draining after the shutdown signal (see `lifecycle::Serving`).
+    serving: Serving,
     /// Peer addresses by slab key, for the disconnect log line (by then the socket may no
     /// longer know its peer). Kept only while debug logging is on; otherwise never touched.
     peers: HashMap<usize, SocketAddr>,
@@ -161,6 +161,8 @@ pub struct WorkerParts {
     pub auth: Arc<Auth>,
     /// Open-WebSocket counts for the connection limits (shared by all workers).
     pub gate: Arc<Gate>,
+    /// The pages plain GETs get, loaded at start (shared by all workers).
+    pub site: Arc<Site>,
     /// Cluster mode: the bridge to Redis (`None`: single node).
     pub cluster: Option<ClusterLink>,
 }
@@ -179,6 +181,7 @@ impl Worker {
             boot,
             auth,
             gate,
+            site,
             cluster,
         } = parts;
         let limits = HistoryLimits {
@@ -206,6 +209,7 @@ impl Worker {
             config,
             auth,
             gate,
+            site,
             scratch: vec![0; SCRATCH_LEN],
             spare_inbound: None,
             frame_events: Vec::new(),
@@ -224,9 +228,7 @@ impl Worker {
             accept_paused_until: None,
             accept_pending: false,
             shutdown,
-            drain_deadline: None,
-            drain_first_id: u64::MAX,
-            late_conns: 0,
+            serving: Serving::Live,
             peers: HashMap::new(),
             cluster,
         })
@@ -290,7 +292,7 @@ impl Worker {
         if let Some(t) = self.accept_paused_until {
             deadline = deadline.min(t);
         }
-        if let Some(t) = self.drain_deadline {
+        if let Some(t) = self.serving.deadline() {
             deadline = deadline.min(t);
         }
         let mut timeout = deadline.saturating_duration_since(now);
@@ -375,9 +377,7 @@ impl Worker {
         let is_tls = session.is_some();
         entry.insert(Conn::new(socket, id, self.tick, session));
         self.counters.accepted += 1;
-        if self.drain_deadline.is_some() {
-            self.late_conns += 1;
-        }
+        self.serving.accepted();
         if log::log_enabled!(log::Level::Debug) {
             log::debug!(worker = self.index, conn = id, peer:% = peer, tls = is_tls; "connect");
             self.peers.insert(key, peer);
@@ -449,20 +449,17 @@ impl Worker {
     /// Connections accepted during the drain (probes, refused upgrades) do not count: the
     /// listeners stay open until the worker exits, and must not keep it alive.
     fn shutdown_done(&mut self) -> bool {
-        if self.drain_deadline.is_none() && self.shutdown.load(Relaxed) {
+        if !self.serving.is_draining() && self.shutdown.load(Relaxed) {
             self.begin_drain();
         }
-        match self.drain_deadline {
-            Some(deadline) => self.conns.len() <= self.late_conns || self.now >= deadline,
-            None => false,
-        }
+        self.serving.drained(self.conns.len(), self.now)
     }
 
     /// `GET /metrics`: every worker's last published counters (ours published just now).
     fn metrics_body(&mut self) -> String {
         self.publish_counters();
         let snapshot: Vec<Counters> = self.everyone.iter().map(|s| s.read()).collect();
-        let mut body = crate::metrics::render(&snapshot);
+        let mut body = crate::ops::metrics::render(&snapshot);
         if let Some(cluster) = &self.cluster {
             body.push_str(&cluster.stats.prometheus());
         }

@@ -15,15 +15,17 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
-use super::{Doom, Worker};
-use crate::bus::{BusMsg, Origin, Publication};
 use bytes::Bytes;
 
-use crate::conn::{Ending, Feed, OutChunk, Phase};
-use crate::deflate::BatchFrames;
-use crate::fanout::{cork, Staged, Subscriber};
-use crate::topic::{self, TopicName};
-use crate::v1;
+use super::conn::{Ending, Feed, OutChunk, Phase};
+use super::{Doom, Worker};
+use crate::feed::bus::{BusMsg, Origin, Publication};
+use crate::feed::fanout::{cork, Staged, Subscriber};
+use crate::feed::owned::owner_of;
+use crate::feed::plan::{self, BatchView, Delivery};
+use crate::proto::deflate::{Agreement, BatchFrames, Codec};
+use crate::proto::topic::TopicName;
+use crate::proto::v1;
 
 impl Worker {
     /// A client's message enters the server: hand it to its topic's owner (a direct call
@@ -32,7 +34,7 @@ impl Worker {
         let Some(publication) = self.publish_to_broker(publication) else {
             return; // cluster mode: Redis numbers it
         };
-        let owner = topic::owner_of(&publication.topic, self.bus.workers());
+        let owner = owner_of(&publication.topic, self.bus.workers());
         if owner == self.bus.me() {
             self.sequence_and_route(publication);
         } else {
@@ -116,10 +118,10 @@ impl Worker {
             after: 0,
         };
         let slot = self.add_subscriber(&topic, subscriber);
-        self.conns[key].phase = Phase::Open {
+        self.conns[key].enter(Phase::Open {
             feed: Feed::Path { topic, slot },
             last_ping: self.tick,
-        };
+        });
     }
 
     /// Add a subscriber to a topic here; the first one here tells the owner. Returns its slot.
@@ -147,7 +149,7 @@ impl Worker {
     }
 
     fn send_interest(&mut self, topic: &TopicName, active: bool) {
-        let owner = topic::owner_of(topic, self.bus.workers());
+        let owner = owner_of(topic, self.bus.workers());
         let me = self.bus.me();
         if owner == me {
             self.owner_interest(topic, me as u16, active);
@@ -180,119 +182,88 @@ impl Worker {
         self.flush_queued();
     }
 
-    /// The fan-out write. For each topic with messages this turn: one corked buffer per
-    /// format (bare payloads; `herald.v1` envelopes, built only if a subscriber here wants
-    /// them), then one `write` per subscriber. Nothing is allocated per subscriber unless the
-    /// kernel refuses bytes (then a slice of the shared buffer is queued on that connection)
-    /// or the subscriber must get only part of the batch (`--no-echo`, a `herald.v1` join).
+    /// The fan-out write. For each topic with messages this turn, each subscriber gets what
+    /// the planner decides (`feed::plan`): usually the whole batch as one shared corked
+    /// buffer in one `write`. Nothing is allocated per subscriber unless the kernel refuses
+    /// bytes (then a slice of the shared buffer is queued on that connection) or the
+    /// subscriber gets only part of the batch (`--no-echo`, a `herald.v1` join).
     fn flush_topics(&mut self) {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
         let backlog_limit = self.config.backlog_limit();
+        let min = self.config.compress_min;
         let me = self.bus.me() as u16;
         for name in &dirty {
             let Some(topic) = self.topics.local.get_mut(name) else {
                 continue;
             };
             let batch = std::mem::take(&mut topic.batch);
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            let Some(view) = BatchView::new(&batch, self.config.no_echo, me) else {
                 continue;
             };
-            let (first_seq, last_seq, oldest) = (first.seq, last.seq, first.received);
-            let plain = cork(batch.iter().map(|s| &s.frame));
-            let envelopes = (topic.envelope_subscribers > 0).then(|| Envelopes::new(name, &batch));
+            let mut frames = TurnFrames::new(name, &batch, topic.envelope_subscribers > 0);
+            let oldest = batch[0].received;
             let messages = batch.len() as u32;
-            // Only a batch holding a message from this worker can contain a sender's own.
-            let skip_senders = self.config.no_echo && batch.iter().any(|s| s.origin.worker == me);
             let mut complete: u64 = 0;
-            // permessage-deflate: compressed frames, made on the first subscriber that wants
-            // them (one set for bare payloads, one for envelopes).
-            let mut deflated = BatchFrames::default();
-            let mut deflated_envelopes = BatchFrames::default();
-            let min = self.config.compress_min;
             for sub in &topic.subscribers {
-                if sub.after >= last_seq {
-                    continue; // joining (the owner's answer is on its way), or has these already
-                }
                 let key = sub.key as usize;
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
-                let envelopes = envelopes.as_ref().filter(|_| sub.envelope);
                 let own = Origin {
                     worker: me,
                     conn: conn.id,
                 };
-                let sender_here = skip_senders && batch.iter().any(|s| s.origin == own);
-                if sender_here || sub.after >= first_seq {
-                    // Only part of the batch is for this one: queue those messages singly.
-                    for (i, staged) in batch.iter().enumerate() {
-                        if staged.seq > sub.after && !(sender_here && staged.origin == own) {
-                            let data = match envelopes {
-                                Some(e) => deflated_envelopes.message(
-                                    &mut self.deflate,
-                                    e.frames.as_slice(),
-                                    i,
-                                    conn.deflate,
-                                    min,
-                                ),
-                                None => deflated.message(
-                                    &mut self.deflate,
-                                    batch.as_slice(),
-                                    i,
-                                    conn.deflate,
-                                    min,
-                                ),
-                            };
+                match plan::delivery(&view, &batch, sub, own) {
+                    Delivery::Nothing => continue,
+                    Delivery::Whole => {
+                        let corked =
+                            frames.whole(&mut self.deflate, sub.envelope, conn.deflate, min);
+                        if !conn.out.is_empty() {
+                            // Earlier bytes are still queued: these go behind them.
                             conn.out.push(OutChunk {
-                                data,
-                                received: staged.received,
-                                messages: 1,
+                                data: corked.clone(),
+                                received: oldest,
+                                messages,
                             });
-                        }
-                    }
-                    if !conn.out.is_empty() && !conn.queued_for_flush {
-                        conn.queued_for_flush = true;
-                        self.to_flush.push(key);
-                    }
-                } else {
-                    let compressed = match envelopes {
-                        Some(e) => deflated_envelopes.cork(
-                            &mut self.deflate,
-                            e.frames.as_slice(),
-                            conn.deflate,
-                            min,
-                        ),
-                        None => {
-                            deflated.cork(&mut self.deflate, batch.as_slice(), conn.deflate, min)
-                        }
-                    };
-                    let corked = match (&compressed, envelopes) {
-                        (Some(compressed), _) => compressed,
-                        (None, Some(e)) => &e.corked,
-                        (None, None) => &plain,
-                    };
-                    if conn.out.is_empty() {
-                        match write_once(&mut conn.output(), corked) {
-                            Ok(n) if n == corked.len() => {
-                                complete += 1;
-                                self.counters.bytes_out += n as u64;
+                        } else {
+                            match write_once(&mut conn.output(), corked) {
+                                Ok(n) => {
+                                    self.counters.bytes_out += n as u64;
+                                    if n == corked.len() {
+                                        complete += 1;
+                                    } else {
+                                        conn.out.push(OutChunk {
+                                            data: corked.slice(n..),
+                                            received: oldest,
+                                            messages,
+                                        });
+                                    }
+                                }
+                                Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
                             }
-                            Ok(n) => {
-                                self.counters.bytes_out += n as u64;
+                        }
+                    }
+                    Delivery::Part(part) => {
+                        for (i, staged) in batch.iter().enumerate() {
+                            if part.includes(staged) {
+                                let data = frames.message(
+                                    &mut self.deflate,
+                                    sub.envelope,
+                                    i,
+                                    conn.deflate,
+                                    min,
+                                );
                                 conn.out.push(OutChunk {
-                                    data: corked.slice(n..),
-                                    received: oldest,
-                                    messages,
+                                    data,
+                                    received: staged.received,
+                                    messages: 1,
                                 });
                             }
-                            Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
                         }
-                    } else {
-                        conn.out.push(OutChunk {
-                            data: corked.clone(),
-                            received: oldest,
-                            messages,
-                        });
+                        if !conn.out.is_empty() && !conn.queued_for_flush {
+                            conn.queued_for_flush = true;
+                            self.to_flush.push(key);
+                        }
                     }
                 }
                 if conn.out.bytes() > backlog_limit {
@@ -387,6 +358,63 @@ fn write_once(socket: &mut impl Write, data: &[u8]) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The bytes of one topic's batch this turn, in each form a subscriber here may need, each
+/// built at most once (on first use) and shared by every subscriber that needs it: bare
+/// payloads corked, `herald.v1` envelopes (built only if a subscriber here wants them), and
+/// the compressed variants of both (`deflate::BatchFrames`).
+struct TurnFrames<'a> {
+    batch: &'a [Staged],
+    plain: Bytes,
+    envelopes: Option<Envelopes>,
+    deflated: BatchFrames,
+    deflated_envelopes: BatchFrames,
+}
+
+impl<'a> TurnFrames<'a> {
+    fn new(topic: &str, batch: &'a [Staged], envelopes: bool) -> Self {
+        TurnFrames {
+            batch,
+            plain: cork(batch.iter().map(|s| &s.frame)),
+            envelopes: envelopes.then(|| Envelopes::new(topic, batch)),
+            deflated: BatchFrames::default(),
+            deflated_envelopes: BatchFrames::default(),
+        }
+    }
+
+    /// The whole batch, corked, as a subscriber in this format with this agreement gets it.
+    fn whole(
+        &mut self,
+        codec: &mut Codec,
+        envelope: bool,
+        agreement: Agreement,
+        min: usize,
+    ) -> &Bytes {
+        match self.envelopes.as_ref().filter(|_| envelope) {
+            Some(e) => (self.deflated_envelopes)
+                .cork(codec, &e.frames, agreement, min)
+                .unwrap_or(&e.corked),
+            None => (self.deflated)
+                .cork(codec, self.batch, agreement, min)
+                .unwrap_or(&self.plain),
+        }
+    }
+
+    /// Message `i` alone, for a subscriber that gets only part of the batch.
+    fn message(
+        &mut self,
+        codec: &mut Codec,
+        envelope: bool,
+        i: usize,
+        agreement: Agreement,
+        min: usize,
+    ) -> Bytes {
+        match self.envelopes.as_ref().filter(|_| envelope) {
+            Some(e) => (self.deflated_envelopes).message(codec, &e.frames, i, agreement, min),
+            None => self.deflated.message(codec, self.batch, i, agreement, min),
         }
     }
 }

@@ -11,17 +11,41 @@
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::conn::{Feed, Phase, Subscription, V1Feed};
 use super::Worker;
-use crate::bus::{AckTo, BusMsg, JoinRequest};
-use crate::conn::{Feed, Phase, Subscription, V1Feed};
-use crate::fanout::{Subscriber, JOINING};
-use crate::frame;
-use crate::owned::Joined;
-use crate::topic;
-use crate::v1::{self, Refusal, Request, Wanted};
+use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest};
+use crate::feed::fanout::{Subscriber, JOINING};
+use crate::feed::history::Unrecoverable;
+use crate::feed::owned::{owner_of, Joined};
+use crate::proto::frame;
+use crate::proto::topic;
+use crate::proto::v1::{self, Refusal, Request, Wanted};
 
 /// Close code for a non-text message on a `herald.v1` connection (RFC 6455: unsupported data).
 const UNSUPPORTED_DATA: (u16, &str) = (1003, "herald.v1 takes JSON text messages");
+
+/// The one place where the feed's reasons for not starting a stream become `herald.v1` error
+/// codes (the topic state knows nothing of the wire format).
+impl From<Unrecoverable> for Refusal {
+    fn from(why: Unrecoverable) -> Self {
+        match why {
+            Unrecoverable::HistoryGap { since, first } => Refusal::HistoryGap { since, first },
+            Unrecoverable::EpochChanged { epoch, current } => {
+                Refusal::EpochChanged { epoch, current }
+            }
+            Unrecoverable::SinceAhead { since, last } => Refusal::SinceAhead { since, last },
+        }
+    }
+}
+
+impl From<JoinError> for Refusal {
+    fn from(why: JoinError) -> Self {
+        match why {
+            JoinError::Unrecoverable(why) => why.into(),
+            JoinError::Unavailable => Refusal::Unavailable,
+        }
+    }
+}
 
 /// What a `herald.v1` request wants to do with a topic (each needs its own grant).
 #[derive(Clone, Copy)]
@@ -157,7 +181,7 @@ impl Worker {
             request: id,
             start: wanted.start,
         };
-        let owner = topic::owner_of(&request.topic, self.bus.workers());
+        let owner = owner_of(&request.topic, self.bus.workers());
         if owner == me {
             self.on_join(request);
         } else {
@@ -184,7 +208,9 @@ impl Worker {
         let Some(request) = self.join_through_broker(request) else {
             return; // cluster mode: the bridge answers from Redis
         };
-        let result = self.topics.owned.join(&request.topic, &request.start);
+        let result = (self.topics.owned)
+            .join(&request.topic, &request.start)
+            .map_err(JoinError::from);
         let to = request.worker as usize;
         if to == self.bus.me() {
             self.on_joined(request, result);
@@ -195,7 +221,7 @@ impl Worker {
 
     /// Subscriber side: the owner answered. Send `subscribed` and the replay, and let live
     /// messages above the start through; or, refused, drop the subscription and say why.
-    pub(super) fn on_joined(&mut self, request: JoinRequest, result: Result<Joined, Refusal>) {
+    pub(super) fn on_joined(&mut self, request: JoinRequest, result: Result<Joined, JoinError>) {
         let key = request.key;
         if self.conns.get(key).is_none_or(|c| c.id != request.conn) {
             return; // gone meanwhile
@@ -234,6 +260,7 @@ impl Worker {
             Err(refusal) => {
                 let sub = feed.subs.swap_remove(i);
                 self.unsubscribe(&sub.topic, sub.slot);
+                let refusal = Refusal::from(refusal);
                 self.v1_refuse(key, Some(request.request), Some(&topic), &refusal);
             }
         }

@@ -12,9 +12,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::history::{Kept, Ring};
-use crate::topic::TopicName;
-use crate::v1::{Refusal, Start};
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+
+use crate::feed::history::{Kept, Ring, Unrecoverable};
+use crate::proto::topic::{Start, TopicName};
+
+/// The worker that numbers a topic's messages. Every publish of a topic passes through this
+/// one worker, which is what gives every subscriber the same order. The hash is fixed (no
+/// random seed) so every worker computes the same owner.
+pub fn owner_of(name: &str, workers: usize) -> usize {
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+    (hash % workers as u64) as usize
+}
 
 /// Memory charged per kept message beyond its frame bytes (ring slot, eviction-order entry,
 /// the topic's share of the table), so many tiny messages cannot dodge the cap.
@@ -164,7 +173,7 @@ impl Owned {
     /// A subscriber joins `topic` from `start`. Its worker registered interest first (same
     /// channel, so in order), hence every message numbered after this answer reaches it live,
     /// and every message up to `last_seq` it needs is in `replay`: no gap, no duplicate.
-    pub fn join(&mut self, topic: &TopicName, start: &Start) -> Result<Joined, Refusal> {
+    pub fn join(&mut self, topic: &TopicName, start: &Start) -> Result<Joined, Unrecoverable> {
         if !self.topics.contains_key(topic) {
             self.create(topic);
         }
@@ -282,10 +291,16 @@ mod tests {
         let again = o.join(&t, &Start::Now).unwrap();
         assert_ne!(again.epoch, first_epoch);
         let since_old = Start::Since {
-            epoch: first_epoch,
+            epoch: first_epoch.clone(),
             seq: 5,
         };
-        assert_eq!(o.join(&t, &since_old).unwrap_err().code(), "epoch_changed");
+        assert_eq!(
+            o.join(&t, &since_old).unwrap_err(),
+            Unrecoverable::EpochChanged {
+                epoch: first_epoch,
+                current: again.epoch
+            }
+        );
     }
 
     #[test]
@@ -318,5 +333,13 @@ mod tests {
         }
         assert_eq!(o.kept().0, 1);
         assert!(o.order.len() <= 2 + 1024 + 1, "{}", o.order.len());
+    }
+    #[test]
+    fn owner_is_stable_and_in_range() {
+        for w in 1..8 {
+            let o = owner_of("chat", w);
+            assert!(o < w);
+            assert_eq!(o, owner_of("chat", w));
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! The file's keys are the flags' long names (`max-message = 1048576`, `no-echo = true`), so
 //! the README's flag table is also the key reference, and nothing here lists the flags: the
 //! keys come from clap's own description of the command ([`clap::Command::get_arguments`]).
-//! A flag added to [`crate::config::Config`] is a key the moment it exists.
+//! A flag added to [`crate::ops::config::Config`] is a key the moment it exists.
 //!
 //! How: every key becomes the command-line token its flag would be (`--max-message=10`;
 //! `--no-echo` for `true`, nothing for `false`), and clap parses
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches};
 
-/// The id of the flag that names the file (the `config` field of [`crate::config::Config`]).
+/// The id of the flag that names the file (the `config` field of [`crate::ops::config::Config`]).
 pub const CONFIG_ID: &str = "config";
 
 /// One key of the file turned into command-line tokens.
@@ -414,7 +414,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{Config, Switch};
+    use crate::ops::config::{Config, Switch};
 
     fn command() -> Command {
         let mut c = Config::command().args_override_self(true);
@@ -686,7 +686,7 @@ mod tests {
         assert!(try_parse::<Repeats>(["x", "--config", bad.arg()]).is_err());
     }
 
-    const EXAMPLE: &str = include_str!("../herald.example.toml");
+    const EXAMPLE: &str = include_str!("../../herald.example.toml");
 
     /// The example's `# key = value` lines, uncommented.
     fn example_entries() -> Vec<(String, String)> {

@@ -9,9 +9,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::owned::Joined;
-use crate::topic::TopicName;
-use crate::v1::{Refusal, Start};
+use crate::feed::history::Unrecoverable;
+use crate::feed::owned::Joined;
+use crate::proto::topic::{Start, TopicName};
 
 /// Capacity of each worker's inbox, in messages. Large enough to absorb bursts from every
 /// peer for a few loop turns; small enough that a stuck worker holds bounded memory.
@@ -64,6 +64,21 @@ pub struct JoinRequest {
     pub start: Start,
 }
 
+/// Why a join was not answered with a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JoinError {
+    /// The start the client asked for cannot be served (see `history::decide`).
+    Unrecoverable(Unrecoverable),
+    /// Cluster mode: the broker (Redis) could not be asked.
+    Unavailable,
+}
+
+impl From<Unrecoverable> for JoinError {
+    fn from(why: Unrecoverable) -> Self {
+        JoinError::Unrecoverable(why)
+    }
+}
+
 /// What workers tell each other.
 #[derive(Debug)]
 pub enum BusMsg {
@@ -85,7 +100,7 @@ pub enum BusMsg {
     /// why it cannot start there).
     Joined {
         request: JoinRequest,
-        result: Result<Joined, Refusal>,
+        result: Result<Joined, JoinError>,
     },
     /// To a topic's owner: `worker` gained its first (`active`) or lost its last subscriber.
     Interest {
@@ -101,7 +116,7 @@ pub enum BusMsg {
     /// tells its subscribers explicitly instead of leaving a silent hole.
     Gap {
         topic: TopicName,
-        refusal: Refusal,
+        refusal: Unrecoverable,
         forwarded: bool,
     },
     /// Cluster mode, from the broker bridge to a publisher's worker: Redis could not number

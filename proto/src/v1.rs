@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::frame;
-use crate::topic::{self, TopicError};
+use crate::topic::{self, Start, TopicError};
 
 /// The subprotocol name a client offers and the server echoes.
 pub const PROTOCOL: &str = "herald.v1";
@@ -38,17 +38,6 @@ pub enum Request {
 pub struct Wanted {
     pub topic: String,
     pub start: Start,
-}
-
-/// Where a subscription starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// Live messages only, after the topic's current number.
-    Now,
-    /// Recovery: every message after `seq` of `epoch` (the last one the client saw).
-    Since { epoch: String, seq: u64 },
-    /// The last `n` kept messages, then live.
-    Rewind(u64),
 }
 
 /// Why a request (or one topic of it) was not done; `code` is what a client program matches

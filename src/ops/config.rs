@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::log::{LogFormat, LogLevel};
+use crate::ops::log::{LogFormat, LogLevel};
 
 /// Herald's settings. Defaults are chosen for a feed server on the open internet:
 /// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
@@ -39,7 +39,8 @@ pub struct Config {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Serve this directory's files to plain GET requests instead of the embedded demo page.
+    /// Serve this directory's files to plain GET requests instead of the embedded demo page
+    /// (read once at start, at most 64 MiB: workers never wait for a disk).
     #[arg(long = "static", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
 
@@ -182,7 +183,7 @@ impl Config {
     /// Parse from `std::env::args` and the `--config` file (if any), exiting with clap's
     /// message on bad flags or keys; a message about a flag the file set names its key.
     pub fn from_args() -> Self {
-        let (config, origin) = crate::config_file::parse::<Config>();
+        let (config, origin) = crate::ops::config_file::parse::<Config>();
         if let Err(msg) = config.validate() {
             let msg = origin.explain(&msg);
             clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{msg}\n")).exit();
@@ -232,10 +233,10 @@ impl Config {
         if self.max_backlog == 0 {
             return Err("--max-backlog must be at least 1 byte".into());
         }
-        if self.max_topic_len == 0 || self.max_topic_len > crate::topic::MAX_TOPIC_LEN {
+        if self.max_topic_len == 0 || self.max_topic_len > crate::proto::topic::MAX_TOPIC_LEN {
             return Err(format!(
                 "--max-topic-len must be between 1 and {}",
-                crate::topic::MAX_TOPIC_LEN
+                crate::proto::topic::MAX_TOPIC_LEN
             ));
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {

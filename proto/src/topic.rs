@@ -1,6 +1,6 @@
-//! Topic names: what a valid one looks like, and which worker owns (numbers) it.
+//! Topic names (what a valid one looks like) and where a subscription starts in a topic's
+//! numbered stream.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
 /// A topic name, shared by every subscriber and every message of the topic (cloning is a
@@ -19,6 +19,18 @@ pub enum TopicError {
     TooLong,
     #[error("topic may contain only letters, digits and -._~:/")]
     BadChar,
+}
+
+/// Where a subscription starts in a topic's numbered stream: what a `herald.v1` client asks
+/// for, and what the topic's history decides on (`feed::history::decide`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Live messages only, after the topic's current number.
+    Now,
+    /// Recovery: every message after `seq` of `epoch` (the last one the client saw).
+    Since { epoch: String, seq: u64 },
+    /// The last `n` kept messages, then live.
+    Rewind(u64),
 }
 
 /// Turn a request target (`/prices/BTC-USD?x=1`) into a topic name (`prices/BTC-USD`).
@@ -47,14 +59,6 @@ pub fn validate(name: &str) -> Result<(), TopicError> {
     }
 }
 
-/// The worker that numbers a topic's messages. Every publish of a topic passes through this
-/// one worker, which is what gives every subscriber the same order. The hash is fixed (no
-/// random seed) so every worker computes the same owner.
-pub fn owner_of(name: &str, workers: usize) -> usize {
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
-    (hash % workers as u64) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,14 +79,5 @@ mod tests {
             topic_from_target(&format!("/{}", "a".repeat(257))),
             Err(TopicError::TooLong)
         );
-    }
-
-    #[test]
-    fn owner_is_stable_and_in_range() {
-        for w in 1..8 {
-            let o = owner_of("chat", w);
-            assert!(o < w);
-            assert_eq!(o, owner_of("chat", w));
-        }
     }
 }

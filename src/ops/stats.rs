@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::proto::http::{Denied, HttpError};
+
 /// Declares [`Reject`] from one row per reason: variant, metric label, doc. Adding a reason is
 /// adding a row; its counter slot, its `/metrics` line and its label follow from it.
 macro_rules! reasons {
@@ -60,6 +62,31 @@ impl Reject {
     /// The metric label, e.g. `bad_topic`.
     pub fn label(self) -> &'static str {
         Reject::LABELS[self as usize]
+    }
+}
+
+/// The counter slot of an HTTP refusal (`herald_rejected_total{reason=...}`): the exhaustive
+/// match makes a new refusal pick its slot.
+impl From<&HttpError> for Reject {
+    fn from(error: &HttpError) -> Self {
+        match error {
+            HttpError::BadRequest(_) => Reject::BadRequest,
+            HttpError::BadTopic(_) => Reject::BadTopic,
+            HttpError::NotFound => Reject::NotFound,
+            HttpError::MethodNotAllowed => Reject::MethodNotAllowed,
+            HttpError::UpgradeRequired => Reject::UpgradeRequired,
+            HttpError::UnsupportedVersion => Reject::UnsupportedVersion,
+            HttpError::HeadTooLarge => Reject::HeadTooLarge,
+            HttpError::LengthRequired => Reject::LengthRequired,
+            HttpError::BodyTooLarge(_) => Reject::BodyTooLarge,
+            HttpError::Unavailable => Reject::Unavailable,
+            HttpError::ShuttingDown => Reject::Draining,
+            HttpError::Denied(Denied::Forbidden) => Reject::Forbidden,
+            HttpError::Denied(Denied::Origin) => Reject::Origin,
+            HttpError::Denied(_) => Reject::Unauthorized,
+            HttpError::TooManyConns => Reject::TooManyConns,
+            HttpError::TooManyConnsPerIp => Reject::TooManyConnsPerIp,
+        }
     }
 }
 
@@ -326,6 +353,7 @@ pub fn latency_line(h: &Histogram<u64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http::{parse_head, MAX_HEAD};
 
     #[test]
     fn stats_line_shows_per_worker_conns_and_rates() {
@@ -449,5 +477,44 @@ mod tests {
         assert_eq!(b.counts[LATENCY_BUCKETS - 1], 2);
         assert_eq!(b.count(), 6);
         assert_eq!(b.sum_micros, 1 + 50 + 51 + 5_000_000 + 2 * 5_000_001);
+    }
+    fn upgrade(path: &str, extra: &str) -> String {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    }
+
+    #[test]
+    fn refusals_carry_stable_reasons() {
+        let reason = |r: &str| Reject::from(&parse_head(r.as_bytes(), 1024).unwrap_err()).label();
+        assert_eq!(
+            reason(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
+            "bad_topic"
+        );
+        assert_eq!(
+            reason(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
+            "unsupported_version"
+        );
+        assert_eq!(
+            reason("PUT /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            reason("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "length_required"
+        );
+        assert_eq!(
+            reason("POST /chat HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"),
+            "body_too_large"
+        );
+        assert_eq!(reason("GARBAGE\r\n\r\n"), "bad_request");
+        let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(reason(&huge), "head_too_large");
+        assert_eq!(Reject::from(&HttpError::Unavailable).label(), "unavailable");
+        let busy = String::from_utf8(HttpError::ShuttingDown.response()).unwrap();
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
+        assert!(busy.contains("\r\nRetry-After: 1\r\n"), "{busy}");
+        assert_eq!(Reject::from(&HttpError::ShuttingDown).label(), "draining");
     }
 }

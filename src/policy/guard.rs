@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::auth::Grants;
-use crate::http::HttpError;
+use crate::policy::auth::Grants;
+use crate::proto::http::HttpError;
 
 /// Open-WebSocket counts against `--max-conns` and `--max-conns-per-ip`.
 #[derive(Debug, Default)]

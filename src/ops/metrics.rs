@@ -4,10 +4,19 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::{Counters, Reject, LATENCY_BOUNDS_MICROS};
+use crate::ops::stats::{Counters, Reject, LATENCY_BOUNDS_MICROS};
 
 /// The `Content-Type` of the exposition format this module writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// The answer to `GET /metrics`: `body` in the Prometheus text format.
+pub fn response(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// The `le` labels of the latency buckets, in seconds (`LATENCY_BOUNDS_MICROS`, then `+Inf`).
 const LE: [&str; LATENCY_BOUNDS_MICROS.len() + 1] = [
@@ -269,5 +278,14 @@ mod tests {
             );
         }
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn the_response_carries_the_exposition_type() {
+        let metrics = String::from_utf8(response("a 1\n")).unwrap();
+        assert!(metrics.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"));
+        assert!(metrics.ends_with(
+            "\r\nContent-Length: 4\r\nCache-Control: no-store\r\nConnection: close\r\n\r\na 1\n"
+        ));
     }
 }

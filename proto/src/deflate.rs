@@ -31,8 +31,6 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use tungstenite::protocol::frame::coding::OpCode;
 use tungstenite::protocol::frame::FrameHeader;
 
-use crate::fanout::Staged;
-
 /// The extension's registered name.
 pub const EXTENSION: &str = "permessage-deflate";
 
@@ -359,28 +357,15 @@ pub struct BatchFrames {
     corks: [Option<Bytes>; 9],
 }
 
-/// A turn's messages of one topic in one wire format: the staged frames themselves (bare
-/// payloads), or the `herald.v1` envelopes built from them.
-pub trait Frames {
-    fn count(&self) -> usize;
-    fn frame(&self, i: usize) -> &Bytes;
+/// One message of a turn's batch as the compressor reads it: its server frame. Implemented
+/// for the `herald.v1` envelopes (`Bytes`) and, by the feed, for its staged messages.
+pub trait Frame {
+    fn frame(&self) -> &Bytes;
 }
 
-impl Frames for [Staged] {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn frame(&self, i: usize) -> &Bytes {
-        &self[i].frame
-    }
-}
-
-impl Frames for [Bytes] {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn frame(&self, i: usize) -> &Bytes {
-        &self[i]
+impl Frame for Bytes {
+    fn frame(&self) -> &Bytes {
+        self
     }
 }
 
@@ -391,28 +376,27 @@ impl BatchFrames {
     pub fn cork(
         &mut self,
         codec: &mut Codec,
-        batch: &(impl Frames + ?Sized),
+        batch: &[impl Frame],
         agreement: Agreement,
         min: usize,
-    ) -> Option<Bytes> {
+    ) -> Option<&Bytes> {
         if !agreement.is_on() {
             return None;
         }
         let class = agreement.class();
-        if let Some(corked) = &self.corks[class] {
-            return Some(corked.clone());
+        if self.corks[class].is_none() {
+            self.build(codec, batch, min);
+            let corked = if batch.len() == 1 {
+                self.frame(batch, 0, agreement)
+            } else {
+                let parts: Vec<Bytes> = (0..batch.len())
+                    .map(|i| self.frame(batch, i, agreement))
+                    .collect();
+                Bytes::from(parts.concat())
+            };
+            self.corks[class] = Some(corked);
         }
-        self.build(codec, batch, min);
-        let corked = if batch.count() == 1 {
-            self.frame(batch, 0, agreement)
-        } else {
-            let parts: Vec<Bytes> = (0..batch.count())
-                .map(|i| self.frame(batch, i, agreement))
-                .collect();
-            Bytes::from(parts.concat())
-        };
-        self.corks[class] = Some(corked.clone());
-        Some(corked)
+        self.corks[class].as_ref()
     }
 
     /// Message `i` of the batch as this peer gets it (for a subscriber whose own messages
@@ -420,31 +404,31 @@ impl BatchFrames {
     pub fn message(
         &mut self,
         codec: &mut Codec,
-        batch: &(impl Frames + ?Sized),
+        batch: &[impl Frame],
         i: usize,
         agreement: Agreement,
         min: usize,
     ) -> Bytes {
         if !agreement.is_on() {
-            return batch.frame(i).clone();
+            return batch[i].frame().clone();
         }
         self.build(codec, batch, min);
         self.frame(batch, i, agreement)
     }
 
-    fn frame(&self, batch: &(impl Frames + ?Sized), i: usize, agreement: Agreement) -> Bytes {
+    fn frame(&self, batch: &[impl Frame], i: usize, agreement: Agreement) -> Bytes {
         match &self.frames[i] {
             (Some(compressed), len) if agreement.fits_window(*len) => compressed.clone(),
-            _ => batch.frame(i).clone(),
+            _ => batch[i].frame().clone(),
         }
     }
 
-    fn build(&mut self, codec: &mut Codec, batch: &(impl Frames + ?Sized), min: usize) {
+    fn build(&mut self, codec: &mut Codec, batch: &[impl Frame], min: usize) {
         if !self.frames.is_empty() {
             return;
         }
-        self.frames = (0..batch.count())
-            .map(|i| match split_frame(batch.frame(i)) {
+        self.frames = (0..batch.len())
+            .map(|i| match split_frame(batch[i].frame()) {
                 Some((opcode, payload)) if payload.len() >= min => {
                     (codec.compress_frame(opcode, payload), payload.len())
                 }

@@ -9,11 +9,11 @@ use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use rustls::ServerConnection;
 
-use crate::deflate::Agreement;
-use crate::frame::Assembly;
-use crate::guard::Guard;
-use crate::tls;
-use crate::topic::TopicName;
+use crate::policy::guard::Guard;
+use crate::proto::deflate::Agreement;
+use crate::proto::frame::Assembly;
+use crate::proto::topic::TopicName;
+use crate::worker::tls;
 
 /// Where a connection is in its life. Every transition happens in `worker`, one place each.
 #[derive(Debug)]
@@ -33,6 +33,26 @@ pub enum Phase {
     /// FIN sent; reading and discarding until the peer's EOF, so unread bytes don't turn our
     /// close into a reset that could destroy the response we just sent.
     Lingering { since: u32 },
+}
+
+impl Phase {
+    /// The moves the lifecycle allows (docs/architecture.md, "Connection lifecycle"); every
+    /// other move is a bug, caught by [`Conn::enter`] in debug builds.
+    pub fn may_enter(&self, next: &Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, next),
+            // 101 (raw path or herald.v1), an HTTP publish, an answer that ends it.
+            (Handshake { .. }, Open { .. } | AwaitingAck { .. } | Flushing { .. })
+                // The publish's 202: kept alive for the next request, or closing after it.
+                | (AwaitingAck { .. }, Handshake { .. } | Flushing { .. })
+                // Our close (shutdown) waits for the peer's; an error or its close ends it now.
+                | (Open { .. }, Closing { .. } | Flushing { .. })
+                | (Closing { .. }, Flushing { .. })
+                // Our last bytes are out: FIN, then read until the peer's EOF.
+                | (Flushing { .. }, Lingering { .. })
+        )
+    }
 }
 
 /// Why a connection ended: the `reason` (and `code`) of its disconnect log line. The first
@@ -336,6 +356,19 @@ impl Conn {
     }
 
     /// Record why the connection ends, unless an earlier step already did.
+    /// Move to the `next` phase; the one way a phase changes. Returns the phase left (its
+    /// feed tells the caller which topics to leave).
+    pub fn enter(&mut self, next: Phase) -> Phase {
+        debug_assert!(
+            self.phase.may_enter(&next),
+            "connection {}: {:?} may not become {:?}",
+            self.id,
+            self.phase,
+            next
+        );
+        std::mem::replace(&mut self.phase, next)
+    }
+
     pub fn end(&mut self, why: Ending) {
         if self.ending == Ending::Unset {
             self.ending = why;
@@ -387,5 +420,57 @@ impl Conn {
             let _ = tls::flush(tls, &mut self.socket);
         }
         self.socket.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_move_only_as_the_lifecycle_draws_them() {
+        let phase = |name: &str| match name {
+            "handshake" => Phase::Handshake { since: 0 },
+            "open" => Phase::Open {
+                feed: Feed::V1(Box::default()),
+                last_ping: 0,
+            },
+            "ack" => Phase::AwaitingAck {
+                since: 0,
+                keep_alive: true,
+            },
+            "closing" => Phase::Closing { since: 0 },
+            "flushing" => Phase::Flushing { since: 0 },
+            _ => Phase::Lingering { since: 0 },
+        };
+        let allowed = [
+            ("handshake", "open"),
+            ("handshake", "ack"),
+            ("handshake", "flushing"),
+            ("ack", "handshake"),
+            ("ack", "flushing"),
+            ("open", "closing"),
+            ("open", "flushing"),
+            ("closing", "flushing"),
+            ("flushing", "lingering"),
+        ];
+        let all = [
+            "handshake",
+            "open",
+            "ack",
+            "closing",
+            "flushing",
+            "lingering",
+        ];
+        for from in all {
+            for to in all {
+                let expected = allowed.contains(&(from, to));
+                assert_eq!(
+                    phase(from).may_enter(&phase(to)),
+                    expected,
+                    "{from} -> {to}"
+                );
+            }
+        }
     }
 }

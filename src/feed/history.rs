@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::v1::{Refusal, Start};
+use crate::proto::topic::Start;
 
 /// One kept message: its number, its server frame (shared with the live fan-out, not a
 /// copy) and when it was numbered (for `--history-ttl`).
@@ -60,36 +60,101 @@ impl Ring {
     }
 
     /// What a subscriber starting at `start` must be sent before the live stream, given the
-    /// topic's `epoch` and `last` number. Recovery is all or nothing: a client that cannot
-    /// get every message it missed is told so instead of getting a stream with a hole.
-    pub fn replay(&self, start: &Start, epoch: &str, last: u64) -> Result<Vec<Kept>, Refusal> {
-        match start {
-            Start::Now => Ok(Vec::new()),
-            Start::Rewind(n) => {
-                let n = (*n).min(self.entries.len() as u64) as usize;
+    /// topic's `epoch` and `last` number (the decision is [`decide`]'s).
+    pub fn replay(
+        &self,
+        start: &Start,
+        epoch: &str,
+        last: u64,
+    ) -> Result<Vec<Kept>, Unrecoverable> {
+        match decide(start, epoch, last)? {
+            Need::Nothing => Ok(Vec::new()),
+            Need::Last(n) => {
+                let n = n.min(self.entries.len() as u64) as usize;
                 Ok(self
                     .entries
                     .range(self.entries.len() - n..)
                     .cloned()
                     .collect())
             }
-            Start::Since { epoch: theirs, .. } if theirs != epoch => Err(Refusal::EpochChanged {
-                epoch: theirs.clone(),
-                current: epoch.to_owned(),
-            }),
-            Start::Since { seq, .. } if *seq > last => {
-                Err(Refusal::SinceAhead { since: *seq, last })
-            }
-            Start::Since { seq, .. } if *seq == last => Ok(Vec::new()),
-            Start::Since { seq, .. } => {
-                let first = self.entries.front().map_or(last + 1, |k| k.seq);
-                if first > seq + 1 {
-                    return Err(Refusal::HistoryGap { since: *seq, first });
+            Need::Range { from, to } => {
+                // The ring's numbers are consecutive and end at `to`: only its start can be late.
+                let first = self.entries.front().map_or(to + 1, |k| k.seq);
+                if first > from {
+                    return Err(Unrecoverable::HistoryGap {
+                        since: from - 1,
+                        first,
+                    });
                 }
-                let skip = (seq + 1 - first) as usize;
+                let skip = (from - first) as usize;
                 Ok(self.entries.range(skip..).cloned().collect())
             }
         }
+    }
+}
+
+/// Why a subscription cannot start where the client asked. Recovery is all or nothing: a
+/// client that cannot get every message it missed is told so (`worker` turns this into the
+/// `herald.v1` error code) instead of getting a stream with a hole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unrecoverable {
+    /// The messages after `since` are no longer all kept; the oldest kept one is `first`.
+    #[error("history gap: messages after {since} are gone (the oldest kept is {first})")]
+    HistoryGap { since: u64, first: u64 },
+    /// The client's numbers belong to another life of the topic (`epoch`); it is `current` now.
+    #[error("epoch changed from {epoch} to {current}")]
+    EpochChanged { epoch: String, current: String },
+    /// The client claims a message the topic has not numbered yet.
+    #[error("since {since} is ahead of the last message ({last})")]
+    SinceAhead { since: u64, last: u64 },
+}
+
+/// Which kept messages a joining subscriber needs, before looking at what is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// None: live from the topic's current number.
+    Nothing,
+    /// The last `n` kept (`rewind`; fewer if fewer are kept).
+    Last(u64),
+    /// Every message `from..=to`, all of them (`since` recovery).
+    Range { from: u64, to: u64 },
+}
+
+/// The recovery decision, one rule for every store of kept messages (an owner's [`Ring`],
+/// cluster mode's Redis log): what a subscriber starting at `start` needs, given the topic's
+/// `epoch` and `last` number, or why it cannot start there.
+pub fn decide(start: &Start, epoch: &str, last: u64) -> Result<Need, Unrecoverable> {
+    match start {
+        Start::Now => Ok(Need::Nothing),
+        Start::Rewind(n) => Ok(Need::Last(*n)),
+        Start::Since { epoch: theirs, .. } if theirs != epoch => Err(Unrecoverable::EpochChanged {
+            epoch: theirs.clone(),
+            current: epoch.to_owned(),
+        }),
+        Start::Since { seq, .. } if *seq > last => {
+            Err(Unrecoverable::SinceAhead { since: *seq, last })
+        }
+        Start::Since { seq, .. } if *seq == last => Ok(Need::Nothing),
+        Start::Since { seq, .. } => Ok(Need::Range {
+            from: seq + 1,
+            to: last,
+        }),
+    }
+}
+
+/// Whether `seqs` (the numbers read back from a store) are exactly `from..=to`; if not, the
+/// gap a subscriber after `from - 1` must be told of.
+pub fn complete(seqs: &[u64], from: u64, to: u64) -> Result<(), Unrecoverable> {
+    let whole = seqs.len() as u64 == to + 1 - from
+        && seqs.first() == Some(&from)
+        && seqs.windows(2).all(|w| w[1] == w[0] + 1);
+    if whole {
+        Ok(())
+    } else {
+        Err(Unrecoverable::HistoryGap {
+            since: from - 1,
+            first: seqs.first().map_or(to + 1, |&s| s),
+        })
     }
 }
 
@@ -142,22 +207,28 @@ mod tests {
         let r = ring(1..=10, 5);
         assert_eq!(
             r.replay(&since(4), "e", 10).unwrap_err(),
-            Refusal::HistoryGap { since: 4, first: 6 }
+            Unrecoverable::HistoryGap { since: 4, first: 6 }
         );
         assert_eq!(
-            r.replay(&since(4), "f", 10).unwrap_err().code(),
-            "epoch_changed"
+            r.replay(&since(4), "f", 10).unwrap_err(),
+            Unrecoverable::EpochChanged {
+                epoch: "e".into(),
+                current: "f".into()
+            }
         );
         assert_eq!(
-            r.replay(&since(11), "e", 10).unwrap_err().code(),
-            "since_ahead"
+            r.replay(&since(11), "e", 10).unwrap_err(),
+            Unrecoverable::SinceAhead {
+                since: 11,
+                last: 10
+            }
         );
         // Nothing kept (history off, or all expired): only an up-to-date client is served.
         let empty = Ring::default();
         assert!(empty.replay(&since(10), "e", 10).unwrap().is_empty());
         assert_eq!(
             empty.replay(&since(9), "e", 10).unwrap_err(),
-            Refusal::HistoryGap {
+            Unrecoverable::HistoryGap {
                 since: 9,
                 first: 11
             }
@@ -184,5 +255,15 @@ mod tests {
         assert!(r.pop_if_oldest(2).is_none());
         assert_eq!(r.pop_if_oldest(1).map(|k| k.seq), Some(1));
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn a_store_must_hold_every_number_asked_for() {
+        assert_eq!(complete(&[4, 5, 6], 4, 6), Ok(()));
+        let gap = |first| Err(Unrecoverable::HistoryGap { since: 3, first });
+        assert_eq!(complete(&[5, 6], 4, 6), gap(5));
+        assert_eq!(complete(&[4, 6], 4, 6), gap(4));
+        assert_eq!(complete(&[4, 5], 4, 6), gap(4));
+        assert_eq!(complete(&[], 4, 6), gap(7));
     }
 }

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::bus::Origin;
-use crate::owned::Owned;
-use crate::topic::TopicName;
+use crate::feed::bus::Origin;
+use crate::feed::owned::Owned;
+use crate::proto::deflate::Frame;
+use crate::proto::topic::TopicName;
 
 /// A message waiting for the end-of-turn flush.
 #[derive(Debug)]
@@ -18,6 +19,13 @@ pub struct Staged {
     pub frame: Bytes,
     pub received: Instant,
     pub origin: Origin,
+}
+
+/// A staged message as the compressor reads it (bare payloads).
+impl Frame for Staged {
+    fn frame(&self) -> &Bytes {
+        &self.frame
+    }
 }
 
 /// One subscriber of a topic on this worker.
@@ -156,7 +164,7 @@ pub fn cork<'a>(frames: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owned::HistoryLimits;
+    use crate::feed::owned::HistoryLimits;
 
     fn plain(key: u32) -> Subscriber {
         Subscriber {

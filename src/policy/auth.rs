@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::config::Config;
+use crate::ops::config::Config;
+use crate::proto::http::Denied;
 
 /// The claims Herald reads. `exp` is required; `subscribe` and `publish` list the topics
 /// the holder may use: exact names, or a prefix ending in `*` (`prices/*`; `*` is any topic).
@@ -52,23 +53,6 @@ fn pattern_matches(pattern: &str, topic: &str) -> bool {
         Some(prefix) => topic.starts_with(prefix),
         None => pattern == topic,
     }
-}
-
-/// Why a request was not allowed. Each maps to one HTTP status (or `herald.v1` error code).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Denied {
-    #[error("a token is required")]
-    MissingToken,
-    #[error("invalid token: {0}")]
-    BadToken(String),
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token does not grant this topic")]
-    Forbidden,
-    #[error("origin not allowed")]
-    Origin,
-    #[error("a valid publish key is required")]
-    BadPublishKey,
 }
 
 /// The server's access policy, built once from the flags and shared by every worker.

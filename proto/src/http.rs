@@ -3,13 +3,9 @@
 
 use tungstenite::handshake::derive_accept_key;
 
-use crate::auth::Denied;
 use crate::deflate;
-use crate::metrics;
-use crate::stats::Reject;
 use crate::topic::{self, TopicError};
 use crate::v1;
-use crate::web;
 
 /// Largest request head accepted. Browsers send well under 2 KiB; more is abuse (431).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -34,7 +30,8 @@ pub enum Request {
     Ready,
     /// `GET /metrics`: the Prometheus scrape.
     Metrics,
-    /// Any other plain `GET`: the demo page, a static file, or a refusal (see [`page_response`]).
+    /// Any other plain `GET`: the demo page, a static file, or a refusal (the server's pages
+    /// decide).
     Page { target: String },
     /// `POST /<topic>`: publish the `body_len`-byte body that follows the head, as text
     /// (`text/*`, `application/json`) or binary. `keep_alive`: answer and read the next request.
@@ -73,6 +70,24 @@ pub enum Mode {
 pub struct Head {
     pub request: Request,
     pub len: usize,
+}
+
+/// Why a request's credentials were not accepted (decided by the server's access policy).
+/// Each maps to one HTTP status (or `herald.v1` error code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("a token is required")]
+    MissingToken,
+    #[error("invalid token: {0}")]
+    BadToken(String),
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token does not grant this topic")]
+    Forbidden,
+    #[error("origin not allowed")]
+    Origin,
+    #[error("a valid publish key is required")]
+    BadPublishKey,
 }
 
 /// Every way a request is refused, each with its HTTP status. This is the one table that
@@ -129,35 +144,6 @@ impl HttpError {
         }
     }
 
-    /// The refusal's reason for `herald_rejected_total{reason=...}`: the exhaustive match
-    /// makes a new variant pick its counter slot.
-    pub fn rejection(&self) -> Reject {
-        match self {
-            HttpError::BadRequest(_) => Reject::BadRequest,
-            HttpError::BadTopic(_) => Reject::BadTopic,
-            HttpError::NotFound => Reject::NotFound,
-            HttpError::MethodNotAllowed => Reject::MethodNotAllowed,
-            HttpError::UpgradeRequired => Reject::UpgradeRequired,
-            HttpError::UnsupportedVersion => Reject::UnsupportedVersion,
-            HttpError::HeadTooLarge => Reject::HeadTooLarge,
-            HttpError::LengthRequired => Reject::LengthRequired,
-            HttpError::BodyTooLarge(_) => Reject::BodyTooLarge,
-            HttpError::Unavailable => Reject::Unavailable,
-            HttpError::ShuttingDown => Reject::Draining,
-            HttpError::Denied(Denied::Forbidden) => Reject::Forbidden,
-            HttpError::Denied(Denied::Origin) => Reject::Origin,
-            HttpError::Denied(_) => Reject::Unauthorized,
-            HttpError::TooManyConns => Reject::TooManyConns,
-            HttpError::TooManyConnsPerIp => Reject::TooManyConnsPerIp,
-        }
-    }
-
-    /// Stable snake_case label of the refusal (`bad_topic`, `not_found`, …), the same one
-    /// `/metrics` prints, so logs and dashboards name refusals alike.
-    pub fn reason(&self) -> &'static str {
-        self.rejection().label()
-    }
-
     /// Extra headers the RFCs ask for with this status.
     fn extra_headers(&self) -> &'static str {
         match self {
@@ -205,40 +191,6 @@ pub fn ready_response(ready: bool) -> Vec<u8> {
             "Cache-Control: no-store\r\nRetry-After: 1\r\n",
             "draining",
         )
-    }
-}
-
-/// The answer to `GET /metrics`: `body` in the Prometheus text format.
-pub fn metrics_response(body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
-        metrics::CONTENT_TYPE,
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// The answer to a plain `GET` of `target`: the demo page (or a file under `static_dir`);
-/// otherwise 426 for a topic path (it is a WebSocket endpoint) and 404 for anything else.
-pub fn page_response(
-    target: &str,
-    static_dir: Option<&std::path::Path>,
-) -> Result<Vec<u8>, HttpError> {
-    match web::lookup(target, static_dir) {
-        web::Page::Found { content_type, body } => {
-            let mut out = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-                 Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            out.extend_from_slice(&body);
-            Ok(out)
-        }
-        web::Page::NotFound if topic::topic_from_target(target).is_ok() => {
-            Err(HttpError::UpgradeRequired)
-        }
-        web::Page::NotFound => Err(HttpError::NotFound),
     }
 }
 
@@ -529,12 +481,6 @@ mod tests {
             status("POST /a%20b HTTP/1.1\r\nContent-Length: 1\r\n\r\n"),
             400
         );
-        let page = |target: &str| page_response(target, None).map_err(|e| e.status().0);
-        assert_eq!(page("/chat").unwrap_err(), 426);
-        assert_eq!(page("/no%20such").unwrap_err(), 404);
-        assert!(page("/")
-            .unwrap()
-            .starts_with(b"HTTP/1.1 200 OK\r\nContent-Type: text/html"));
         assert_eq!(status("GARBAGE\r\n\r\n"), 400);
         let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status(&huge), 431);
@@ -583,51 +529,5 @@ mod tests {
         assert!(draining.starts_with("HTTP/1.1 503 "), "{draining}");
         assert!(draining.contains("\r\nRetry-After: 1\r\n"), "{draining}");
         assert!(draining.ends_with("\r\n\r\ndraining"), "{draining}");
-        let metrics = String::from_utf8(metrics_response("a 1\n")).unwrap();
-        assert!(metrics.contains("\r\nContent-Type: text/plain; version=0.0.4\r\n"));
-        assert!(metrics.ends_with(
-            "\r\nContent-Length: 4\r\nCache-Control: no-store\r\nConnection: close\r\n\r\na 1\n"
-        ));
-    }
-
-    #[test]
-    fn refusals_carry_stable_reasons() {
-        let reason = |r: &str| parse_head(r.as_bytes(), 1024).unwrap_err().reason();
-        assert_eq!(
-            reason(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
-            "bad_topic"
-        );
-        assert_eq!(
-            reason(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
-            "unsupported_version"
-        );
-        assert_eq!(
-            reason("PUT /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
-            "method_not_allowed"
-        );
-        assert_eq!(
-            reason("POST /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
-            "length_required"
-        );
-        assert_eq!(
-            reason("POST /chat HTTP/1.1\r\nContent-Length: 1025\r\n\r\n"),
-            "body_too_large"
-        );
-        assert_eq!(reason("GARBAGE\r\n\r\n"), "bad_request");
-        let huge = format!("GET /chat HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
-        assert_eq!(reason(&huge), "head_too_large");
-        assert_eq!(
-            page_response("/chat", None).unwrap_err().reason(),
-            "upgrade_required"
-        );
-        assert_eq!(
-            page_response("/no%20such", None).unwrap_err().reason(),
-            "not_found"
-        );
-        assert_eq!(HttpError::Unavailable.reason(), "unavailable");
-        let busy = String::from_utf8(HttpError::ShuttingDown.response()).unwrap();
-        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
-        assert!(busy.contains("\r\nRetry-After: 1\r\n"), "{busy}");
-        assert_eq!(HttpError::ShuttingDown.reason(), "draining");
     }
 }
