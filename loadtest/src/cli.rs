@@ -292,7 +292,8 @@ impl Config {
                 return Err("--v1 works only with --mode fanout".into());
             }
             for t in &targets {
-                crate::v1::check_topic(&t.path).map_err(|e| format!("--v1: {}: {e}", t.url))?;
+                crate::client::v1::check_topic(&t.path)
+                    .map_err(|e| format!("--v1: {}: {e}", t.url))?;
             }
         }
         let cores = match &a.cores {

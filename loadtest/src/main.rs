@@ -8,26 +8,15 @@
 
 mod child;
 mod cli;
+mod client;
 mod clock;
-mod conn;
 mod cpu;
-mod dial;
-mod errkind;
-mod frame;
-mod handshake;
 mod parent;
-mod payload;
+mod pipe;
 mod plan;
-mod report;
 mod schedule;
 mod stats;
 mod target;
-mod tls;
-mod tracker;
-mod transport;
-mod v1;
-mod wire;
-mod worker;
 
 use std::process::ExitCode;
 
@@ -54,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let run = report::Run {
+    let run = parent::report::Run {
         cfg: &cfg,
         plan: &outcome.plan,
         stats: &outcome.stats,
@@ -67,7 +56,7 @@ fn main() -> ExitCode {
         } else {
             &outcome.stats.latency
         };
-        if let Err(e) = std::fs::write(path, report::hgrm(hist)) {
+        if let Err(e) = std::fs::write(path, parent::report::hgrm(hist)) {
             eprintln!("loadtest: error: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }

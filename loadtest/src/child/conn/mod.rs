@@ -4,21 +4,23 @@
 //! trailing frame is kept per connection), so an idle connection costs a few hundred bytes and
 //! a busy one a handful of syscalls per batch of frames.
 
+mod tracker;
+
 use std::io::{self, Read, Write};
 
 use hdrhistogram::Histogram;
 
 use crate::cli::{Config, Filler, Mode};
+use crate::client::errkind::io_kind;
+use crate::client::frame::{self, Head};
+use crate::client::handshake;
+use crate::client::payload;
+use crate::client::transport::Transport;
+use crate::client::v1;
 use crate::clock::now_ns;
-use crate::errkind::io_kind;
-use crate::frame::{self, Head};
-use crate::handshake;
-use crate::payload;
 use crate::schedule::{due_ns, Window};
 use crate::stats::Stats;
-use crate::tracker::{Seen, Tracker};
-use crate::transport::Transport;
-use crate::v1;
+use tracker::{Seen, Tracker};
 
 /// Full-buffer reads per readiness event before yielding to other connections.
 const READ_BUDGET: usize = 32;

@@ -4,6 +4,9 @@
 //! `ready` when every thread finished connecting, and prints the merged final report. A helper
 //! thread reads stdin for the go signal; end of stdin (the parent died) aborts the workers.
 
+mod conn;
+mod event_loop;
+
 use std::io::{BufRead, Write};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -13,11 +16,11 @@ use mio::{Poll, Waker};
 use nix::sys::resource::{getrusage, UsageWho};
 
 use crate::cli::Config;
+use crate::client::tls;
+use crate::pipe::{parse_go, ChildMsg};
 use crate::plan::{self, Plan};
 use crate::stats::{merge_hist, new_histogram, Stats};
-use crate::tls;
-use crate::wire::{parse_go, ChildMsg};
-use crate::worker::{self, Report, Setup, Signal, WAKE};
+use event_loop::{Report, Setup, Signal, WAKE};
 
 /// Writes one protocol line to the parent; a closed pipe means the parent is gone.
 fn send(msg: &ChildMsg) -> bool {
@@ -73,7 +76,7 @@ fn run_workers(cfg: Config, plan: Plan, index: u32) -> Result<(), String> {
         };
         let h = std::thread::Builder::new()
             .name(format!("loadtest-{index}-{local}"))
-            .spawn(move || worker::run(setup))
+            .spawn(move || event_loop::run(setup))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
         handles.push(h);
     }

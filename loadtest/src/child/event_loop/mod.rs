@@ -20,16 +20,16 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use slab::Slab;
 
+use crate::child::conn::{Conn, Ctx, State, Step};
 use crate::cli::{Config, Mode};
+use crate::client::dial::{open_socket, ramp_deadline};
+use crate::client::errkind::io_kind;
+use crate::client::handshake;
+use crate::client::transport::Transport;
 use crate::clock::{now_ns, NS_PER_SEC};
-use crate::conn::{Conn, Ctx, State, Step};
-use crate::dial::{open_socket, ramp_deadline};
-use crate::errkind::io_kind;
-use crate::handshake;
 use crate::plan::Plan;
 use crate::schedule::{connect_due_ns, due_ns, owned_count, PublishCursor, Window};
 use crate::stats::{bump, merge_hist, new_histogram, Stats};
-use crate::transport::Transport;
 
 /// Token of the cross-thread waker (go / abort signals).
 pub const WAKE: Token = Token(usize::MAX - 1);
@@ -398,7 +398,7 @@ impl Worker {
         };
         let (mut req, accept) = handshake::request(target, &path, cfg.deflate);
         if v1 {
-            req = crate::v1::offer(req);
+            req = crate::client::v1::offer(req);
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();

@@ -1,6 +1,8 @@
 //! The parent process: checks the targets, re-executes itself as worker processes, starts
 //! traffic when all are connected, prints progress, and merges the workers' reports.
 
+pub mod report;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -9,14 +11,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::cli::{Config, Mode};
+use crate::client::dial::ramp_deadline;
+use crate::client::handshake::preflight;
 use crate::clock::{now_ns, NS_PER_SEC};
 use crate::cpu::process_cpu_ns;
-use crate::dial::ramp_deadline;
-use crate::handshake::preflight;
+use crate::pipe::ChildMsg;
 use crate::plan::{self, Plan};
-use crate::report::ServerCpu;
 use crate::stats::{merge_hist, new_histogram, Stats};
-use crate::wire::ChildMsg;
+use report::ServerCpu;
 
 /// Delay between the go decision and the first scheduled message, so every worker has heard it.
 const GO_LEAD_NS: u64 = 200_000_000;
@@ -63,7 +65,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     }
     let probe = Duration::from_nanos(cfg.connect_timeout_ns.min(5 * NS_PER_SEC));
     let tls = if cfg.uses_tls() {
-        Some(crate::tls::client_config(cfg.insecure)?)
+        Some(crate::client::tls::client_config(cfg.insecure)?)
     } else {
         None
     };
