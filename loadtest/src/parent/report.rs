@@ -116,14 +116,15 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
     Value::Object(m)
 }
 
-/// Everything the parent knows at the end of a run.
+/// Everything the parent knows at the end of a run: what [`crate::parent::run`] returns and
+/// what the text, JSON and `.hgrm` outputs are made from.
 pub struct Run<'a> {
     /// Parameters.
     pub cfg: &'a Config,
     /// Layout.
-    pub plan: &'a Plan,
-    /// Merged stats of all workers.
-    pub stats: &'a Stats,
+    pub plan: Plan,
+    /// Merged stats of all child processes.
+    pub stats: Stats,
     /// Server CPU, when `--server-pid` was given and readable.
     pub server: Option<ServerCpu>,
     /// Wall time of the whole run, seconds.
@@ -133,7 +134,7 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The `--json` object.
     pub fn json(&self) -> Value {
-        let (cfg, st) = (self.cfg, self.stats);
+        let (cfg, st) = (self.cfg, &self.stats);
         let t = totals(cfg, st);
         let errors: Map<String, Value> = st
             .errors
@@ -191,7 +192,7 @@ impl Run<'_> {
 
     /// The human-readable report.
     pub fn text(&self) -> String {
-        let (cfg, st) = (self.cfg, self.stats);
+        let (cfg, st) = (self.cfg, &self.stats);
         let t = totals(cfg, st);
         let mut s = String::new();
         let what = match cfg.mode {
@@ -399,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn merged_worker_reports_give_whole_run_totals() {
+    fn merged_child_reports_give_whole_run_totals() {
         // Publisher process and two subscriber processes, merged as the parent does.
         let publisher = Stats {
             sent: vec![100],
@@ -433,8 +434,8 @@ mod tests {
         let c = cfg(&[]);
         let run = Run {
             cfg: &c,
-            plan: &plan,
-            stats: &all,
+            plan,
+            stats: all,
             server: None,
             wall_secs: 3.0,
         };
