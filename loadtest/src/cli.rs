@@ -86,7 +86,7 @@ pub struct Args {
     /// latency (tens of µs on a VM) does not delay sends; 0 always sleeps.
     #[arg(long, default_value_t = 50)]
     pub spin_us: u64,
-    /// Worker processes (default: enough to stay under the open-file limit).
+    /// Child processes (default: enough to stay under the open-file limit).
     #[arg(long)]
     pub procs: Option<u32>,
     /// Event-loop threads per process (default: the cores divided among the processes).
@@ -131,7 +131,7 @@ pub struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Internal: run as worker process N of a parent loadtest.
+    /// Internal: run as child process N of a parent loadtest.
     #[arg(long, hide = true, value_name = "N")]
     pub child: Option<u32>,
 }
@@ -193,7 +193,7 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// Suppress progress lines.
     pub quiet: bool,
-    /// Worker index when running as a child process.
+    /// Index of this child process, when running as one (`--child N`).
     pub child: Option<u32>,
 }
 
@@ -292,7 +292,8 @@ impl Config {
                 return Err("--v1 works only with --mode fanout".into());
             }
             for t in &targets {
-                crate::v1::check_topic(&t.path).map_err(|e| format!("--v1: {}: {e}", t.url))?;
+                crate::client::v1::check_topic(&t.path)
+                    .map_err(|e| format!("--v1: {}: {e}", t.url))?;
             }
         }
         let cores = match &a.cores {

@@ -1,7 +1,7 @@
 //! The one clock every process of a run agrees on: `CLOCK_MONOTONIC` in nanoseconds.
 //!
 //! `std::time::Instant` cannot cross a process boundary, but publishers and subscribers live in
-//! different worker processes, so scheduled send times are carried in payloads as raw
+//! different child processes, so scheduled send times are carried in payloads as raw
 //! `CLOCK_MONOTONIC` readings, which are shared by all processes on one machine.
 
 use nix::time::{clock_gettime, ClockId};

@@ -2,32 +2,24 @@
 //! (the URL path is the topic; every message goes to every connection on that path), over
 //! `ws://` or `wss://` (rustls, driven inside the same event loops).
 //!
-//! The parent process plans the run, re-executes itself as worker processes (`--child N`) to get
-//! past the per-process open-file limit, and merges their results; each worker process runs
-//! thread-per-core `mio` event loops. See `--help` for the flags.
+//! The parent process (`parent/`) plans the run, re-executes itself as child processes
+//! (`--child N`, `child/`) to get past the per-process open-file limit, and merges their
+//! results; each child process runs thread-per-core `mio` event loops, whose connections speak
+//! the client side of the protocol (`client/`). The modules at the top are shared leaves:
+//! flags, clock, schedules, the run's layout, stats and the parent/child pipe protocol. See
+//! `--help` for the flags.
 
 mod child;
 mod cli;
+mod client;
 mod clock;
-mod conn;
 mod cpu;
-mod dial;
-mod errkind;
-mod frame;
-mod handshake;
 mod parent;
-mod payload;
+mod pipe;
 mod plan;
-mod report;
 mod schedule;
 mod stats;
 mod target;
-mod tls;
-mod tracker;
-mod transport;
-mod v1;
-mod wire;
-mod worker;
 
 use std::process::ExitCode;
 
@@ -47,27 +39,20 @@ fn main() -> ExitCode {
     if let Some(index) = cfg.child {
         return ExitCode::from(child::run(cfg, index) as u8);
     }
-    let outcome = match parent::run(&cfg) {
-        Ok(o) => o,
+    let run = match parent::run(&cfg) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("loadtest: error: {e}");
             return ExitCode::from(1);
         }
     };
-    let run = report::Run {
-        cfg: &cfg,
-        plan: &outcome.plan,
-        stats: &outcome.stats,
-        server: outcome.server,
-        wall_secs: outcome.wall_secs,
-    };
     if let Some(path) = &cfg.hgrm {
         let hist = if cfg.mode == cli::Mode::Connect {
-            &outcome.stats.connect_latency
+            &run.stats.connect_latency
         } else {
-            &outcome.stats.latency
+            &run.stats.latency
         };
-        if let Err(e) = std::fs::write(path, report::hgrm(hist)) {
+        if let Err(e) = std::fs::write(path, parent::report::hgrm(hist)) {
             eprintln!("loadtest: error: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
         }

@@ -1,4 +1,4 @@
-//! How a run is laid out: worker processes, threads, and loopback source addresses.
+//! How a run is laid out: child processes, event-loop threads, and loopback source addresses.
 //!
 //! Two kernel limits shape a 100k-connection run on one machine: the per-process open-file
 //! limit (each connection is a descriptor) and the ephemeral port range (each connection from
@@ -12,7 +12,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 use crate::cli::Config;
 
-/// Descriptors a worker process needs besides its connections (stdio, epoll, timers, wakers).
+/// Descriptors a child process needs besides its connections (stdio, epoll, timers, wakers).
 pub const FD_RESERVE: u64 = 64;
 /// Extra descriptors per thread (epoll, waker, timer).
 pub const FD_PER_THREAD: u64 = 4;
@@ -31,7 +31,7 @@ pub struct Limits {
 /// The chosen layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// Worker processes.
+    /// Child processes.
     pub procs: u32,
     /// Event-loop threads per process.
     pub threads: u32,
@@ -40,8 +40,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Event loops in the whole run.
-    pub fn workers(&self) -> u64 {
+    /// Event loops in the whole run: connection `g` belongs to loop `g % event_loops()`.
+    pub fn event_loops(&self) -> u64 {
         self.procs as u64 * self.threads as u64
     }
 }

@@ -3,8 +3,12 @@
 //! Message `k` (a global sequence number) is due at `t0 + k / rate` no matter how late earlier
 //! sends were, and it is sent by publisher `k % publishers`; its latency is measured from that
 //! scheduled time, so a stalled publisher shows up in the latency instead of hiding it
-//! (no coordinated omission). Connection `g` belongs to worker `g % workers`.
+//! (no coordinated omission). Connection `g` belongs to event loop `g % loops` of the run.
+//!
+//! Shared by the parent (when to give up waiting for the connect ramp) and the child processes
+//! (when each event loop connects and publishes), so both sides compute the same times.
 
+use crate::cli::Config;
 use crate::clock::NS_PER_SEC;
 
 /// Scheduled send time of message `k` at `rate` messages per second from `t0_ns`.
@@ -51,10 +55,10 @@ impl Window {
     }
 }
 
-/// Walks, in time order, the messages sent by the publishers one worker owns.
+/// Walks, in time order, the messages sent by the publishers one event loop owns.
 ///
-/// Publisher `p` is connection `p`; worker `w` of `workers` owns publishers `w, w + workers, …`
-/// below `publishers`. Its messages are `k = p + publishers * round`, so walking rounds and,
+/// Publisher `p` is connection `p`; event loop `id` of `loops` owns publishers
+/// `id, id + loops, …` below `publishers`. Its messages are `k = p + publishers * round`, so walking rounds and,
 /// within a round, owned publishers in ascending order yields increasing `k`.
 #[derive(Debug, Clone)]
 pub struct PublishCursor {
@@ -68,16 +72,16 @@ pub struct PublishCursor {
 }
 
 impl PublishCursor {
-    /// Cursor for worker `w` of `workers`, with messages below `end` only.
-    pub fn new(w: u64, workers: u64, publishers: u64, end: u64) -> PublishCursor {
-        let owned = if w < publishers {
-            (publishers - w).div_ceil(workers)
+    /// Cursor for event loop `id` of `loops`, with messages below `end` only.
+    pub fn new(id: u64, loops: u64, publishers: u64, end: u64) -> PublishCursor {
+        let owned = if id < publishers {
+            (publishers - id).div_ceil(loops)
         } else {
             0
         };
         PublishCursor {
-            first: w,
-            step: workers,
+            first: id,
+            step: loops,
             owned,
             publishers,
             end,
@@ -106,23 +110,40 @@ impl PublishCursor {
     }
 }
 
-/// Connections owned by worker `w` of `workers` out of `total`: `g = w + workers * m`.
-pub fn owned_count(w: u64, workers: u64, total: u64) -> u64 {
-    if w < total {
-        (total - w).div_ceil(workers)
+/// Connections owned by event loop `id` of `loops` out of `total`: `g = id + loops * m`.
+pub fn owned_count(id: u64, loops: u64, total: u64) -> u64 {
+    if id < total {
+        (total - id).div_ceil(loops)
     } else {
         0
     }
 }
 
-/// Due time of a worker's `i`-th connection attempt when `rate` connections per second are
-/// shared by `workers` workers (rate 0: all at once).
-pub fn connect_due_ns(start_ns: u64, i: u64, rate: u64, workers: u64) -> u64 {
+/// Due time of an event loop's `i`-th connection attempt when `rate` connections per second
+/// are shared by `loops` event loops (rate 0: all at once).
+pub fn connect_due_ns(start_ns: u64, i: u64, rate: u64, loops: u64) -> u64 {
     if rate == 0 {
         start_ns
     } else {
-        start_ns + (i as u128 * workers as u128 * NS_PER_SEC as u128 / rate as u128) as u64
+        start_ns + (i as u128 * loops as u128 * NS_PER_SEC as u128 / rate as u128) as u64
     }
+}
+
+/// Length of the paced connect ramp (`--connections` at `--connect-rate`; 0 when unpaced), the
+/// base of both sides' ramp deadlines.
+pub fn ramp_ns(cfg: &Config) -> u64 {
+    if cfg.connect_rate == 0 {
+        0
+    } else {
+        (cfg.total as u128 * NS_PER_SEC as u128 / cfg.connect_rate as u128) as u64
+    }
+}
+
+/// Latest time an event loop keeps starting connections: the paced ramp with 50% slack plus
+/// time for the last attempts to time out. The parent adds a grace period before it says go
+/// without waiting for every child.
+pub fn ramp_deadline(start: u64, ramp_ns: u64, connect_timeout_ns: u64) -> u64 {
+    start + ramp_ns + ramp_ns / 2 + 2 * connect_timeout_ns + 5 * NS_PER_SEC
 }
 
 #[cfg(test)]
@@ -155,15 +176,15 @@ mod tests {
 
     #[test]
     fn cursors_partition_all_messages_in_order() {
-        for (workers, publishers) in [(1u64, 1u64), (2, 1), (2, 3), (3, 7), (4, 2), (5, 5)] {
+        for (loops, publishers) in [(1u64, 1u64), (2, 1), (2, 3), (3, 7), (4, 2), (5, 5)] {
             let end = 50;
             let mut all = Vec::new();
-            for w in 0..workers {
-                let mut c = PublishCursor::new(w, workers, publishers, end);
+            for id in 0..loops {
+                let mut c = PublishCursor::new(id, loops, publishers, end);
                 let mut last = None;
                 while let Some((k, i)) = c.peek() {
                     assert!(last.is_none_or(|l| k > l), "increasing");
-                    assert_eq!(k % publishers, w + workers * i, "owner of k");
+                    assert_eq!(k % publishers, id + loops * i, "owner of k");
                     last = Some(k);
                     all.push(k);
                     c.advance();
@@ -173,7 +194,7 @@ mod tests {
             assert_eq!(
                 all,
                 (0..end).collect::<Vec<_>>(),
-                "w={workers} p={publishers}"
+                "loops={loops} p={publishers}"
             );
         }
     }
@@ -187,5 +208,11 @@ mod tests {
         assert_eq!(total, 100_000);
         assert_eq!(connect_due_ns(10, 5, 1000, 2), 10 + 10_000_000);
         assert_eq!(connect_due_ns(10, 5, 0, 2), 10);
+    }
+
+    #[test]
+    fn ramp_deadline_allows_slack() {
+        let d = ramp_deadline(0, 10 * NS_PER_SEC, NS_PER_SEC);
+        assert_eq!(d, 15 * NS_PER_SEC + 2 * NS_PER_SEC + 5 * NS_PER_SEC);
     }
 }

@@ -1,6 +1,9 @@
-//! Counters and histograms of one worker, mergeable across threads and processes.
+//! Counters and histograms of one event loop, mergeable across event loops and processes.
 //!
-//! Worker processes send their [`Stats`] to the parent as one text line ([`Stats::encode`]);
+//! This one type carries the results all the way to the report: each event loop fills one, its
+//! child process merges its loops' into one, and the parent merges the children's.
+//!
+//! Child processes send their [`Stats`] to the parent as one text line ([`Stats::encode`]);
 //! histograms travel as their recorded `(value, count)` buckets, which is lossless for HDR
 //! histograms of the same precision.
 
@@ -16,7 +19,7 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("static histogram bounds are valid")
 }
 
-/// Everything one worker measured.
+/// Everything one event loop measured (or, merged, a child process or the whole run).
 #[derive(Debug, Clone)]
 pub struct Stats {
     /// Connection attempts started.
@@ -52,7 +55,7 @@ pub struct Stats {
     pub first_attempt_ns: u64,
     /// Latest completed upgrade (CLOCK_MONOTONIC ns; 0 if none).
     pub last_connected_ns: u64,
-    /// CPU time used by the worker process (user + system), ns.
+    /// CPU time used by the child process (user + system), ns.
     pub cpu_ns: u64,
 }
 
@@ -114,7 +117,8 @@ impl Stats {
         self.errors.values().sum()
     }
 
-    /// Folds another worker's results into this one.
+    /// Folds another event loop's or child's results into this one, exactly: counts add up
+    /// and histograms merge bucket by bucket.
     pub fn merge(&mut self, o: &Stats) {
         self.attempted += o.attempted;
         self.connected += o.connected;
@@ -138,7 +142,7 @@ impl Stats {
         self.cpu_ns += o.cpu_ns;
     }
 
-    /// One-line text form for the worker-to-parent pipe.
+    /// One-line text form for the child-to-parent pipe.
     pub fn encode(&self) -> String {
         let list = |v: &[u64]| {
             if v.is_empty() {

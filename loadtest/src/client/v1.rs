@@ -43,7 +43,7 @@ pub fn check_topic(path: &str) -> Result<(), String> {
 }
 
 /// Adds `Sec-WebSocket-Protocol: herald.v1` to an upgrade request built by
-/// [`crate::handshake::request`].
+/// [`super::handshake::request`].
 pub fn offer(mut request: Vec<u8>) -> Vec<u8> {
     debug_assert!(request.ends_with(b"\r\n\r\n"));
     request.truncate(request.len().saturating_sub(2));
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn a_64_byte_payload_round_trips() {
         let mut p = vec![0u8; 64];
-        crate::payload::encode(&mut p, 12345, 987_654_321, false);
+        crate::client::payload::encode(&mut p, 12345, 987_654_321, false);
         // A reference encoder, independent of the decoder under test.
         let abc = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
@@ -361,7 +361,7 @@ mod tests {
         let msg = format!(r#"{{"type":"message","topic":"bench","seq":1,"data_b64":"{b64}"}}"#);
         let got = payload_of(&msg, "bench").expect("payload");
         assert_eq!(
-            crate::payload::decode(&got, 64, false),
+            crate::client::payload::decode(&got, 64, false),
             Ok((12345, 987_654_321))
         );
     }

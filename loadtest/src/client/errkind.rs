@@ -38,7 +38,7 @@ pub fn io_name(e: &io::Error) -> String {
 /// `stage_name` for an I/O error in `stage` (`connect`, `tls_handshake`, `upgrade` or `io`);
 /// a TLS failure has its own name whatever the stage (`tls_cert`, `tls_handshake`, ...).
 pub fn io_kind(stage: &str, e: &io::Error) -> String {
-    if let Some(kind) = crate::tls::failure_kind(e) {
+    if let Some(kind) = super::tls::failure_kind(e) {
         return kind.to_string();
     }
     format!("{stage}_{}", io_name(e))

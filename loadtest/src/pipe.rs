@@ -1,35 +1,55 @@
-//! The line protocol between the parent and its worker processes.
+//! The line protocol on the stdio pipes between the parent and its child processes.
 //!
-//! Worker → parent (its stdout): `progress OPEN RECEIVED SENT ERRORS HIST` once a second,
+//! Child → parent (its stdout): `progress OPEN RECEIVED SENT ERRORS HIST` once a second,
 //! `ready` when all its connection attempts finished, `report STATS` at the end, or
-//! `fatal MESSAGE`. Parent → worker (its stdin): `go T0` (CLOCK_MONOTONIC ns) to start traffic;
+//! `fatal MESSAGE`. Parent → child (its stdin): `go T0` (CLOCK_MONOTONIC ns) to start traffic;
 //! end of input means abort.
+//!
+//! This is the only thing the two sides share at run time: the parent never sees a child's
+//! event loops, only these lines.
 
 use hdrhistogram::Histogram;
 
-use crate::stats::{decode_hist, encode_hist, Stats};
+use crate::stats::{decode_hist, encode_hist, new_histogram, Stats};
 
-/// A message from a worker process.
+/// Once-a-second gauges and deltas, so the parent can print a live progress line. An event
+/// loop sends one to its child's main thread, which merges them into one per child.
+#[derive(Debug)]
+pub struct Progress {
+    /// Open connections.
+    pub open: u64,
+    /// Messages received since the last one.
+    pub received: u64,
+    /// Messages sent since the last one.
+    pub sent: u64,
+    /// Errors so far.
+    pub errors: u64,
+    /// Latencies recorded since the last one (delivery, or connect in connect mode).
+    pub hist: Histogram<u64>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            open: 0,
+            received: 0,
+            sent: 0,
+            errors: 0,
+            hist: new_histogram(),
+        }
+    }
+}
+
+/// A message from a child process to the parent: one line on the child's stdout.
 #[derive(Debug)]
 pub enum ChildMsg {
-    /// Once-a-second gauges and deltas.
-    Progress {
-        /// Open connections.
-        open: u64,
-        /// Messages received since the last line.
-        received: u64,
-        /// Messages sent since the last line.
-        sent: u64,
-        /// Errors so far.
-        errors: u64,
-        /// Latencies recorded since the last line.
-        hist: Histogram<u64>,
-    },
+    /// Once a second.
+    Progress(Progress),
     /// Connection attempts finished.
     Ready,
     /// Final results.
     Report(Box<Stats>),
-    /// The worker process could not run.
+    /// The child process could not run.
     Fatal(String),
 }
 
@@ -37,13 +57,13 @@ impl ChildMsg {
     /// The line to write (without newline).
     pub fn encode(&self) -> String {
         match self {
-            ChildMsg::Progress {
+            ChildMsg::Progress(Progress {
                 open,
                 received,
                 sent,
                 errors,
                 hist,
-            } => format!(
+            }) => format!(
                 "progress {open} {received} {sent} {errors} {}",
                 encode_hist(hist)
             ),
@@ -69,20 +89,25 @@ impl ChildMsg {
                     f[i].parse::<u64>()
                         .map_err(|_| format!("bad progress line {line:?}"))
                 };
-                Ok(ChildMsg::Progress {
+                Ok(ChildMsg::Progress(Progress {
                     open: n(0)?,
                     received: n(1)?,
                     sent: n(2)?,
                     errors: n(3)?,
                     hist: decode_hist(f[4])?,
-                })
+                }))
             }
-            _ => Err(format!("unexpected line from worker: {line:?}")),
+            _ => Err(format!("unexpected line from a child process: {line:?}")),
         }
     }
 }
 
-/// Parses the parent's `go T0` line.
+/// The parent's `go T0` line (without newline): traffic starts at `t0` (CLOCK_MONOTONIC ns).
+pub fn go_line(t0: u64) -> String {
+    format!("go {t0}")
+}
+
+/// Parses the parent's [`go_line`].
 pub fn parse_go(line: &str) -> Option<u64> {
     line.trim()
         .strip_prefix("go ")?
@@ -95,27 +120,26 @@ pub fn parse_go(line: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::new_histogram;
 
     #[test]
     fn round_trips() {
         let mut h = new_histogram();
         h.saturating_record(12_345);
-        let msg = ChildMsg::Progress {
+        let msg = ChildMsg::Progress(Progress {
             open: 5,
             received: 6,
             sent: 7,
             errors: 8,
             hist: h,
-        };
+        });
         match ChildMsg::decode(&msg.encode()).expect("decodes") {
-            ChildMsg::Progress {
+            ChildMsg::Progress(Progress {
                 open,
                 received,
                 sent,
                 errors,
                 hist,
-            } => {
+            }) => {
                 assert_eq!((open, received, sent, errors), (5, 6, 7, 8));
                 assert_eq!(hist.len(), 1);
             }
@@ -134,6 +158,7 @@ mod tests {
         assert!(ChildMsg::decode("progress 1 2").is_err());
         assert!(ChildMsg::decode("hello").is_err());
         assert_eq!(parse_go("go 123\n"), Some(123));
+        assert_eq!(parse_go(&go_line(77)), Some(77));
         assert_eq!(parse_go("go x"), None);
         assert_eq!(parse_go("stop"), None);
     }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use rustls::ClientConfig;
 
+use super::tls::TlsStream;
 use crate::target::Target;
-use crate::tls::TlsStream;
 
 /// A connection's stream.
 pub enum Transport {

@@ -127,7 +127,7 @@ pub fn preflight(
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
     match tls {
         Some(config) if target.tls => {
-            let mut stream = crate::tls::blocking_handshake(config, &target.host, s)
+            let mut stream = super::tls::blocking_handshake(config, &target.host, s)
                 .map_err(|e| format!("{url}: {e}"))?;
             upgrade(target, &mut stream, timeout)
         }
@@ -165,7 +165,7 @@ fn upgrade<S: Read + Write>(target: &Target, s: &mut S, timeout: Duration) -> Re
             Ok(Some(_)) => {
                 // Close politely: a masked close frame with code 1000.
                 let mut close = Vec::new();
-                crate::frame::push_frame(&mut close, crate::frame::OP_CLOSE, &[3, 232], [9; 4]);
+                super::frame::push_frame(&mut close, super::frame::OP_CLOSE, &[3, 232], [9; 4]);
                 let _ = s.write_all(&close).and_then(|_| s.flush());
                 return Ok(());
             }

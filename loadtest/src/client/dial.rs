@@ -8,14 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::clock::NS_PER_SEC;
-
-/// Latest time a worker keeps starting connections: the paced ramp with 50% slack plus time
-/// for the last attempts to time out.
-pub fn ramp_deadline(start: u64, ramp_ns: u64, connect_timeout_ns: u64) -> u64 {
-    start + ramp_ns + ramp_ns / 2 + 2 * connect_timeout_ns + 5 * NS_PER_SEC
-}
-
 /// A non-blocking socket bound to source address `127.0.0.(1 + src_index)` with the port left
 /// to `connect` (IP_BIND_ADDRESS_NO_PORT), so ports are shared across destinations, and the
 /// connect started.
@@ -51,11 +43,5 @@ mod tests {
         let _s = open_socket(l.local_addr().expect("addr"), 1).expect("socket");
         let (_, peer) = l.accept().expect("accept");
         assert_eq!(peer.ip(), "127.0.0.2".parse::<IpAddr>().expect("ip"));
-    }
-
-    #[test]
-    fn ramp_deadline_allows_slack() {
-        let d = ramp_deadline(0, 10 * NS_PER_SEC, NS_PER_SEC);
-        assert_eq!(d, 15 * NS_PER_SEC + 2 * NS_PER_SEC + 5 * NS_PER_SEC);
     }
 }
