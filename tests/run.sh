@@ -30,6 +30,12 @@ fi
 echo "== Autobahn|Testsuite cases 1-10, 12 and 13 (tests/autobahn/run.sh; about 6 minutes on 2 cores)"
 bash tests/autobahn/run.sh </dev/null
 
+# Debug builds check every connection phase change against the lifecycle table
+# (worker::conn::Phase::may_enter, a debug_assert): run the suites that drive every phase
+# once against a debug build.
+echo "== cargo test (debug build: phase-transition checks on) for the lifecycle suites"
+cargo test --test lifecycle --test http_publish --test protocol --test http_handshake --test security
+
 # Last, so that its result lines close the log.
 echo "== cargo test --workspace --release"
 cargo test --workspace --release

@@ -478,24 +478,19 @@ mod tests {
         assert_eq!(b.count(), 6);
         assert_eq!(b.sum_micros, 1 + 50 + 51 + 5_000_000 + 2 * 5_000_001);
     }
-    fn upgrade(path: &str, extra: &str) -> String {
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
-        )
-    }
 
     #[test]
     fn refusals_carry_stable_reasons() {
         let reason = |r: &str| Reject::from(&parse_head(r.as_bytes(), 1024).unwrap_err()).label();
-        assert_eq!(
-            reason(&upgrade("/bad%20topic", "Sec-WebSocket-Version: 13\r\n")),
-            "bad_topic"
-        );
-        assert_eq!(
-            reason(&upgrade("/chat", "Sec-WebSocket-Version: 8\r\n")),
-            "unsupported_version"
-        );
+        // An upgrade of `path` offering WebSocket version `version`.
+        let upgrade = |path: &str, version: u8| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: {version}\r\n\r\n"
+            )
+        };
+        assert_eq!(reason(&upgrade("/bad%20topic", 13)), "bad_topic");
+        assert_eq!(reason(&upgrade("/chat", 8)), "unsupported_version");
         assert_eq!(
             reason("PUT /chat HTTP/1.1\r\nHost: x\r\n\r\n"),
             "method_not_allowed"
