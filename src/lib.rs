@@ -13,6 +13,7 @@ pub mod conn;
 pub mod deflate;
 pub mod fanout;
 pub mod frame;
+pub mod fuzz;
 pub mod guard;
 pub mod history;
 pub mod http;
