@@ -34,8 +34,10 @@ export AFL_NO_UI=1 AFL_QUIET=1
 found=0
 for t in "${TARGETS[@]}"; do
   rm -rf "${OUT:?}/$t"
-  # -V: stop after SECS; the outer timeout only guards against a stuck fuzzer.
-  timeout $((SECS + 60)) cargo afl fuzz -i "fuzz/corpus/$t" -o "$OUT/$t" -V "$SECS" \
+  # -V: stop after SECS; the outer timeout only guards against a stuck fuzzer. -t 1000: an
+  # input is a hang after 1 s (a run takes µs; the TLS target's handshake well under 1 ms),
+  # generous so that a loaded, shared machine does not report slow runs as hangs.
+  timeout $((SECS + 60)) cargo afl fuzz -t 1000 -i "fuzz/corpus/$t" -o "$OUT/$t" -V "$SECS" \
     "fuzz/target/release/$t" >"$OUT/$t.log" 2>&1 || true
   stats=$OUT/$t/default/fuzzer_stats
   if [ ! -f "$stats" ]; then

@@ -94,6 +94,9 @@ class Churn:
         self.refusals = {}
         self.published = 0
         self.burst_messages = 0
+        self.publish_failures = 0
+        self.refused_publishes = {}
+        self.sequence = 0
         # identity -> (epoch, last seq) or None; the queue hands each to one session at a time.
         self.free = asyncio.Queue()
         for i in range(a.identities):
@@ -189,7 +192,17 @@ class Churn:
             self.failed[kind] += 1
 
     async def publisher(self, stop):
-        """HTTP keep-alive publishes to both topics at --publish-rate; bursts to --topic."""
+        """HTTP keep-alive publishes to both topics at --publish-rate; bursts to --topic.
+        A refused publish (503 when Herald is overloaded: the owner's number did not come in
+        time) closes the connection: count it and reconnect."""
+        while not stop.is_set():
+            try:
+                await self.publish_loop(stop)
+            except (OSError, asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
+                self.publish_failures += 1
+                await asyncio.sleep(0.1)
+
+    async def publish_loop(self, stop):
         r, w = await asyncio.open_connection(self.a.host, self.a.port)
         body = b"x" * 200
         next_burst = time.monotonic() + self.a.burst_every
@@ -204,11 +217,14 @@ class Churn:
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
             await r.readexactly(length)
             if not head.startswith(b"HTTP/1.1 202"):
-                self.error(f"publish: {head[:40]!r}")
+                self.refused_publishes[head[9:12].decode(errors="replace")] = (
+                    self.refused_publishes.get(head[9:12].decode(errors="replace"), 0) + 1)
+                raise ConnectionError("publish refused")
         start = time.monotonic()
         while not stop.is_set():
             n += 1
-            await post(self.a.v1_topic, b"%d" % n)
+            self.sequence += 1
+            await post(self.a.v1_topic, b"%d" % self.sequence)
             await post(self.a.topic, body)
             self.published += 2
             if time.monotonic() >= next_burst:
@@ -238,7 +254,10 @@ class Churn:
             if delay > 0:
                 await asyncio.sleep(delay)
         stop.set()
-        await pub
+        try:
+            await asyncio.wait_for(pub, 30)
+        except asyncio.TimeoutError:
+            self.error("publisher did not stop within 30 s")
         if tasks:
             await asyncio.wait(tasks, timeout=15)
         return {
@@ -251,6 +270,8 @@ class Churn:
             "exact_resubscribes": self.exact,
             "refusals": self.refusals,
             "http_published": self.published,
+            "publish_connection_failures": self.publish_failures,
+            "refused_publishes_by_status": self.refused_publishes,
             "burst_messages": self.burst_messages,
             "errors": self.errors,
         }
