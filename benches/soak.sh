@@ -37,7 +37,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 
 # --socket-send-buffer: a stalled client pins at most ~128 KiB of kernel memory, so the minute's
 # burst pushes the never-readers over --max-backlog (slow closes, then aborts) within seconds.
-"$HERALD" --listen "127.0.0.1:$PORT" --threads 2 --history 1000 --max-backlog 262144 \
+"$HERALD" --listen "127.0.0.1:$PORT" --threads 2 --history 1000 --max-message 65536 --max-backlog 262144 \
   --socket-send-buffer "${SNDBUF:-65536}" \
   --stats-interval "${SAMPLE_EVERY}s" >"$OUT/herald.log" 2>"$OUT/herald.err" &
 HERALD_PID=$!
