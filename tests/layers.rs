@@ -96,7 +96,7 @@ fn imports(code: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
 fn layer_of(module: &str) -> &str {
     let top = module.split("::").next().unwrap_or(module);
     match top {
-        "lib" | "main" | "server" => "server",
+        "lib" | "main" | "server" | "fuzz" => "server",
         other => other,
     }
 }

@@ -212,6 +212,7 @@ fn metrics_match_the_traffic() {
         "herald_bytes_in_total",
         "herald_bytes_out_total",
         "herald_slow_consumer_closes_total",
+        "herald_aborted_connections_total",
         "herald_full_drops_total",
         "herald_rejected_total",
         "herald_auth_failures_total",

@@ -126,6 +126,18 @@ pub struct Config {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// How long a closing connection may take to deliver its last bytes (close frame, HTTP
+    /// response) and see the peer's close. Past it, a connection whose bytes are still
+    /// unsent, or a slow consumer, is aborted with a reset so the kernel frees its buffers.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub close_grace: Duration,
+
+    /// SO_SNDBUF for accepted sockets, bytes (0: the kernel's autotuning, up to
+    /// `net.ipv4.tcp_wmem`'s max). Caps the kernel memory a stalled client can pin, at the
+    /// cost of throughput to distant clients (docs/benchmarks.md).
+    #[arg(long, default_value_t = 0, value_name = "BYTES")]
+    pub socket_send_buffer: usize,
+
     /// Most topics one `herald.v1` connection may subscribe to at once.
     #[arg(long, default_value_t = 1000)]
     pub max_topics_per_conn: usize,

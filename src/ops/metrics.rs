@@ -39,7 +39,7 @@ pub fn render(workers: &[Counters]) -> String {
         let _ = writeln!(out, "herald_connections{{worker=\"{i}\"}} {}", c.open);
     }
 
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "herald_accepted_total",
             "Connections accepted.",
@@ -69,6 +69,11 @@ pub fn render(workers: &[Counters]) -> String {
             "herald_slow_consumer_closes_total",
             "Subscribers closed with 1008 for exceeding --max-backlog.",
             total.slow_closes,
+        ),
+        (
+            "herald_aborted_connections_total",
+            "Connections reset because their last bytes were not delivered within --close-grace, or they were slow consumers.",
+            total.aborts,
         ),
         (
             "herald_full_drops_total",

@@ -165,6 +165,9 @@ pub struct Counters {
     pub bytes_out: u64,
     /// Subscribers closed for exceeding `--max-backlog`.
     pub slow_closes: u64,
+    /// Connections reset (`SO_LINGER` 0) because their last bytes were not delivered within
+    /// `--close-grace`, or they were slow consumers: the kernel frees their buffers at once.
+    pub aborts: u64,
     /// Publications dropped because a worker's inbox and outbox were full.
     pub full_drops: u64,
     /// Handshakes refused with an HTTP error or timed out, by reason.
@@ -188,7 +191,7 @@ pub struct Counters {
 }
 
 /// Scalar fields of [`Counters`].
-const SCALARS: usize = 15;
+const SCALARS: usize = 16;
 /// Every `u64` of [`Counters`]: scalars, rejections by reason, latency buckets and sum.
 const SLOTS: usize = SCALARS + Reject::COUNT + LATENCY_BUCKETS + 1;
 
@@ -210,6 +213,7 @@ impl Counters {
             self.v1_refusals,
             self.history_msgs,
             self.history_bytes,
+            self.aborts,
         ];
         let mut a = [0u64; SLOTS];
         let (head, rest) = a.split_at_mut(SCALARS);
@@ -250,6 +254,7 @@ impl Counters {
             c.v1_refusals,
             c.history_msgs,
             c.history_bytes,
+            c.aborts,
         ] = std::array::from_fn(|i| head[i]);
         c
     }
@@ -308,11 +313,12 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
     }
     let _ = write!(
         line,
-        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} full_drops={} rejected={} fd_pauses={} history_msgs={} history_bytes={} replayed={} v1_refusals={} auth_failures={} rate_limited={}",
+        ") msgs_in/s={} frames_out/s={} bytes_out/s={} slow_closes={} aborts={} full_drops={} rejected={} fd_pauses={} history_msgs={} history_bytes={} replayed={} v1_refusals={} auth_failures={} rate_limited={}",
         rate(p.msgs_in, n.msgs_in),
         rate(p.frames_out, n.frames_out),
         rate(p.bytes_out, n.bytes_out),
         n.slow_closes,
+        n.aborts,
         n.full_drops,
         n.rejected.total(),
         n.fd_pauses,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{access, Worker, CLOSE_GRACE};
+use super::{access, Worker};
 use crate::proto::frame;
 use crate::proto::http::HttpError;
 use crate::worker::conn::{Ending, Feed, Phase};
@@ -73,6 +73,8 @@ impl Serving {
 /// What the sweep decided for one connection.
 enum Expired {
     HangUp,
+    /// Past the close grace with bytes still owed (or a slow consumer): reset, don't close.
+    Abort,
     /// The handshake deadline passed (counted as a rejected handshake).
     HandshakeTimeout,
     Ping,
@@ -104,6 +106,20 @@ impl Worker {
             self.leave_feed(feed);
         }
         self.release_guard(conn.guard.as_deref());
+    }
+
+    /// Drop the connection with a reset (`SO_LINGER` 0) instead of a FIN: the kernel frees
+    /// its send buffer at once rather than keeping an orphaned socket that retransmits into
+    /// a zero window for minutes. For peers that will not take their last bytes.
+    pub(super) fn abort(&mut self, key: usize, why: Ending) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.end(why);
+        // Best effort: if it fails, the close below is an ordinary one.
+        let _ = socket2::SockRef::from(&conn.socket).set_linger(Some(std::time::Duration::ZERO));
+        self.counters.aborts += 1;
+        self.hang_up(key);
     }
 
     /// Drop the connection now, for this reason (unless an earlier one was recorded).
@@ -201,7 +217,7 @@ impl Worker {
         let now = self.tick;
         let handshake = Self::ticks(self.config.handshake_timeout);
         let ping = Self::ticks(self.config.ping_interval);
-        let grace = Self::ticks(CLOSE_GRACE);
+        let grace = Self::ticks(self.config.close_grace);
         let mut expired = Vec::new();
         for (key, conn) in self.conns.iter() {
             let verdict = match conn.phase {
@@ -213,7 +229,9 @@ impl Worker {
                 }
                 Phase::Open { last_ping, .. } => {
                     let silent = now.saturating_sub(conn.last_heard);
-                    if silent >= 2 * ping {
+                    if silent >= 2 * ping && conn.output_pending() {
+                        Some(Expired::Abort)
+                    } else if silent >= 2 * ping {
                         Some(Expired::HangUp)
                     } else if silent >= ping && now.saturating_sub(last_ping) >= ping {
                         Some(Expired::Ping)
@@ -226,7 +244,13 @@ impl Worker {
                 | Phase::Lingering { since }
                     if now.saturating_sub(since) >= grace =>
                 {
-                    Some(Expired::HangUp)
+                    // Bytes still queued here, or a slow consumer (whose kernel buffer was
+                    // full when it was closed): a FIN would leave them pinned in the kernel.
+                    if conn.output_pending() || conn.ending == Ending::SlowConsumer {
+                        Some(Expired::Abort)
+                    } else {
+                        Some(Expired::HangUp)
+                    }
                 }
                 _ => None,
             };
@@ -242,6 +266,7 @@ impl Worker {
         for (key, verdict) in expired {
             match verdict {
                 Expired::HangUp => self.hang_up_for(key, Ending::Timeout),
+                Expired::Abort => self.abort(key, Ending::Timeout),
                 Expired::HandshakeTimeout => {
                     self.counters
                         .rejected

@@ -57,9 +57,6 @@ pub struct Listener {
 /// connections cost well under 1% of a core at this rate.
 const TICK: Duration = Duration::from_millis(250);
 
-/// How long a closing connection may take to finish its close handshake or flush.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
 /// Back-off when the process is out of file descriptors: accepting again sooner would only
 /// spin on `EMFILE`; existing connections are served meanwhile.
 const FD_BACKOFF: Duration = Duration::from_millis(100);
@@ -354,6 +351,11 @@ impl Worker {
     ) {
         // Herald coalesces its own writes per turn; Nagle would only add delay on top.
         let _ = socket.set_nodelay(true);
+        if self.config.socket_send_buffer > 0 {
+            // Caps what a stalled client can pin in the kernel (best effort, like nodelay).
+            let _ = socket2::SockRef::from(&socket)
+                .set_send_buffer_size(self.config.socket_send_buffer);
+        }
         let session = match tls.as_ref().map(tls::new_session).transpose() {
             Ok(session) => session,
             Err(e) => {

@@ -1,0 +1,274 @@
+//! Entry points for coverage-guided fuzzing (`fuzz/`, `benches/fuzz.sh`) and for the
+//! regression tests that replay what the fuzzer found (`tests/fuzz_regressions.rs`).
+//!
+//! Each function takes arbitrary bytes, drives one of the parsers a peer controls, and
+//! panics only when an invariant breaks: a parser may refuse any input, but it must not
+//! panic, loop, over-read, or hand the rest of Herald something malformed. Kept in the
+//! library so the fuzz targets and the tests run exactly the same code.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+use crate::proto::deflate::Codec;
+use crate::proto::frame::{self, Event};
+use crate::proto::http::{self, Request};
+
+/// The message size limit the targets run with: small, so that the "too large" paths are
+/// reached by inputs of a few kilobytes.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Frame decoding as a connection does it: decode the whole input, feeding the unconsumed
+/// rest again as if more bytes had arrived, until an error, a close, or no progress.
+/// With `deflate`, messages with RSV1 are inflated (permessage-deflate negotiated).
+pub fn frames(data: &[u8], deflate: bool) {
+    let mut codec = Codec::default();
+    let mut buf = data.to_vec();
+    let mut asm = frame::Assembly::default();
+    let mut events = Vec::new();
+    let mut pos = 0;
+    // The input arrives in two reads, split where its first byte says, so that frames cut
+    // across reads (the carried-over tail) are exercised too.
+    let split = data.first().map_or(0, |&b| usize::from(b)).min(buf.len());
+    let mut limit = split;
+    loop {
+        let inflater = if deflate { Some(&mut codec) } else { None };
+        let result = frame::decode_with(
+            &mut buf[pos..limit],
+            &mut asm,
+            MAX_MESSAGE,
+            inflater,
+            &mut events,
+        );
+        let used = match result {
+            Ok(used) => used,
+            Err(e) => {
+                // Every refusal has a close code of its own and a reason that fits a frame.
+                assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
+                assert!(e.reason().len() <= 123);
+                break;
+            }
+        };
+        assert!(used <= limit - pos, "consumed more than it was given");
+        pos += used;
+        let closed = events.iter().any(|e| matches!(e, Event::Close(_)));
+        check_events(&events);
+        events.clear();
+        if closed {
+            break;
+        }
+        if used == 0 {
+            if limit == buf.len() {
+                break;
+            }
+            limit = buf.len(); // the second read
+        }
+    }
+}
+
+/// What the decoder hands on must be well-formed server frames: unmasked, final, and a
+/// message's payload within the limit (inflated ones included).
+fn check_events(events: &[Event]) {
+    for event in events {
+        let bytes = match event {
+            Event::Message(b) | Event::Ping(b) | Event::Close(b) => b,
+        };
+        let mut copy = bytes.to_vec();
+        let mut asm = frame::Assembly::default();
+        let mut again = Vec::new();
+        // A server frame is unmasked, which a server-side decoder refuses: check the header
+        // by hand instead (FIN set, no mask bit), then the payload length against the limit.
+        assert!(copy.len() >= 2, "frame shorter than a header");
+        assert_eq!(copy[0] & 0x80, 0x80, "a frame handed on without FIN");
+        assert_eq!(copy[1] & 0x80, 0, "a server frame must not be masked");
+        if let Event::Message(_) = event {
+            let (_, payload) = frame::payload_of(bytes);
+            assert!(payload.len() <= MAX_MESSAGE, "message over the limit");
+        }
+        // Masking it (all-zero key) must make it acceptable to the decoder again.
+        copy[1] |= 0x80;
+        let header_len = header_len(&copy);
+        copy.splice(header_len..header_len, [0u8; 4]);
+        let used = frame::decode(&mut copy, &mut asm, MAX_MESSAGE, &mut again)
+            .expect("a frame Herald produced is one it accepts");
+        assert_eq!(used, copy.len(), "a produced frame decodes whole");
+    }
+}
+
+/// Length of an unmasked frame header (2, 4 or 10 bytes).
+fn header_len(frame: &[u8]) -> usize {
+    match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    }
+}
+
+/// The HTTP request head parser, on every prefix boundary a read could end at: incomplete
+/// input must stay incomplete or become an answer, and a complete head must not claim more
+/// bytes than it was given.
+pub fn http_head(data: &[u8]) {
+    match http::parse_head(data, MAX_MESSAGE) {
+        Ok(Some(head)) => {
+            assert!(head.len <= data.len(), "head longer than the input");
+            if let Request::Publish { body_len, .. } = head.request {
+                assert!(body_len <= MAX_MESSAGE, "publish body over the limit");
+            }
+            // The same head alone parses the same way.
+            let again = http::parse_head(&data[..head.len], MAX_MESSAGE);
+            assert_eq!(again, Ok(Some(head)), "a head parses differently alone");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            // Every refusal is a well-formed response with a status.
+            let response = e.response();
+            assert!(response.starts_with(b"HTTP/1.1 "));
+        }
+    }
+}
+
+/// `herald.v1` control message decoding: any bytes, refused with an error code or decoded.
+pub fn v1_request(data: &[u8]) {
+    if let Err((_, refusal)) = crate::proto::v1::decode(data) {
+        assert!(!refusal.code().is_empty());
+    }
+}
+
+/// A TLS server session and a client session already through their handshake, in memory.
+pub struct TlsPair {
+    server_config: Arc<ServerConfig>,
+    client_config: Arc<ClientConfig>,
+}
+
+impl TlsPair {
+    /// The server configuration Herald would load from this certificate and key, and a
+    /// client that trusts the certificate (self-signed, for `localhost`).
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<TlsPair, String> {
+        let server_config =
+            crate::worker::tls::load_config(cert_path, key_path).map_err(|e| e.to_string())?;
+        let cert = CertificateDer::from_pem_file(cert_path).map_err(|e| e.to_string())?;
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).map_err(|e| e.to_string())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsPair {
+            server_config,
+            client_config: Arc::new(client_config),
+        })
+    }
+}
+
+/// The `wss://` input path of one connection, driven by arbitrary bytes. The first byte
+/// chooses how they arrive:
+/// - even: as raw bytes on the socket (ClientHello parsing, records, alerts);
+/// - odd: as application data from a real client after a complete handshake, so the
+///   plaintext reaches the HTTP head parser and then the frame decoder (with
+///   permessage-deflate when the second bit is set), as on a real connection.
+pub fn tls_websocket(pair: &TlsPair, data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(mut server) = crate::worker::tls::new_session(&pair.server_config) else {
+        return;
+    };
+    if mode & 1 == 0 {
+        let plain = server_input(&mut server, rest);
+        connection_input(&plain, mode & 2 != 0);
+        return;
+    }
+    let Ok(mut client) = ClientConnection::new(
+        pair.client_config.clone(),
+        "localhost".try_into().expect("a valid name"),
+    ) else {
+        return;
+    };
+    // Handshake in memory: a few round trips of records between the two sessions.
+    for _ in 0..8 {
+        if !client.is_handshaking() && !server.is_handshaking() {
+            break;
+        }
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            if client.write_tls(&mut wire).is_err() {
+                return;
+            }
+        }
+        let _ = server_input(&mut server, &wire);
+        let mut back = Vec::new();
+        while server.wants_write() {
+            if server.write_tls(&mut back).is_err() {
+                return;
+            }
+        }
+        let mut slice = &back[..];
+        while !slice.is_empty() {
+            match client.read_tls(&mut slice) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if client.process_new_packets().is_err() {
+                return;
+            }
+        }
+    }
+    assert!(
+        !server.is_handshaking(),
+        "an in-memory handshake with a trusting client must complete"
+    );
+    if client.writer().write_all(rest).is_err() {
+        return;
+    }
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        if client.write_tls(&mut wire).is_err() {
+            return;
+        }
+    }
+    let plain = server_input(&mut server, &wire);
+    assert_eq!(plain, rest, "the server decrypts what the client sent");
+    connection_input(&plain, mode & 2 != 0);
+}
+
+/// Feed ciphertext to the server session the way `tls::read` does (in socket-sized reads),
+/// and return the plaintext it yields before it stops (error, close, or input used up).
+fn server_input(server: &mut ServerConnection, mut wire: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !wire.is_empty() {
+        match server.read_tls(&mut wire) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => break, // rustls's buffer is full: a real connection stops reading too
+        }
+        if server.process_new_packets().is_err() {
+            break;
+        }
+        loop {
+            match server.reader().read(&mut buf) {
+                Ok(0) => return plain,
+                Ok(n) => plain.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return plain,
+            }
+        }
+    }
+    plain
+}
+
+/// One connection's plaintext: a request head, and after an upgrade, frames.
+fn connection_input(plain: &[u8], deflate: bool) {
+    http_head(plain);
+    if let Ok(Some(head)) = http::parse_head(plain, MAX_MESSAGE) {
+        if let Request::Upgrade { .. } = head.request {
+            frames(&plain[head.len..], deflate);
+        }
+    }
+}
