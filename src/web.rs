@@ -13,6 +13,14 @@ use std::path::{Component, Path, PathBuf};
 /// The embedded demo page, so `GET /` works with no files next to the binary.
 pub const INDEX_HTML: &str = include_str!("web/index.html");
 
+/// The `herald-client` library (clients/js), served at `GET /herald-client.js` whatever
+/// `--static` says, so any page can `import { Herald } from '/herald-client.js'` with no build
+/// step and always gets the client that matches this server.
+pub const CLIENT_JS: &str = include_str!("../clients/js/src/herald-client.js");
+
+/// Content type of JavaScript modules (the client library and `.js`/`.mjs` files).
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
 /// Largest static file served. Bigger files are answered as [`Page::NotFound`]: the whole body
 /// is held in memory, and a fan-out server is no file host.
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
@@ -35,11 +43,18 @@ pub enum Page {
 
 /// Serve `target` (request target, may have a query string) either from the embedded page
 /// (`/` and `/index.html` only, when `static_dir` is None) or from files under `static_dir`.
+/// `/herald-client.js` is always the embedded client library.
 ///
 /// Under `static_dir`, a path ending in `/` means its `index.html`; names starting with `.`
 /// (hidden files, `..`) are never served.
 pub fn lookup(target: &str, static_dir: Option<&Path>) -> Page {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path == "/herald-client.js" {
+        return Page::Found {
+            content_type: JAVASCRIPT,
+            body: CLIENT_JS.as_bytes().to_vec(),
+        };
+    }
     match static_dir {
         None if path == "/" || path == "/index.html" => Page::Found {
             content_type: HTML,
@@ -135,7 +150,7 @@ fn content_type(path: &Path) -> &'static str {
     match ext.as_str() {
         "html" | "htm" => HTML,
         "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "js" | "mjs" => JAVASCRIPT,
         "json" | "map" => "application/json; charset=utf-8",
         "txt" => "text/plain; charset=utf-8",
         "svg" => "image/svg+xml; charset=utf-8",
@@ -207,6 +222,20 @@ mod tests {
     }
 
     #[test]
+    fn the_client_library_is_served_with_or_without_static_dir() {
+        let dir = TempDir::new("client");
+        dir.write("herald-client.js", b"// not the library");
+        for static_dir in [None, Some(dir.0.as_path())] {
+            for target in ["/herald-client.js", "/herald-client.js?v=1"] {
+                let (ty, body) = found(lookup(target, static_dir));
+                assert_eq!(ty, "text/javascript; charset=utf-8", "{target}");
+                assert_eq!(body, CLIENT_JS.as_bytes(), "{target}");
+            }
+        }
+        assert_eq!(lookup("/herald-client.jsx", None), Page::NotFound);
+    }
+
+    #[test]
     fn embedded_page_has_the_ids_tests_rely_on() {
         for id in [
             "topic",
@@ -222,7 +251,8 @@ mod tests {
         ] {
             assert!(INDEX_HTML.contains(&format!("id=\"{id}\"")), "#{id}");
         }
-        assert!(INDEX_HTML.contains("binaryType = \"arraybuffer\""));
+        // The page uses the client library the server serves itself.
+        assert!(INDEX_HTML.contains("from \"/herald-client.js\""));
         assert!(!INDEX_HTML.contains("http://") && !INDEX_HTML.contains("https://"));
     }
 
