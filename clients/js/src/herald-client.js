@@ -107,6 +107,7 @@ export class Herald {
     this._queue = []; // publishes not yet written: {frame, resolve, reject}
     this._listeners = new Map(); // event -> Set<fn>
     this._timers = new Set();
+    this._drains = new Set(); // rejecters of drained() promises still waiting
     this._stableTimer = null;
     this._flushTimer = null;
     // Start after the caller's synchronous code, so listeners added right after
@@ -197,11 +198,17 @@ export class Herald {
    */
   drained(threshold = 0) {
     return new Promise((resolve, reject) => {
+      if (this._state === "closed") return reject(new HeraldError("closed", "the client is closed"));
       const check = () => {
-        if (this._state === "closed") return reject(new HeraldError("closed", "the client is closed"));
-        if (this.bufferedAmount <= threshold) return resolve();
-        this._later(check, 10);
+        if (this.bufferedAmount > threshold) {
+          this._later(check, 10);
+          return;
+        }
+        this._drains.delete(fail);
+        resolve();
       };
+      const fail = (err) => reject(err);
+      this._drains.add(fail);
       check();
     });
   }
@@ -364,6 +371,8 @@ export class Herald {
     this._queue = [];
     for (const p of this._pending.values()) p.reject(err);
     this._pending.clear();
+    for (const fail of this._drains) fail(err);
+    this._drains.clear();
     if (this._ws) {
       detach(this._ws);
       try {

@@ -162,3 +162,23 @@ test("reconnect with since after a dropped connection: every message exactly onc
   assert.deepEqual(rec.gaps, []);
   assert.ok(h.events.filter((e) => e.e === "reconnecting").length >= 6, "it reconnected after every cut");
 });
+
+test("backpressure: over highWaterMark publishes wait in the queue (counted in bufferedAmount), drained() resolves, order kept", async (t) => {
+  const server = await startHerald(["--history", "1000", "--max-message", "262144"]);
+  const h = client(server.url, { highWaterMark: 64 * 1024, queueSize: 500 });
+  t.after(() => h.close());
+  const rec = record(h, "bp");
+  await waitFor(() => rec.subscribed.length === 1, "subscribed");
+  const big = "x".repeat(100 * 1024);
+  const seqs = [];
+  for (let i = 0; i < 200; i++) seqs.push(h.publish("bp", `${i + 1}:${big}`));
+  assert.ok(h.bufferedAmount > 64 * 1024, `bufferedAmount counts what waits: ${h.bufferedAmount}`);
+  await withTimeout(h.drained(), 20000, "drained()");
+  assert.equal(h.bufferedAmount, 0);
+  assert.deepEqual(await Promise.all(seqs), range(200).map(Number));
+  await waitFor(() => rec.got.length === 200, "200 messages", 20000);
+  assert.deepEqual(
+    rec.got.map((d) => d.split(":")[0]),
+    range(200),
+  );
+});

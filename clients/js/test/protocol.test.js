@@ -140,9 +140,11 @@ test("close() is final: no reconnect, timers cancelled, queued publishes rejecte
   const port = await freePort();
   const h = client(`ws://127.0.0.1:${port}/`, { minDelay: 5000, maxDelay: 5000 });
   const p = h.publish("x", "queued");
+  const d = h.drained();
   await waitFor(() => h.events.some((e) => e.e === "reconnecting"), "a failed attempt");
   h.close();
   await assert.rejects(p, (e) => e.code === "closed");
+  await assert.rejects(d, (e) => e.code === "closed");
   assert.equal(h.state, "closed");
   assert.equal(h._timers.size, 0, "no timer left");
   assert.throws(() => h.subscribe("x", () => {}), (e) => e.code === "closed");
