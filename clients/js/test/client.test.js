@@ -151,7 +151,9 @@ test("reconnect with since after a dropped connection: every message exactly onc
   for (let i = 1; i <= N; i++) {
     const r = await post(server.http, "cut", String(i));
     assert.equal(r.status, 202, r.body);
-    if (i % 100 === 50 && h._ws) {
+    if (i % 100 === 50) {
+      // Cut a live subscription each time: wait for the resubscribe after the previous cut.
+      await waitFor(() => rec.subscribed.length === cuts + 1, `subscription ${cuts + 1}`);
       h._ws.terminate(); // `ws`: drop the TCP connection without a close frame
       cuts++;
     }
@@ -161,6 +163,7 @@ test("reconnect with since after a dropped connection: every message exactly onc
   assert.deepEqual(rec.got, range(N));
   assert.deepEqual(rec.gaps, []);
   assert.ok(h.events.filter((e) => e.e === "reconnecting").length >= 6, "it reconnected after every cut");
+  assert.ok(rec.subscribed.slice(1).some((s) => s.replayed > 0), "some messages came back through since");
 });
 
 test("backpressure: over highWaterMark publishes wait in the queue (counted in bufferedAmount), drained() resolves, order kept", async (t) => {
