@@ -483,8 +483,15 @@ export class Herald {
       if (!sub.active) return;
     }
     sub.seq = m.seq;
+    const onMessage = sub._handlers.onMessage;
+    if (!onMessage) return;
     const data = m.data !== undefined ? m.data : fromBase64(m.data_b64);
-    if (sub._handlers.onMessage) guard(() => sub._handlers.onMessage(data, { topic: m.topic, seq: m.seq, epoch: sub.epoch }));
+    // The hot path: no closure per message (guard() does the same for the other callbacks).
+    try {
+      onMessage(data, { topic: m.topic, seq: m.seq, epoch: sub.epoch });
+    } catch (e) {
+      rethrow(e);
+    }
   }
 
   _onError(m) {
@@ -530,10 +537,15 @@ function guard(fn, arg) {
   try {
     fn(arg);
   } catch (e) {
-    setTimeout(() => {
-      throw e;
-    }, 0);
+    rethrow(e);
   }
+}
+
+/** Report a callback's exception as uncaught (console, `window.onerror`), outside the client. */
+function rethrow(e) {
+  setTimeout(() => {
+    throw e;
+  }, 0);
 }
 
 /** Stop listening to a socket we are done with. `onerror` stays a no-op: Node's `ws` throws
