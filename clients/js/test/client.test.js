@@ -185,3 +185,25 @@ test("backpressure: over highWaterMark publishes wait in the queue (counted in b
     range(200),
   );
 });
+
+test("first subscribe with rewind, or with a since position the application stored", async (t) => {
+  const server = await startHerald(["--history", "100"]);
+  for (let i = 1; i <= 5; i++) assert.equal((await post(server.http, "hist", String(i))).status, 202);
+  const h = client(server.url);
+  t.after(() => h.close());
+  const rewound = record(h, "hist", { rewind: 2 });
+  await waitFor(() => rewound.got.length === 2, "the last two kept messages");
+  assert.deepEqual(rewound.got, ["4", "5"]);
+  assert.deepEqual(rewound.seqs, [4, 5]);
+  const epoch = rewound.sub.epoch;
+  rewound.sub.unsubscribe();
+
+  // A position the application stored itself (say in localStorage): continue after seq 3.
+  const got = [];
+  h.subscribe("hist", (d) => got.push(d), { since: { epoch, seq: 3 } });
+  await waitFor(() => got.length === 2, "4 and 5 replayed");
+  await h.publish("hist", "6");
+  await waitFor(() => got.length === 3, "6 live");
+  assert.deepEqual(got, ["4", "5", "6"]);
+  assert.throws(() => h.subscribe("hist", () => {}), (e) => e.code === "already_subscribed");
+});
