@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
+import { WebSocket } from "ws";
+
 import { client, jwt, post, range, record, startHerald, stopAll, waitFor } from "./helpers.js";
 
 after(stopAll);
@@ -83,4 +85,29 @@ test("a topic the token does not grant: onError forbidden for it, the others go 
   assert.equal(await h.publish("ok/1", "x"), 1);
   await waitFor(() => yes.got.length === 1, "the granted topic's message");
   assert.equal(h.state, "open");
+});
+
+test("HTTP 403 at the upgrade (an origin not allowed) is terminal: an error event with 403", async (t) => {
+  const server = await startHerald(["--allowed-origins", "https://app.example.com"]);
+  // A browser would send its page's origin; `ws` takes it as an option.
+  class FromEvil extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { origin: "https://evil.example" });
+    }
+  }
+  const h = client(server.url, { WebSocket: FromEvil });
+  t.after(() => h.close());
+  await waitFor(() => h.state === "closed", "closed");
+  const err = h.events.find((e) => e.e === "error");
+  assert.equal(err && err.err.code, 403);
+  assert.ok(!h.events.some((e) => e.e === "reconnecting"));
+  // The same server lets the allowed origin in.
+  class FromApp extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { origin: "https://app.example.com" });
+    }
+  }
+  const ok = client(server.url, { WebSocket: FromApp });
+  t.after(() => ok.close());
+  await waitFor(() => ok.state === "open", "open from the allowed origin");
 });
