@@ -117,7 +117,7 @@ fn post(addr: SocketAddr, topic: &str, body: &str) -> u16 {
 /// tries the nodes in turn, subscribed to `t1` and `t2`; everything it sees goes to `window.__c`.
 const PAGE_CLIENT: &str = r#"
 (() => {
-  window.__c = { got: { t1: [], t2: [] }, gaps: [], subscribed: 0, reconnecting: [], errors: [], ready: false };
+  window.__c = { got: { t1: [], t2: [] }, gaps: [], subscribed: 0, replayed: 0, reconnecting: [], errors: [], ready: false };
   import("/herald-client.js").then(({ Herald }) => {
     let turn = 0;
     const urls = URLS;
@@ -129,7 +129,7 @@ const PAGE_CLIENT: &str = r#"
         onMessage: (data, meta) => __c.got[topic].push(typeof data === "string" ? data : "bytes?" + meta.seq),
         onGap: (g) => __c.gaps.push(g),
         onError: (e) => __c.errors.push(String(e)),
-        onSubscribed: () => __c.subscribed++,
+        onSubscribed: (s) => { __c.subscribed++; __c.replayed += s.replayed; },
       });
     }
     window.__client = h;
@@ -200,9 +200,17 @@ fn page_with_herald_client_sees_exactly_1_to_n_while_cluster_nodes_are_killed_an
     assert_eq!(c["gaps"], Value::Array(vec![]), "no gap reported: {c}");
     assert_eq!(c["errors"], Value::Array(vec![]), "no error: {c}");
     let reconnects = c["reconnecting"].as_array().map_or(0, Vec::len);
+    eprintln!(
+        "page: {reconnects} reconnects, {} subscribes, {} messages replayed through since",
+        c["subscribed"], c["replayed"]
+    );
     assert!(
         reconnects >= 2,
         "the page was under both killed nodes (reconnected at least twice): {c}"
+    );
+    assert!(
+        c["replayed"].as_u64() > Some(0),
+        "messages published while the page was reconnecting came back through since: {c}"
     );
     assert_eq!(page.eval("window.__client.state"), "open");
 }
