@@ -149,3 +149,58 @@ test("close() is final: no reconnect, timers cancelled, queued publishes rejecte
   assert.equal(h._timers.size, 0, "no timer left");
   assert.throws(() => h.subscribe("x", () => {}), (e) => e.code === "closed");
 });
+
+test("an unsolicited epoch_changed (a cluster node ending a stream it cannot fill): onGap, then resubscribed live", async (t) => {
+  const wss = await peer((ws) => {
+    let subscribes = 0;
+    ws.on("message", (d) => {
+      const m = JSON.parse(String(d));
+      if (m.op !== "subscribe") return;
+      subscribes++;
+      if (subscribes === 1) {
+        ws.send(JSON.stringify({ type: "subscribed", id: m.id, topic: "c", epoch: "e1", seq: 7, replayed: 0 }));
+        ws.send(JSON.stringify({ type: "message", topic: "c", seq: 8, data: "8" }));
+        ws.send(JSON.stringify({ type: "error", id: null, topic: "c", code: "epoch_changed", reason: "redis lost the topic" }));
+      } else {
+        ws.send(JSON.stringify({ type: "subscribed", id: m.id, topic: "c", epoch: "e2", seq: 0, replayed: 0 }));
+        ws.send(JSON.stringify({ type: "message", topic: "c", seq: 1, data: "new-1" }));
+      }
+    });
+  });
+  t.after(() => wss.stop());
+  const h = client(wss.url);
+  t.after(() => h.close());
+  const rec = record(h, "c");
+  await waitFor(() => rec.got.length === 2, "a message before and after the gap");
+  assert.deepEqual(rec.got, ["8", "new-1"]);
+  assert.deepEqual(rec.gaps, [{ reason: "epoch_changed", topic: "c", epoch: "e1", lastSeq: 8 }]);
+  const subs = wss.requests.filter((m) => m.op === "subscribe").map((m) => m.topics[0]);
+  assert.deepEqual(subs, ["c", "c"], "the resubscribe after a gap is live, without since");
+  assert.equal(rec.meta.epoch, "e2");
+  assert.equal(wss.conns, 1, "same connection");
+});
+
+test("a subscribe refused as unavailable (cluster broker down) is asked again after retryUnavailable", async (t) => {
+  const wss = await peer((ws) => {
+    let subscribes = 0;
+    ws.on("message", (d) => {
+      const m = JSON.parse(String(d));
+      if (m.op !== "subscribe") return;
+      subscribes++;
+      if (subscribes <= 2) {
+        ws.send(JSON.stringify({ type: "error", id: m.id, topic: "u", code: "unavailable", reason: "broker down" }));
+      } else {
+        ws.send(JSON.stringify({ type: "subscribed", id: m.id, topic: "u", epoch: "e1", seq: 3, replayed: 0 }));
+        ws.send(JSON.stringify({ type: "message", topic: "u", seq: 4, data: "4" }));
+      }
+    });
+  });
+  t.after(() => wss.stop());
+  const h = client(wss.url, { retryUnavailable: 30 });
+  t.after(() => h.close());
+  const rec = record(h, "u");
+  await waitFor(() => rec.got.length === 1, "the message after two refusals");
+  assert.deepEqual(rec.got, ["4"]);
+  assert.deepEqual([rec.errors, rec.gaps], [[], []]);
+  assert.equal(wss.requests.filter((m) => m.op === "subscribe").length, 3);
+});
