@@ -505,10 +505,11 @@ export class Herald {
     if (!sub || !sub.active) return;
     if (GAP_CODES.has(m.code)) {
       this._gap(sub, { reason: m.code, topic: sub.topic, epoch: sub.epoch, lastSeq: sub.seq });
-      if (!sub.active || this._state !== "open") return;
-      sub.epoch = null; // resume live from the server's current position
+      // Resume live from the server's current position (now, or after the next reconnect).
+      sub.epoch = null;
       sub._start = {};
-      return this._sendSubscribe(sub);
+      if (sub.active && this._state === "open") this._sendSubscribe(sub);
+      return;
     }
     if (m.code === "unavailable") {
       // Cluster mode, broker unreachable: ask again shortly.
