@@ -23,14 +23,43 @@ fn the_demo_page_is_served_at_the_root() {
         );
         let body = String::from_utf8_lossy(&response.body);
         assert!(
-            body.contains("new WebSocket("),
-            "{path}: the page uses the browser API"
+            body.contains("from \"/herald-client.js\""),
+            "{path}: the page uses the client library served next to it"
         );
         assert!(
             !body.contains("https://") && !body.contains("http://"),
             "no CDN or external URL"
         );
     }
+}
+
+/// `GET /herald-client.js` is the client library of clients/js, byte for byte, as a JavaScript
+/// module, with the demo page and with `--static` alike (pages import it with no build step).
+#[test]
+fn the_client_library_is_served_as_javascript() {
+    let source = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/js/src/herald-client.js"
+    ))
+    .expect("clients/js/src/herald-client.js");
+    let dir = std::env::temp_dir().join(format!("herald-static-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let dir_arg = dir.display().to_string();
+    for args in [vec![], vec!["--static", dir_arg.as_str()]] {
+        let server = Server::start(&args);
+        for path in ["/herald-client.js", "/herald-client.js?v=0.1.0"] {
+            let response = get(&server, path);
+            assert_eq!(response.status, 200, "{path} {args:?}");
+            assert_eq!(
+                response.header("content-type"),
+                Some("text/javascript; charset=utf-8"),
+                "{path} {args:?}"
+            );
+            assert!(response.body == source, "{path} {args:?}: not the library");
+            assert!(String::from_utf8_lossy(&response.body).contains("export class Herald"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

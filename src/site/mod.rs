@@ -24,6 +24,17 @@ use crate::proto::topic;
 /// The embedded demo page, so `GET /` works with no files next to the binary.
 pub const INDEX_HTML: &str = include_str!("index.html");
 
+/// The `herald-client` library (clients/js), served at `GET /herald-client.js` whatever
+/// `--static` says, so any page can `import { Herald } from '/herald-client.js'` with no build
+/// step and always gets the client that matches this server.
+pub const CLIENT_JS: &str = include_str!("../../clients/js/src/herald-client.js");
+
+/// Where [`CLIENT_JS`] is served.
+const CLIENT_JS_PATH: &str = "herald-client.js";
+
+/// Content type of JavaScript modules (the client library and `.js`/`.mjs` files).
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
 /// Largest static file served. Bigger files are skipped (answered 404): every body is held in
 /// memory.
 pub const MAX_FILE_SIZE: u64 = 16 * 1024 * 1024;
@@ -101,17 +112,29 @@ pub struct Site {
 }
 
 impl Site {
-    /// The embedded pages (`--static` not given): the demo page at `/` and `/index.html`.
+    /// The embedded pages (`--static` not given): the demo page at `/` and `/index.html`,
+    /// and the client library.
     pub fn embedded() -> Self {
         let mut pages = HashMap::new();
         pages.insert(
             "index.html".to_owned(),
             Entry::new(HTML, INDEX_HTML.as_bytes()),
         );
+        Site::with_client(pages)
+    }
+
+    /// `pages` and the client library at `/herald-client.js` (it wins over a file of that
+    /// name: a page must get the client that speaks this server's protocol).
+    fn with_client(mut pages: HashMap<String, Entry>) -> Self {
+        pages.insert(
+            CLIENT_JS_PATH.to_owned(),
+            Entry::new(JAVASCRIPT, CLIENT_JS.as_bytes()),
+        );
         Site { pages }
     }
 
-    /// The embedded pages, or every servable file under `static_dir`, read now.
+    /// The embedded pages, or every servable file under `static_dir` (and the client
+    /// library), read now.
     pub fn load(static_dir: Option<&Path>) -> Result<Self, SiteError> {
         let Some(dir) = static_dir else {
             return Ok(Site::embedded());
@@ -129,7 +152,7 @@ impl Site {
             seen_dirs: HashSet::new(),
         };
         walk.directory(&root, "")?;
-        Ok(Site { pages: walk.pages })
+        Ok(Site::with_client(walk.pages))
     }
 
     /// Look `target` up (a request target; a query string is ignored). A path ending in `/`
@@ -301,7 +324,7 @@ fn content_type(path: &Path) -> &'static str {
     match ext.as_str() {
         "html" | "htm" => HTML,
         "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "js" | "mjs" => JAVASCRIPT,
         "json" | "map" => "application/json; charset=utf-8",
         "txt" => "text/plain; charset=utf-8",
         "svg" => "image/svg+xml; charset=utf-8",
@@ -378,6 +401,20 @@ mod tests {
     }
 
     #[test]
+    fn the_client_library_is_served_with_or_without_static_dir() {
+        let dir = TempDir::new("client");
+        dir.write("herald-client.js", b"// not the library");
+        for site in [Site::embedded(), site(Some(dir.0.as_path()))] {
+            for target in ["/herald-client.js", "/herald-client.js?v=1"] {
+                let (ty, body) = found(site.lookup(target));
+                assert_eq!(ty, "text/javascript; charset=utf-8", "{target}");
+                assert_eq!(body, CLIENT_JS.as_bytes(), "{target}");
+            }
+            assert_eq!(site.lookup("/herald-client.jsx"), Page::NotFound);
+        }
+    }
+
+    #[test]
     fn embedded_page_has_the_ids_tests_rely_on() {
         for id in [
             "topic",
@@ -393,7 +430,8 @@ mod tests {
         ] {
             assert!(INDEX_HTML.contains(&format!("id=\"{id}\"")), "#{id}");
         }
-        assert!(INDEX_HTML.contains("binaryType = \"arraybuffer\""));
+        // The page uses the client library the server serves itself.
+        assert!(INDEX_HTML.contains("from \"/herald-client.js\""));
         assert!(!INDEX_HTML.contains("http://") && !INDEX_HTML.contains("https://"));
     }
 
