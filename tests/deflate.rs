@@ -6,12 +6,10 @@
 //! tungstenite's client has no permessage-deflate, so the deflate client here is a raw one
 //! that compresses with flate2 itself, sets RSV1 and masks.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
+use testkit::*;
 
 const EXT: &str = "Sec-WebSocket-Extensions";
 const AGREED: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";

@@ -1,14 +1,12 @@
 //! The HTTP side: the upgrade handshake, its error responses and `/health`, with raw
 //! requests over `std::net::TcpStream`.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use tungstenite::Message;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

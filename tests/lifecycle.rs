@@ -1,8 +1,6 @@
 //! Process and connection lifecycle: start-up output, core pinning, the open-files limit,
 //! handshake timeout, keep-alive, slow consumers, stats lines and graceful shutdown.
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,8 +10,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
+use testkit::*;
 use tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
@@ -725,4 +723,14 @@ fn a_ping_flood_from_a_client_that_never_reads_is_contained_and_counted_once() {
     // Everyone else is unaffected.
     send_text(&mut bystander, "still served");
     assert_eq!(recv_text(&mut bystander), "still served");
+}
+
+/// The testkit finds the server binary the way `assert_cmd` does (next to the test
+/// executable): it must be the very binary cargo built for these tests.
+#[test]
+fn the_testkit_runs_the_binary_cargo_built_for_these_tests() {
+    assert_eq!(
+        herald_bin(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_herald"))
+    );
 }

@@ -2,12 +2,10 @@
 //! `--log-level debug` adds a line per connect and disconnect with the peer, the worker, the
 //! connection id and why it ended. At the default level there are none.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 /// Every stderr line parsed as JSON (each one must be an object with the four keys).
 fn json_lines(server: &Server) -> Vec<Value> {

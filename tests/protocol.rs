@@ -1,9 +1,7 @@
 //! RFC 6455 framing: pings, fragmentation, UTF-8, size limits, protocol errors and the close
 //! handshake, driven by a raw client sending hand-made frames.
 
-mod common;
-
-use common::*;
+use testkit::*;
 use tungstenite::{Bytes, Message};
 
 /// Runs each `(name, bytes)` case on a fresh raw connection to `/topic` and checks that the
