@@ -39,7 +39,9 @@ fn assert_binary(msg: &Value, kind: &str, bytes: &[u8], ctx: &str) {
         "{ctx}: expected a binary message as {kind}, got {}",
         short(msg)
     );
-    let got = msg["hex"].as_str().unwrap_or("");
+    let got = msg["hex"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ctx}: binary message without `hex`: {}", short(msg)));
     assert!(
         got == hex(bytes),
         "{ctx}: binary message ({kind}) differs: got {} bytes, expected {} bytes ({}…)",

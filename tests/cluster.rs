@@ -240,6 +240,8 @@ fn a_subscriber_of_a_killed_node_recovers_on_another_node_without_a_gap() {
         let mut p = V1::connect(b_addr);
         for k in 1..=TOTAL {
             p.publish(k, "feed", &k.to_string());
+            // Deliberate pacing, so that the publishing goes on while the subscriber
+            // rejoins; nothing is waited for.
             if k % 10 == 0 {
                 thread::sleep(Duration::from_millis(4));
             }
@@ -298,6 +300,8 @@ fn a_dropped_broker_connection_is_filled_from_the_log() {
         let mut p = V1::connect(b_addr);
         for k in 1..=TOTAL {
             p.publish(k, "ticks", &k.to_string());
+            // Deliberate pacing, so that the publishing goes on while the listening
+            // connections are cut; nothing is waited for.
             if k % 10 == 0 {
                 thread::sleep(Duration::from_millis(4));
             }
@@ -340,7 +344,12 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     let mut b = node(&redis, &[]);
     let mut raw = RawWs::connect(a.addr, "news");
     raw.set_read_timeout(IO_TIMEOUT);
-    thread::sleep(Duration::from_millis(300));
+    // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
+    // of the topic: from then on a publish anywhere reaches it.
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.listeners_of("news") == 1),
+        "node a did not subscribe to news in Redis"
+    );
     let mut sub = V1::connect(a.addr);
     let s = sub.subscribe(1, json!(["news"]));
     let old_epoch = s["epoch"].as_str().unwrap().to_string();
@@ -403,7 +412,10 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     assert_eq!(raw.expect_close(), Ok(Some(1012)));
     // Starting over works, under a new epoch; the old one is refused explicitly.
     let s = sub.subscribe(2, json!(["news"]));
-    assert_ne!(s["epoch"], old_epoch.as_str());
+    let new_epoch = s["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {s}"));
+    assert_ne!(new_epoch, old_epoch);
     assert!(b
         .wait_prefix("broker: up", Duration::from_secs(15))
         .is_some());
@@ -456,7 +468,12 @@ fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
     let mut a = node(&redis, &["--stats-interval", "100ms"]);
     let mut raw = RawWs::connect(a.addr, "g");
     raw.set_read_timeout(IO_TIMEOUT);
-    thread::sleep(Duration::from_millis(300));
+    // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
+    // of the topic: from then on a publish anywhere reaches it.
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.listeners_of("g") == 1),
+        "node a did not subscribe to g in Redis"
+    );
     let mut sub = V1::connect(a.addr);
     let epoch = sub.subscribe(1, json!(["g"]))["epoch"]
         .as_str()

@@ -252,16 +252,14 @@ fn a_compression_bomb_is_closed_with_1009_and_the_rest_keep_working() {
     publisher.send(&frame(true, RSV1, OP_TEXT, &compress(b"still here")));
     assert_eq!(recv_text_after_sync(&mut watcher), "still here");
     // At most one --max-message of inflated output was ever held.
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        });
-    if let Some(kib) = rss {
-        assert!(kib < 48 * 1024, "peak RSS {kib} KiB: the bomb was inflated");
-    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("the server's /proc/PID/status");
+    let kib = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/PID/status:\n{status}"));
+    assert!(kib < 48 * 1024, "peak RSS {kib} KiB: the bomb was inflated");
 }
 
 #[test]

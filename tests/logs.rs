@@ -114,12 +114,21 @@ fn debug_text_logs_name_the_reason_of_a_refused_request() {
 
 #[test]
 fn the_default_level_logs_no_connections() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let ws = connect(server.addr, "quiet");
     close_cleanly(ws);
     let (response, _) = http_request(server.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // Everything the server will ever log is in once it has exited and closed stderr.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "no exit after SIGTERM"
+    );
+    assert!(
+        server.wait_stderr_end(Duration::from_secs(5)),
+        "stderr still open after exit"
+    );
     let stderr = server.stderr_text();
     assert!(!stderr.contains("connect"), "{stderr}");
 }

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use crate::wait_until;
 
 /// A binary of the workspace, next to the running test executable, found the way
 /// `assert_cmd` does: a test runs as `target/PROFILE/deps/NAME-HASH`, and cargo builds the
@@ -48,6 +50,8 @@ pub struct Server {
     /// Every stdout line taken from the channel so far (for diagnostics and late checks).
     seen: Vec<String>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread collecting stderr: finished once the process has closed it.
+    stderr_reader: JoinHandle<()>,
 }
 
 impl Server {
@@ -111,7 +115,7 @@ impl Server {
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&stderr_lines);
-        thread::spawn(move || {
+        let stderr_reader = thread::spawn(move || {
             let mut reader = BufReader::new(stderr);
             let mut buf = Vec::new();
             loop {
@@ -132,6 +136,7 @@ impl Server {
             lines,
             seen: Vec::new(),
             stderr: stderr_lines,
+            stderr_reader,
         };
         let first = match server.lines.recv_timeout(START_TIMEOUT) {
             Ok(line) => line,
@@ -229,6 +234,13 @@ impl Server {
 
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the process has closed its stderr (it has exited) and every line of it is
+    /// collected, so that [`Server::stderr_text`] is all it will ever write. False if stderr
+    /// is still open after `timeout`.
+    pub fn wait_stderr_end(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || self.stderr_reader.is_finished())
     }
 
     /// Sends a signal to the server process.

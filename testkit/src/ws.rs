@@ -43,6 +43,12 @@ pub fn is_timeout(e: &tungstenite::Error) -> bool {
     matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
 }
 
+/// Whether the error is the transport ending abruptly (reset, or a write after the peer
+/// left), which after a completed close handshake still means "closed".
+pub fn is_reset(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe))
+}
+
 /// Sends a message, panicking with context on failure.
 pub fn send<S: Read + Write>(ws: &mut WebSocket<S>, msg: Message) {
     ws.send(msg).unwrap_or_else(|e| panic!("send failed: {e}"));
@@ -123,7 +129,9 @@ pub fn close_cleanly(mut ws: Ws) {
                 return
             }
             Err(e) if is_timeout(&e) => panic!("server did not finish the close handshake"),
-            Err(_) => return, // reset after the close frames: fine
+            // The server may reset the connection after the close frames: still closed.
+            Err(e) if is_reset(&e) => return,
+            Err(e) => panic!("the close handshake failed: {e}"),
         }
     }
 }
