@@ -5,22 +5,14 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use herald::proto::frame::{self, Assembly};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-/// `count` masked client text frames of `len` bytes back to back.
+/// `count` masked client text frames of `len` bytes back to back (made by the tests' frame
+/// encoder).
 fn client_frames(count: usize, len: usize) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut out = Vec::new();
-    for _ in 0..count {
-        out.push(0x81);
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend((0..len).map(|i| b'a' ^ mask[i % 4]));
-    }
-    out
+    let payload = vec![b'a'; len];
+    let mask = Some([0x12, 0x34, 0x56, 0x78]);
+    (0..count)
+        .flat_map(|_| testkit::encode_frame(true, 0, testkit::OP_TEXT, &payload, mask))
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {

@@ -3,25 +3,18 @@
 //! against the real `herald` binary.
 //!
 //! The pages use the standard WebSocket API through a small harness (see
-//! `common/browser.rs`) that records every event into `window.__events`; the tests poll it
+//! `testkit::browser`) that records every event into `window.__events`; the tests poll it
 //! until the expected events are there, with generous timeouts (never sleeps as assertions).
 //! One browser runs at a time; each test starts its own server and browser.
 //!
 //! Without Chromium these tests fail, saying how to install it (they never skip).
 
-#[path = "common/browser.rs"]
-mod browser_support;
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 
-use browser_support::{
-    connect_tls, hex, js_string, pattern, recv, recv_after_sync, save_artifact, sync, Chrome, Page,
-    TestCert, JS_PATTERN, WAIT,
-};
-use common::Server;
 use serde_json::Value;
+use testkit::browser::{hex, js_string, pattern, save_artifact, Chrome, Page, JS_PATTERN, WAIT};
+use testkit::{connect_wss, recv_data, recv_data_after_sync, sync, Server, TestCert};
 use tungstenite::{Message, WebSocket};
 
 /// Text with 2-, 3- and 4-byte UTF-8 sequences.
@@ -46,7 +39,9 @@ fn assert_binary(msg: &Value, kind: &str, bytes: &[u8], ctx: &str) {
         "{ctx}: expected a binary message as {kind}, got {}",
         short(msg)
     );
-    let got = msg["hex"].as_str().unwrap_or("");
+    let got = msg["hex"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ctx}: binary message without `hex`: {}", short(msg)));
     assert!(
         got == hex(bytes),
         "{ctx}: binary message ({kind}) differs: got {} bytes, expected {} bytes ({}…)",
@@ -130,16 +125,16 @@ fn fan_out<S: Read + Write>(chrome: &Chrome, origin: &str, ws_url: &str, rust: &
         js_string(TEXT_FROM_PAGE)
     ));
 
-    match recv_after_sync(rust) {
+    match recv_data_after_sync(rust) {
         Message::Text(t) => assert_eq!(t.as_str(), TEXT_FROM_PAGE, "Rust client: the string"),
         other => panic!("Rust client: expected the string as a text message, got {other:?}"),
     }
     assert_binary_msg(
-        recv_after_sync(rust),
+        recv_data_after_sync(rust),
         &array_buffer,
         "Rust client: the ArrayBuffer",
     );
-    assert_binary_msg(recv_after_sync(rust), &blob, "Rust client: the Blob");
+    assert_binary_msg(recv_data_after_sync(rust), &blob, "Rust client: the Blob");
 
     // Binary from the Rust client, not valid UTF-8, so it cannot pass as text.
     let mut from_rust = vec![0xff, 0xfe, 0x00, 0xc3, 0x28];
@@ -147,7 +142,7 @@ fn fan_out<S: Read + Write>(chrome: &Chrome, origin: &str, ws_url: &str, rust: &
     rust.send(Message::binary(from_rust.clone()))
         .expect("Rust client: send binary");
     assert_binary_msg(
-        recv_after_sync(rust),
+        recv_data_after_sync(rust),
         &from_rust,
         "Rust client: its own message back",
     );
@@ -184,7 +179,7 @@ fn fan_out<S: Read + Write>(chrome: &Chrome, origin: &str, ws_url: &str, rust: &
 fn pages_and_rust_client_exchange_text_arraybuffer_and_blob() {
     let server = Server::start(&["--threads", "2"]);
     let chrome = Chrome::launch(false);
-    let mut rust = common::connect(server.addr, "room");
+    let mut rust = testkit::connect(server.addr, "room");
     fan_out(
         &chrome,
         &format!("http://{}/", server.addr),
@@ -217,7 +212,7 @@ fn pages_and_rust_client_exchange_over_wss() {
     assert_ne!(tls_addr.port(), 0, "{line:?}");
 
     let chrome = Chrome::launch(true);
-    let mut rust = connect_tls(tls_addr, "room", &cert);
+    let mut rust = connect_wss(tls_addr, "room", &cert);
     fan_out(
         &chrome,
         &format!("https://{tls_addr}/"),
@@ -283,9 +278,9 @@ fn onerror_then_onclose_1006_for_unserved_url_and_refused_topic() {
         listener.local_addr().unwrap()
     };
     // The topic is refused before the upgrade (so the browser sees an HTTP error).
-    let (response, _stream) = common::http_request(
+    let (response, _stream) = testkit::http_request(
         server.addr,
-        common::upgrade_request("/bad%20topic", "dGhlIHNhbXBsZSBub25jZQ==", &[]).as_bytes(),
+        testkit::upgrade_request("/bad%20topic", "dGhlIHNhbXBsZSBub25jZQ==", &[]).as_bytes(),
     );
     assert_eq!(response.status, 400, "{}", response.head_text);
 
@@ -370,12 +365,12 @@ fn demo_page_connects_and_shows_messages() {
         log,
     );
 
-    let mut rust = common::connect(server.addr, "demo");
-    common::sync(&mut rust, "rust");
+    let mut rust = testkit::connect(server.addr, "demo");
+    testkit::sync(&mut rust, "rust");
     let rust_text = "hellö from Rust · ünïcödé";
     let rust_bytes = [0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02, 0xff];
-    common::send_text(&mut rust, rust_text);
-    common::send(&mut rust, Message::binary(rust_bytes.to_vec()));
+    testkit::send_text(&mut rust, rust_text);
+    testkit::send(&mut rust, Message::binary(rust_bytes.to_vec()));
     page.wait_for(
         &format!(
             "{log}.some((m) => m.kind === 'text' && m.text.includes({}))",
@@ -399,7 +394,7 @@ fn demo_page_connects_and_shows_messages() {
     set_value("hex", "c0 ff ee 00");
     click("#send-hex");
     loop {
-        match recv(&mut rust) {
+        match recv_data(&mut rust) {
             Message::Binary(b) if b.as_ref() == [0xc0, 0xff, 0xee, 0x00] => break,
             // Its own messages back, the sync text.
             Message::Text(t) if t.as_str() == rust_text || t.as_str() == "sync:rust" => {}

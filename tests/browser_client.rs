@@ -8,17 +8,13 @@
 //! Without Chromium the test fails saying how to install it; without `redis-server` it says so
 //! loudly and passes locally, and fails with `CI=true` (like tests/cluster.rs).
 
-#[path = "common/browser.rs"]
-mod browser_support;
-mod common;
-
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use browser_support::{js_string, Chrome};
-use common::{http_request, wait_until, Server};
 use serde_json::Value;
+use testkit::browser::{js_string, Chrome};
+use testkit::{http_request, wait_until, Server};
 
 /// A private `redis-server` on a free loopback port, without persistence; killed on drop.
 struct Redis {
@@ -324,7 +320,7 @@ fn browser_client_throughput() {
                 break;
             }
         }
-        let metrics = common::http_request(
+        let metrics = http_request(
             server.addr,
             b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )

@@ -8,18 +8,14 @@
 //! the binary the tests say so loudly and pass locally; with `CI=true` a missing binary is a
 //! failure (`.ci/run` installs it).
 
-mod common;
-#[path = "common/v1.rs"]
-mod v1_client;
-
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
-use v1_client::V1;
+use testkit::v1::V1;
+use testkit::*;
 
 /// A private `redis-server` (killed on drop).
 struct Redis {
@@ -132,19 +128,6 @@ fn message(v: &Value) -> (u64, String) {
     )
 }
 
-/// HTTP publish; returns the status and body.
-fn post(addr: SocketAddr, topic: &str, body: &str) -> (u16, String) {
-    let request = format!(
-        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let (response, _) = http_request(addr, request.as_bytes());
-    (
-        response.status,
-        String::from_utf8_lossy(&response.body).trim().to_string(),
-    )
-}
-
 #[test]
 fn three_nodes_deliver_one_order_with_one_numbering() {
     let Some(redis) = Redis::start_or_skip() else {
@@ -220,7 +203,7 @@ fn three_nodes_deliver_one_order_with_one_numbering() {
     }
     // No subscriber anywhere: no node listens, yet the message is numbered and kept.
     assert_eq!(
-        post(nodes[0].addr, "nobody", "x"),
+        post(nodes[0].addr, "nobody", "text/plain", "", b"x"),
         (202, "{\"seq\":1}".into())
     );
     assert_eq!(redis.listeners_of("nobody"), 0);
@@ -257,6 +240,8 @@ fn a_subscriber_of_a_killed_node_recovers_on_another_node_without_a_gap() {
         let mut p = V1::connect(b_addr);
         for k in 1..=TOTAL {
             p.publish(k, "feed", &k.to_string());
+            // Deliberate pacing, so that the publishing goes on while the subscriber
+            // rejoins; nothing is waited for.
             if k % 10 == 0 {
                 thread::sleep(Duration::from_millis(4));
             }
@@ -315,6 +300,8 @@ fn a_dropped_broker_connection_is_filled_from_the_log() {
         let mut p = V1::connect(b_addr);
         for k in 1..=TOTAL {
             p.publish(k, "ticks", &k.to_string());
+            // Deliberate pacing, so that the publishing goes on while the listening
+            // connections are cut; nothing is waited for.
             if k % 10 == 0 {
                 thread::sleep(Duration::from_millis(4));
             }
@@ -357,12 +344,20 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     let mut b = node(&redis, &[]);
     let mut raw = RawWs::connect(a.addr, "news");
     raw.set_read_timeout(IO_TIMEOUT);
-    thread::sleep(Duration::from_millis(300));
+    // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
+    // of the topic: from then on a publish anywhere reaches it.
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.listeners_of("news") == 1),
+        "node a did not subscribe to news in Redis"
+    );
     let mut sub = V1::connect(a.addr);
     let s = sub.subscribe(1, json!(["news"]));
     let old_epoch = s["epoch"].as_str().unwrap().to_string();
     for k in 1..=5 {
-        assert_eq!(post(b.addr, "news", "n"), (202, format!("{{\"seq\":{k}}}")));
+        assert_eq!(
+            post(b.addr, "news", "text/plain", "", b"n"),
+            (202, format!("{{\"seq\":{k}}}"))
+        );
         assert_eq!(message(&sub.recv()).0, k);
         assert_eq!(raw.expect_message().1, b"n");
     }
@@ -375,7 +370,7 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
         .wait_prefix("broker: down", Duration::from_secs(5))
         .is_some());
     // Publishing while Redis is away is refused, never pretended.
-    assert_eq!(post(b.addr, "news", "lost").0, 503);
+    assert_eq!(post(b.addr, "news", "text/plain", "", b"lost").0, 503);
     let mut p = V1::connect(a.addr);
     p.publish(7, "news", "lost");
     let refused = p.expect("error");
@@ -401,7 +396,7 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
         "{metrics}"
     );
     // The nodes keep serving their connections meanwhile.
-    assert_eq!(post(a.addr, "x", "").0, 503);
+    assert_eq!(post(a.addr, "x", "text/plain", "", b"").0, 503);
     let (health, _) = http_request(a.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(health.status, 200);
 
@@ -417,12 +412,15 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     assert_eq!(raw.expect_close(), Ok(Some(1012)));
     // Starting over works, under a new epoch; the old one is refused explicitly.
     let s = sub.subscribe(2, json!(["news"]));
-    assert_ne!(s["epoch"], old_epoch.as_str());
+    let new_epoch = s["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch in {s}"));
+    assert_ne!(new_epoch, old_epoch);
     assert!(b
         .wait_prefix("broker: up", Duration::from_secs(15))
         .is_some());
     // Publishing works again as soon as the node is back (no leftover backoff).
-    let (status, body) = post(b.addr, "news", "fresh");
+    let (status, body) = post(b.addr, "news", "text/plain", "", b"fresh");
     assert_eq!((status, body.as_str()), (202, "{\"seq\":1}"));
     assert_eq!(message(&sub.recv()), (1, "fresh".to_string()));
     let mut late = V1::connect(b.addr);
@@ -451,7 +449,7 @@ fn broker_flags_are_validated() {
             "--broker-history must be at least 1",
         ),
     ] {
-        let out = Command::new(BIN)
+        let out = Command::new(herald_bin())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -470,14 +468,22 @@ fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
     let mut a = node(&redis, &["--stats-interval", "100ms"]);
     let mut raw = RawWs::connect(a.addr, "g");
     raw.set_read_timeout(IO_TIMEOUT);
-    thread::sleep(Duration::from_millis(300));
+    // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
+    // of the topic: from then on a publish anywhere reaches it.
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.listeners_of("g") == 1),
+        "node a did not subscribe to g in Redis"
+    );
     let mut sub = V1::connect(a.addr);
     let epoch = sub.subscribe(1, json!(["g"]))["epoch"]
         .as_str()
         .unwrap()
         .to_string();
     for k in 1..=3 {
-        assert_eq!(post(a.addr, "g", "m"), (202, format!("{{\"seq\":{k}}}")));
+        assert_eq!(
+            post(a.addr, "g", "text/plain", "", b"m"),
+            (202, format!("{{\"seq\":{k}}}"))
+        );
         assert_eq!(message(&sub.recv()).0, k);
         assert_eq!(raw.expect_message().1, b"m");
     }

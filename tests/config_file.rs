@@ -2,14 +2,12 @@
 //! overrides them, every mistake in the file stops the start with the key and the file named,
 //! and the shipped `herald.example.toml` loads.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use testkit::*;
 
 /// A config file in the temp directory, removed on drop.
 struct TempFile(PathBuf);
@@ -45,7 +43,7 @@ fn echoes(raw: &mut RawWs, len: usize) {
 /// Runs herald with `args`, which must make it fail at start-up: it must exit on its own
 /// (with a non-zero status) without ever listening. Returns its stderr.
 fn start_fails(args: &[&str]) -> String {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(herald_bin())
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

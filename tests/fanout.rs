@@ -1,13 +1,11 @@
 //! Fan-out semantics: who receives what, in which order, across workers.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use tungstenite::{Bytes, Message};
 
 /// Every message on a topic reaches every client of the topic, the sender included.

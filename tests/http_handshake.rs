@@ -1,14 +1,12 @@
 //! The HTTP side: the upgrade handshake, its error responses and `/health`, with raw
 //! requests over `std::net::TcpStream`.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use tungstenite::Message;
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -343,6 +341,8 @@ fn request_head_split_across_writes_is_accepted() {
         &bytes[bytes.len() - 1..],
     ] {
         stream.write_all(chunk).unwrap();
+        // Deliberate: a pause so that each chunk reaches the server in a read of its own (the
+        // case under test); nothing is waited for.
         thread::sleep(Duration::from_millis(50));
     }
     let mut raw = RawWs { stream };

@@ -3,24 +3,12 @@
 //! message's sequence number; keep-alive and pipelined requests work; bad requests get
 //! their status.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use testkit::*;
 use tungstenite::Message;
-
-fn post(topic: &str, content_type: &str, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut request = format!(
-        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    request
-}
 
 /// Reads `count` responses (each with a Content-Length body) from a kept-alive connection.
 fn read_responses(stream: &mut TcpStream, count: usize) -> Vec<(u16, String)> {
@@ -71,7 +59,7 @@ fn a_post_reaches_subscribers_with_its_sequence_number() {
 
     let mut conn = send_raw(
         server.addr,
-        &post("news", "text/plain; charset=utf-8", "héllo".as_bytes(), ""),
+        &post_request("news", "text/plain; charset=utf-8", "", "héllo".as_bytes()),
     );
     assert_eq!(
         read_responses(&mut conn, 1),
@@ -83,7 +71,7 @@ fn a_post_reaches_subscribers_with_its_sequence_number() {
         "text stays text"
     );
 
-    conn.write_all(&post("news", "application/json", b"{\"a\":1}", ""))
+    conn.write_all(&post_request("news", "application/json", "", b"{\"a\":1}"))
         .expect("second post");
     assert_eq!(
         read_responses(&mut conn, 1),
@@ -92,11 +80,11 @@ fn a_post_reaches_subscribers_with_its_sequence_number() {
     );
     assert_eq!(recv_data(&mut sub), Message::text("{\"a\":1}"));
 
-    conn.write_all(&post(
+    conn.write_all(&post_request(
         "news",
         "application/octet-stream",
-        &[0, 159, 255],
         "",
+        &[0, 159, 255],
     ))
     .expect("binary");
     assert_eq!(read_responses(&mut conn, 1)[0].0, 202);
@@ -116,7 +104,12 @@ fn pipelined_posts_are_answered_in_order_and_delivered_in_order() {
     }
     let mut burst = Vec::new();
     for i in 0..200 {
-        burst.extend(post("pipe", "text/plain", format!("m{i}").as_bytes(), ""));
+        burst.extend(post_request(
+            "pipe",
+            "text/plain",
+            "",
+            format!("m{i}").as_bytes(),
+        ));
     }
     let mut conn = send_raw(server.addr, &burst);
     let responses = read_responses(&mut conn, 200);
@@ -147,7 +140,7 @@ fn a_post_to_a_topic_nobody_subscribes_is_accepted_unnumbered() {
     let server = Server::start(&[]);
     let mut conn = send_raw(
         server.addr,
-        &post("empty", "text/plain", b"x", "Connection: close\r\n"),
+        &post_request("empty", "text/plain", "Connection: close\r\n", b"x"),
     );
     assert_eq!(
         read_responses(&mut conn, 1),
@@ -162,8 +155,9 @@ fn a_post_to_a_topic_nobody_subscribes_is_accepted_unnumbered() {
 #[test]
 fn bad_posts_get_their_status_and_the_server_goes_on() {
     let server = Server::start(&["--max-message", "16"]);
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("too large", post("t", "text/plain", &[b'a'; 17], ""), 413),
+    let cases: Vec<(&str, Vec<u8>, u16)> =
+        vec![
+        ("too large", post_request("t", "text/plain", "", &[b'a'; 17]), 413),
         (
             "no length",
             b"POST /t HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -175,10 +169,10 @@ fn bad_posts_get_their_status_and_the_server_goes_on() {
                 .to_vec(),
             411,
         ),
-        ("bad topic", post("a%20b", "text/plain", b"x", ""), 400),
+        ("bad topic", post_request("a%20b", "text/plain", "", b"x"), 400),
         (
             "invalid utf-8 text",
-            post("t", "text/plain", &[0xff, 0xfe], ""),
+            post_request("t", "text/plain", "", &[0xff, 0xfe]),
             400,
         ),
         (
@@ -192,6 +186,6 @@ fn bad_posts_get_their_status_and_the_server_goes_on() {
         assert_eq!(response.status, status, "{what}: {}", response.head_text);
         assert_closed_by_server(&mut response, &mut stream, what);
     }
-    let mut ok = send_raw(server.addr, &post("t", "text/plain", b"fine", ""));
+    let mut ok = send_raw(server.addr, &post_request("t", "text/plain", "", b"fine"));
     assert_eq!(read_responses(&mut ok, 1)[0].0, 202);
 }

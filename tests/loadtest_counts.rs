@@ -1,24 +1,16 @@
 //! The bundled loadtest against a real Herald: a few hundred connections in several
 //! processes, and its counts checked against the server's own (nothing lost, nothing invented).
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{stat_field, Server};
+use testkit::{stat_field, Server};
 
 /// The loadtest binary sits next to herald's in the same target directory; `cargo test
 /// --workspace` builds both.
 fn loadtest_bin() -> PathBuf {
-    let bin = PathBuf::from(common::BIN).with_file_name("loadtest");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the workspace tests (cargo test --workspace) or build it (cargo build -p loadtest)",
-        bin.display()
-    );
-    bin
+    testkit::workspace_bin("loadtest")
 }
 
 #[test]

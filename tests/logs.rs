@@ -2,12 +2,10 @@
 //! `--log-level debug` adds a line per connect and disconnect with the peer, the worker, the
 //! connection id and why it ended. At the default level there are none.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::Value;
+use testkit::*;
 
 /// Every stderr line parsed as JSON (each one must be an object with the four keys).
 fn json_lines(server: &Server) -> Vec<Value> {
@@ -116,12 +114,21 @@ fn debug_text_logs_name_the_reason_of_a_refused_request() {
 
 #[test]
 fn the_default_level_logs_no_connections() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let ws = connect(server.addr, "quiet");
     close_cleanly(ws);
     let (response, _) = http_request(server.addr, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(response.status, 200);
-    std::thread::sleep(Duration::from_millis(200));
+    // Everything the server will ever log is in once it has exited and closed stderr.
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        server.wait_exit(Duration::from_secs(10)).is_some(),
+        "no exit after SIGTERM"
+    );
+    assert!(
+        server.wait_stderr_end(Duration::from_secs(5)),
+        "stderr still open after exit"
+    );
     let stderr = server.stderr_text();
     assert!(!stderr.contains("connect"), "{stderr}");
 }

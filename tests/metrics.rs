@@ -2,15 +2,13 @@
 //! parsed with `prometheus-parse` and checked against the traffic the test made, and
 //! `/ready` turns 503 during the shutdown drain while the listeners keep answering.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
 use prometheus_parse::{Scrape, Value};
+use testkit::*;
 
 /// Every rejection reason the server must print, even at 0.
 const REASONS: [&str; 19] = [

@@ -1,12 +1,10 @@
 //! Plain GET requests: the embedded demo page, and `--static DIR` with safe path handling.
 
-mod common;
-
 use std::process::Command;
 
-use common::{http_request, Server, BIN};
+use testkit::{herald_bin, http_request, Server};
 
-fn get(server: &Server, path: &str) -> common::HttpResponse {
+fn get(server: &Server, path: &str) -> testkit::HttpResponse {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     http_request(server.addr, request.as_bytes()).0
 }
@@ -107,7 +105,7 @@ fn static_dir_serves_files_with_types_and_refuses_escapes() {
 
 #[test]
 fn a_missing_static_dir_is_a_startup_error() {
-    let output = Command::new(BIN)
+    let output = Command::new(herald_bin())
         .args(["--listen", "127.0.0.1:0", "--static", "/no/such/dir"])
         .output()
         .expect("run herald");

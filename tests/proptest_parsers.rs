@@ -15,8 +15,6 @@
 //! `PROPTEST_CASES` replaces every property's case count; `PROPTEST_RNG_SEED` the seed. A
 //! failure prints the shrunk input; paste it into a unit test of the module concerned.
 
-mod common;
-
 use std::collections::HashSet;
 
 use base64::Engine as _;
@@ -581,7 +579,7 @@ fn deflated(data: &[u8]) -> Vec<u8> {
 /// A masked client frame: `first` is the header's first byte (FIN, RSV bits, opcode).
 fn client_frame(first: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let (fin, rsv, opcode) = (first & 0x80 != 0, (first >> 4) & 7, first & 0x0f);
-    common::encode_frame(fin, rsv, opcode, payload, Some(mask))
+    testkit::encode_frame(fin, rsv, opcode, payload, Some(mask))
 }
 
 /// The wire bytes of `messages`, and the events a server must decode from them in order.

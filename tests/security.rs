@@ -3,15 +3,13 @@
 //! limits, rate limits, oversized and garbage requests. Each gets its documented answer, and
 //! a bystander on the same server keeps receiving throughout.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use testkit::*;
 
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -43,14 +41,6 @@ fn upgrade_status(addr: SocketAddr, path: &str, headers: &[&str]) -> u16 {
     response.status
 }
 
-fn post(addr: SocketAddr, topic: &str, headers: &str, body: &str) -> u16 {
-    let request = format!(
-        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-        body.len()
-    );
-    http_request(addr, request.as_bytes()).0.status
-}
-
 /// A subscriber and a publisher on `bystander`, to check that the server still serves
 /// everyone else after each hostile case.
 struct Bystander {
@@ -72,7 +62,14 @@ impl Bystander {
     fn check(&mut self, addr: SocketAddr, publish_headers: &str, case: &str) {
         self.n += 1;
         let body = format!("still serving {}", self.n);
-        let status = post(addr, "bystander", publish_headers, &body);
+        let status = post(
+            addr,
+            "bystander",
+            "text/plain",
+            publish_headers,
+            body.as_bytes(),
+        )
+        .0;
         assert_eq!(
             status, 202,
             "after {case}: the bystander's publish was refused"
@@ -158,14 +155,16 @@ fn tokens_decide_who_may_subscribe_and_publish() {
     assert_all_cases_passed(&failures, total);
 
     // HTTP publish needs a token granting the topic.
-    assert_eq!(post(addr, "chat", "", "x"), 401);
+    assert_eq!(post(addr, "chat", "text/plain", "", b"x").0, 401);
     assert_eq!(
         post(
             addr,
             "chat",
+            "text/plain",
             &format!("Authorization: Bearer {prices}\r\n"),
-            "x"
-        ),
+            b"x"
+        )
+        .0,
         403
     );
     let chat_publisher = grant(&[], &["chat"]);
@@ -173,9 +172,11 @@ fn tokens_decide_who_may_subscribe_and_publish() {
         post(
             addr,
             "chat",
+            "text/plain",
             &format!("Authorization: Bearer {chat_publisher}\r\n"),
-            "x"
-        ),
+            b"x"
+        )
+        .0,
         202
     );
 
@@ -274,7 +275,7 @@ fn public_keys_verify_es256_tokens_and_bad_key_files_stop_the_start() {
 
     let bad = dir.join("bad.pem");
     std::fs::write(&bad, "not a key").unwrap();
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(herald_bin())
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -305,18 +306,27 @@ fn the_publish_key_guards_http_publishing_and_anonymous_mode_is_announced() {
     let addr = server.addr;
     let mut sub = connect(addr, "news");
     sync(&mut sub, "news");
-    assert_eq!(post(addr, "news", "", "x"), 401);
+    assert_eq!(post(addr, "news", "text/plain", "", b"x").0, 401);
     assert_eq!(
-        post(addr, "news", "Authorization: Bearer wrong-key\r\n", "x"),
+        post(
+            addr,
+            "news",
+            "text/plain",
+            "Authorization: Bearer wrong-key\r\n",
+            b"x"
+        )
+        .0,
         401
     );
     assert_eq!(
         post(
             addr,
             "news",
+            "text/plain",
             "Authorization: Bearer backend-key\r\n",
-            "hello"
-        ),
+            b"hello"
+        )
+        .0,
         202
     );
     assert_eq!(recv_text(&mut sub), "hello");

@@ -3,8 +3,6 @@
 //! never-reading clients with a 4 KiB receive window, a canary that must get everything, and
 //! `/proc` read before and after.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +10,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use socket2::{Domain, Protocol, Socket, Type};
+use testkit::*;
 
 /// Never-reading clients. Each one pins up to `tcp_wmem`'s max (4 MiB) of kernel send buffer
 /// when Herald only closes it, so 40 of them make a rise no other test on the box comes near.

@@ -2,33 +2,15 @@
 //! publish acks, error codes, and history: `rewind`, `since` recovery with no gap and no
 //! duplicate while publishing goes on, and the explicit answers when recovery is impossible.
 
-mod common;
-#[path = "common/v1.rs"]
-mod v1_client;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::v1::V1;
+use testkit::*;
 use tungstenite::Message;
-use v1_client::V1;
-
-fn post(addr: SocketAddr, topic: &str, content_type: &str, body: &[u8]) -> String {
-    let mut request = format!(
-        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
-    let (response, _) = http_request(addr, &request);
-    assert_eq!(response.status, 202, "{response:?}");
-    String::from_utf8_lossy(&response.body)
-        .trim_end()
-        .to_string()
-}
 
 #[test]
 fn the_subprotocol_is_negotiated_and_raw_mode_is_unchanged() {
@@ -79,8 +61,14 @@ fn one_connection_gets_many_topics_as_envelopes_and_publishes_with_acks() {
     );
     assert_eq!(recv_text(&mut raw), "hello \"v1\"");
     assert_eq!(
-        post(server.addr, "b", "application/octet-stream", &[0, 1, 255]),
-        "{\"seq\":1}"
+        post(
+            server.addr,
+            "b",
+            "application/octet-stream",
+            "",
+            &[0, 1, 255]
+        ),
+        (202, "{\"seq\":1}".to_string())
     );
     let m = v1.expect("message");
     assert_eq!(
@@ -126,7 +114,7 @@ fn one_connection_gets_many_topics_as_envelopes_and_publishes_with_acks() {
     );
     send_text(&mut raw, "not for v1");
     assert_eq!(recv_text(&mut raw), "not for v1");
-    post(server.addr, "b", "text/plain", b"b2");
+    assert_eq!(post(server.addr, "b", "text/plain", "", b"b2").0, 202);
     let m = v1.expect("message");
     assert_eq!(
         (m["topic"].clone(), m["seq"].clone(), m["data"].clone()),
@@ -200,7 +188,10 @@ fn bad_requests_get_error_codes_and_the_connection_goes_on() {
     v1.send_subscribe(7, json!(["a"]));
     let again = v1.expect("error");
     assert_eq!(again["code"], "already_subscribed");
-    post(server.addr, "b", "text/plain", b"still here");
+    assert_eq!(
+        post(server.addr, "b", "text/plain", "", b"still here").0,
+        202
+    );
     assert_eq!(v1.expect("message")["data"], "still here");
     let counted = server.wait_line(Duration::from_secs(5), |l| {
         stat_field(l, "v1_refusals").is_some_and(|n| n >= 8)
@@ -224,7 +215,7 @@ fn bad_requests_get_error_codes_and_the_connection_goes_on() {
         }
     };
     assert_eq!(code, Some(1003));
-    post(server.addr, "b", "text/plain", b"after");
+    assert_eq!(post(server.addr, "b", "text/plain", "", b"after").0, 202);
     assert_eq!(other.expect("message")["data"], "after");
 }
 
@@ -234,8 +225,8 @@ fn rewind_replays_the_last_messages_even_of_a_topic_nobody_subscribed_to() {
     for i in 1..=8 {
         let body = format!("m{i}");
         assert_eq!(
-            post(server.addr, "h", "text/plain", body.as_bytes()),
-            format!("{{\"seq\":{i}}}")
+            post(server.addr, "h", "text/plain", "", body.as_bytes()),
+            (202, format!("{{\"seq\":{i}}}"))
         );
     }
     let mut v1 = V1::connect(server.addr);
@@ -250,7 +241,7 @@ fn rewind_replays_the_last_messages_even_of_a_topic_nobody_subscribed_to() {
         assert_eq!(m["seq"], seq);
         assert_eq!(m["data"], format!("m{seq}"));
     }
-    post(server.addr, "h", "text/plain", b"live");
+    assert_eq!(post(server.addr, "h", "text/plain", "", b"live").0, 202);
     let m = v1.expect("message");
     assert_eq!(
         (m["seq"].clone(), m["data"].clone()),
@@ -387,7 +378,17 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
     let args = ["--threads", "2", "--history", "3"];
     let server = Server::start(&args);
     for i in 0..10 {
-        post(server.addr, "t", "text/plain", format!("{i}").as_bytes());
+        assert_eq!(
+            post(
+                server.addr,
+                "t",
+                "text/plain",
+                "",
+                format!("{i}").as_bytes()
+            )
+            .0,
+            202
+        );
     }
     let mut v1 = V1::connect(server.addr);
     v1.send_subscribe(1, json!(["t"]));
@@ -432,7 +433,17 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
     drop(server);
     let server = Server::start(&args);
     for i in 0..10 {
-        post(server.addr, "t", "text/plain", format!("{i}").as_bytes());
+        assert_eq!(
+            post(
+                server.addr,
+                "t",
+                "text/plain",
+                "",
+                format!("{i}").as_bytes()
+            )
+            .0,
+            202
+        );
     }
     let mut v1 = V1::connect(server.addr);
     v1.send_subscribe(
@@ -461,7 +472,7 @@ fn history_memory_is_capped_and_messages_expire() {
     ]);
     let body = vec![b'x'; 1000];
     for _ in 0..100 {
-        post(server.addr, "big", "text/plain", &body);
+        assert_eq!(post(server.addr, "big", "text/plain", "", &body).0, 202);
     }
     let line = server
         .wait_line(Duration::from_secs(5), |l| {

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
+use testkit::broadcast::broadcast_server;
 
 /// The herald binary: next to this loadtest binary (same target directory and profile) if
 /// there, else the newest of the workspace's `target/{release,debug}/herald`.

@@ -7,10 +7,12 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::*;
+use testkit::broadcast::broadcast_server;
+use testkit::TestCert;
 
 #[test]
 fn wss_fanout_delivers_everything() {
-    let (port, counts) = broadcast_server(Some(self_signed_config()));
+    let (port, counts) = broadcast_server(Some(TestCert::generate().server_config()));
     let url = format!("wss://127.0.0.1:{port}/t");
     let r = json_report(&[
         "--url",
@@ -53,7 +55,7 @@ fn wss_fanout_delivers_everything() {
 
 #[test]
 fn wss_echo_times_round_trips() {
-    let (port, counts) = broadcast_server(Some(self_signed_config()));
+    let (port, counts) = broadcast_server(Some(TestCert::generate().server_config()));
     let url = format!("wss://localhost:{port}/echo");
     let r = json_report(&[
         "--url",
@@ -84,7 +86,7 @@ fn wss_echo_times_round_trips() {
 
 #[test]
 fn wss_connect_storm_includes_the_tls_handshake() {
-    let (port, counts) = broadcast_server(Some(self_signed_config()));
+    let (port, counts) = broadcast_server(Some(TestCert::generate().server_config()));
     let url = format!("wss://127.0.0.1:{port}/storm");
     let r = json_report(&[
         "--url",
@@ -109,7 +111,7 @@ fn wss_connect_storm_includes_the_tls_handshake() {
 
 #[test]
 fn wss_without_insecure_rejects_a_self_signed_certificate() {
-    let (port, counts) = broadcast_server(Some(self_signed_config()));
+    let (port, counts) = broadcast_server(Some(TestCert::generate().server_config()));
     let url = format!("wss://127.0.0.1:{port}/t");
     let out = loadtest(&["--url", &url, "--connections", "5", "--duration", "1"]);
     let err = String::from_utf8_lossy(&out.stderr);

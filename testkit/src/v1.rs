@@ -1,14 +1,13 @@
-//! A `herald.v1` test client (tungstenite underneath), shared by the tests that speak the
-//! subprotocol (`tests/v1.rs`, `tests/cluster.rs`). Include it with
-//! `#[path = "common/v1.rs"] mod v1_client;` next to `mod common;`.
-#![allow(dead_code)]
+//! A `herald.v1` test client (tungstenite underneath), for the tests that speak the
+//! subprotocol (`tests/v1.rs`, `tests/cluster.rs`).
 
 use std::net::{SocketAddr, TcpStream};
 
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 
-use crate::common::{recv_text, send_text, Ws, IO_TIMEOUT};
+use crate::ws::{recv_text, send_text, Ws};
+use crate::IO_TIMEOUT;
 
 /// A connection that offered `herald.v1` (the server must have selected it).
 pub struct V1 {

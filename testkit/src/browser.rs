@@ -1,25 +1,23 @@
 //! Helpers for the real-browser tests (`tests/browser.rs`): a headless Chromium driven over
 //! CDP by `headless_chrome`, a small JS harness that records WebSocket events into
-//! `window.__events`, a self-signed certificate made with `rcgen`, and a tungstenite client
-//! over `rustls` for `wss://`.
+//! `window.__events`, and where failures leave their screenshots. (The certificate and the
+//! `wss://` client are in [`crate::tls`], the Rust clients in [`crate::ws`].)
 //!
 //! Chromium must be at [`CHROMIUM`] (Debian's `chromium` package, which `.ci/run` installs).
 //! Without it the tests fail with a message saying how to install it; they never skip.
-#![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use headless_chrome::protocol::cdp::Target::CreateTarget;
 use headless_chrome::{Browser, LaunchOptions, Tab};
 use serde_json::Value;
-use tungstenite::{Message, WebSocket};
+
+use crate::temp::TempDir;
 
 /// Where Debian's `chromium` package puts the browser.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -42,44 +40,6 @@ const CHROMIUM_ARGS: &[&str] = &[
 /// One browser at a time: several Chromium instances starting side by side on a small CI
 /// machine make every timeout in here tight for no gain (each test takes a few seconds).
 static BROWSER_LOCK: Mutex<()> = Mutex::new(());
-
-// ---------------------------------------------------------------------------------------------
-// Temporary directories
-// ---------------------------------------------------------------------------------------------
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "herald-{prefix}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The browser
-// ---------------------------------------------------------------------------------------------
 
 /// A headless Chromium with a fresh profile. Killed on drop (before its profile is removed
 /// and the next test may start one).
@@ -201,10 +161,6 @@ impl Chrome {
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Pages and the JS harness
-// ---------------------------------------------------------------------------------------------
 
 /// Installed into a page by [`Page::install_harness`]: `__herald.open(name, url, binaryType)`
 /// opens a WebSocket kept in `__herald.sockets[name]`, and every event of every socket is
@@ -351,7 +307,7 @@ impl Page {
     }
 
     /// Makes sure socket `name`'s subscription is in effect everywhere: sends `sync:ID` and
-    /// waits for its own echo (see `common::sync`).
+    /// waits for its own echo (see `crate::ws::sync`).
     pub fn sync(&self, name: &str) {
         let n = js_string(name);
         let mine = js_string(&format!("sync:{name}"));
@@ -428,127 +384,12 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
 pub const JS_PATTERN: &str = "window.__pattern = (len, seed) => { const a = new Uint8Array(len); \
      for (let i = 0; i < len; i++) a[i] = (Math.imul(i, 31) + seed + (i >>> 8)) & 0xff; return a; }";
 
-// ---------------------------------------------------------------------------------------------
-// Rust clients, generic over the stream (plain TCP or TLS)
-// ---------------------------------------------------------------------------------------------
-
-fn is_timeout(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
-}
-
-/// The next text or binary message, pings/pongs skipped; panics on close, error or timeout
-/// (the socket's read timeout).
-pub fn recv<S: Read + Write>(ws: &mut WebSocket<S>) -> Message {
-    loop {
-        match ws.read() {
-            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => continue,
-            Ok(Message::Close(frame)) => panic!("expected a data message, got Close({frame:?})"),
-            Ok(msg) => return msg,
-            Err(e) if is_timeout(&e) => panic!("expected a data message, none arrived in time"),
-            Err(e) => panic!("expected a data message, got error: {e}"),
-        }
-    }
-}
-
-/// Like [`recv`], skipping `sync:` texts.
-pub fn recv_after_sync<S: Read + Write>(ws: &mut WebSocket<S>) -> Message {
-    loop {
-        match recv(ws) {
-            Message::Text(t) if t.as_str().starts_with("sync:") => continue,
-            other => return other,
-        }
-    }
-}
-
-/// `common::sync` for any stream: sends `sync:ID` and reads until its echo.
-pub fn sync<S: Read + Write>(ws: &mut WebSocket<S>, id: &str) {
-    let mine = format!("sync:{id}");
-    ws.send(Message::text(mine.clone()))
-        .unwrap_or_else(|e| panic!("send {mine}: {e}"));
-    loop {
-        match recv(ws) {
-            Message::Text(t) if t.as_str() == mine => return,
-            Message::Text(t) if t.as_str().starts_with("sync:") => continue,
-            other => panic!("while syncing {id}: unexpected message {other:?}"),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS
-// ---------------------------------------------------------------------------------------------
-
-/// A self-signed certificate for `localhost` and `127.0.0.1`, written as PEM files.
-pub struct TestCert {
-    pub cert_pem: PathBuf,
-    pub key_pem: PathBuf,
-    pub cert_der: rustls_pki_types::CertificateDer<'static>,
-    _dir: TempDir,
-}
-
-impl TestCert {
-    pub fn generate() -> TestCert {
-        let dir = TempDir::new("tls");
-        let ck = rcgen::generate_simple_self_signed(vec![
-            "localhost".to_string(),
-            "127.0.0.1".to_string(),
-        ])
-        .expect("rcgen: self-signed certificate");
-        let cert_pem = dir.path().join("cert.pem");
-        let key_pem = dir.path().join("key.pem");
-        std::fs::write(&cert_pem, ck.cert.pem()).expect("write cert.pem");
-        std::fs::write(&key_pem, ck.signing_key.serialize_pem()).expect("write key.pem");
-        TestCert {
-            cert_pem,
-            key_pem,
-            cert_der: ck.cert.der().clone(),
-            _dir: dir,
-        }
-    }
-}
-
-pub type TlsWs = WebSocket<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>;
-
-/// A tungstenite client over rustls to `wss://localhost:PORT/TOPIC`, trusting only `cert`.
-pub fn connect_tls(addr: SocketAddr, topic: &str, cert: &TestCert) -> TlsWs {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(cert.cert_der.clone())
-        .expect("the test certificate as a root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("TLS client");
-    let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("TCP connect {addr}: {e}"));
-    tcp.set_nodelay(true).unwrap();
-    tcp.set_read_timeout(Some(WAIT)).unwrap();
-    tcp.set_write_timeout(Some(WAIT)).unwrap();
-    let mut stream = rustls::StreamOwned::new(conn, tcp);
-    // Finish the TLS handshake first, so that a TLS failure reads as one.
-    while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .unwrap_or_else(|e| panic!("TLS handshake with {addr}: {e}"));
-    }
-    let url = format!("wss://localhost:{}/{topic}", addr.port());
-    match tungstenite::client(url.as_str(), stream) {
-        Ok((ws, response)) => {
-            assert_eq!(response.status().as_u16(), 101);
-            ws
-        }
-        Err(e) => panic!("WebSocket handshake over TLS to /{topic}: {e}"),
-    }
-}
-
-/// Writes `bytes` to `target/browser-artifacts/NAME` (under the package root) and returns
 /// the path.
 pub fn save_artifact(name: &str, bytes: &[u8]) -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-artifacts");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .join("target/browser-artifacts");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     let path = dir.join(name);
     let mut f =

@@ -1,0 +1,66 @@
+//! Shared helpers for the integration tests of Herald (`tests/`) and of the loadtest
+//! (`loadtest/tests/`), a dev-dependency of both, used as `testkit` (the dependency is renamed
+//! in each `Cargo.toml`).
+//!
+//! * [`server`]: a real `herald` process ([`Server`]) and its `stats:` lines.
+//! * [`ws`]: tungstenite clients with read timeouts, so a test fails instead of hanging.
+//! * [`raw`]: a raw-socket WebSocket client ([`RawWs`]) and the frame codec ([`frame`],
+//!   [`parse_frames`]) for the protocol errors a real client library refuses to produce.
+//! * [`http`]: raw HTTP requests and responses, upgrade requests, `POST` publishing.
+//! * [`tls`]: a self-signed certificate ([`TestCert`]) and `wss://` clients trusting it.
+//! * [`browser`]: headless Chromium and the JS harness of the real-browser tests.
+//! * [`v1`]: a `herald.v1` subprotocol client.
+//! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
+//! * [`temp`]: temporary directories removed on drop.
+//!
+//! The items of `server`, `ws`, `raw`, `http` and `tls` are re-exported at the root, so a test
+//! says `use testkit::*;`. Being a library, its public items need no `allow(dead_code)`
+//! however little of it a test uses.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub mod broadcast;
+pub mod browser;
+pub mod http;
+pub mod raw;
+pub mod server;
+pub mod temp;
+pub mod tls;
+pub mod v1;
+pub mod ws;
+
+pub use http::*;
+pub use raw::*;
+pub use server::*;
+pub use tls::*;
+pub use ws::*;
+
+/// Read/write timeout on every client socket: long enough for a loaded 2-core machine,
+/// short enough that a missing message fails the test instead of hanging it.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Polls `cond` every 20 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Table-driven tests collect every failing case, then fail once listing them all.
+pub fn assert_all_cases_passed(failures: &[String], total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n  {}",
+        failures.len(),
+        total,
+        failures.join("\n  ")
+    );
+}
