@@ -8,99 +8,23 @@
 //! the binary the tests say so loudly and pass locally; with `CI=true` a missing binary is a
 //! failure (`.ci/run` installs it).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use testkit::redis_server::Redis;
 use testkit::v1::V1;
 use testkit::*;
 
-/// A private `redis-server` (killed on drop).
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// A Redis on a free loopback port, or `None` (after a loud message) when the binary is
-    /// not installed and this is not CI.
-    fn start_or_skip() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok();
-        if !installed {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("redis-server is not installed but CI=true: the cluster tests must run (apt-get install redis-server)");
-            }
-            eprintln!("\n********\n*** SKIPPED cluster test: redis-server is not installed (apt-get install redis-server)\n********\n");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Some(Redis::start_on(port))
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let redis = Redis { child, port };
-        let up = wait_until(Duration::from_secs(10), || {
-            redis
-                .try_client()
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
-                .is_some()
-        });
-        assert!(up, "redis-server did not come up on port {port}");
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn try_client(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.url())
-            .ok()?
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .ok()
-    }
-
-    fn client(&self) -> redis::Connection {
-        self.try_client().expect("connect to the test redis")
-    }
-
-    /// How many nodes listen to `topic`'s channel.
-    fn listeners_of(&self, topic: &str) -> u64 {
-        let (_, n): (String, u64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(format!("herald:{{{topic}}}"))
-            .query(&mut self.client())
-            .expect("PUBSUB NUMSUB");
-        n
-    }
-
-    /// SIGKILL, like a crash: everything it held is gone (no persistence).
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// How many nodes listen to `topic`'s channel.
+fn listeners_of(redis: &Redis, topic: &str) -> u64 {
+    let (_, n): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("herald:{{{topic}}}"))
+        .query(&mut redis.client())
+        .expect("PUBSUB NUMSUB");
+    n
 }
 
 /// A Herald node of the cluster, started and connected to Redis.
@@ -130,7 +54,7 @@ fn message(v: &Value) -> (u64, String) {
 
 #[test]
 fn three_nodes_deliver_one_order_with_one_numbering() {
-    let Some(redis) = Redis::start_or_skip() else {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
         return;
     };
     let nodes: Vec<Server> = (0..3).map(|_| node(&redis, &[])).collect();
@@ -146,7 +70,7 @@ fn three_nodes_deliver_one_order_with_one_numbering() {
         }
     }
     // Every node listens to the topic's channel, and to nothing else.
-    assert_eq!(redis.listeners_of("room"), 3);
+    assert_eq!(listeners_of(&redis, "room"), 3);
     let readers: Vec<_> = subscribers
         .into_iter()
         .map(|mut c| {
@@ -206,15 +130,15 @@ fn three_nodes_deliver_one_order_with_one_numbering() {
         post(nodes[0].addr, "nobody", "text/plain", "", b"x"),
         (202, "{\"seq\":1}".into())
     );
-    assert_eq!(redis.listeners_of("nobody"), 0);
+    assert_eq!(listeners_of(&redis, "nobody"), 0);
     // The last subscribers of a node leave: that node stops listening.
     for (_, c) in results.drain(4..) {
         drop(c);
     }
     assert!(
-        wait_until(Duration::from_secs(5), || redis.listeners_of("room") == 2),
+        wait_until(Duration::from_secs(5), || listeners_of(&redis, "room") == 2),
         "node 3 still listens: {}",
-        redis.listeners_of("room")
+        listeners_of(&redis, "room")
     );
     // And a rewind on any node comes from the shared log.
     let mut late = V1::connect(nodes[2].addr);
@@ -226,7 +150,7 @@ fn three_nodes_deliver_one_order_with_one_numbering() {
 
 #[test]
 fn a_subscriber_of_a_killed_node_recovers_on_another_node_without_a_gap() {
-    let Some(redis) = Redis::start_or_skip() else {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
         return;
     };
     let mut a = node(&redis, &[]);
@@ -285,7 +209,7 @@ fn a_subscriber_of_a_killed_node_recovers_on_another_node_without_a_gap() {
 
 #[test]
 fn a_dropped_broker_connection_is_filled_from_the_log() {
-    let Some(redis) = Redis::start_or_skip() else {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
         return;
     };
     let mut a = node(&redis, &[]);
@@ -337,7 +261,7 @@ fn a_dropped_broker_connection_is_filled_from_the_log() {
 
 #[test]
 fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
-    let Some(mut redis) = Redis::start_or_skip() else {
+    let Some(mut redis) = Redis::start_or_skip("the cluster tests") else {
         return;
     };
     let mut a = node(&redis, &["--stats-interval", "100ms"]);
@@ -347,7 +271,8 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
     // of the topic: from then on a publish anywhere reaches it.
     assert!(
-        wait_until(Duration::from_secs(10), || redis.listeners_of("news") == 1),
+        wait_until(Duration::from_secs(10), || listeners_of(&redis, "news")
+            == 1),
         "node a did not subscribe to news in Redis"
     );
     let mut sub = V1::connect(a.addr);
@@ -462,7 +387,7 @@ fn broker_flags_are_validated() {
 
 #[test]
 fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
-    let Some(redis) = Redis::start_or_skip() else {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
         return;
     };
     let mut a = node(&redis, &["--stats-interval", "100ms"]);
@@ -471,7 +396,7 @@ fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
     // The raw subscriber's interest has reached node a's bridge once Redis counts a listener
     // of the topic: from then on a publish anywhere reaches it.
     assert!(
-        wait_until(Duration::from_secs(10), || redis.listeners_of("g") == 1),
+        wait_until(Duration::from_secs(10), || listeners_of(&redis, "g") == 1),
         "node a did not subscribe to g in Redis"
     );
     let mut sub = V1::connect(a.addr);

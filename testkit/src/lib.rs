@@ -24,6 +24,7 @@ pub mod broadcast;
 pub mod browser;
 pub mod http;
 pub mod raw;
+pub mod redis_server;
 pub mod server;
 pub mod temp;
 pub mod tls;
