@@ -11,7 +11,7 @@
 //! Path handling stays safe: no `..` escape, no symlink escape, only regular files, no
 //! hidden names; a request target is decoded and checked the same way before the lookup.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -149,7 +149,7 @@ impl Site {
             root: &root,
             pages: HashMap::new(),
             bytes: 0,
-            seen_dirs: HashSet::new(),
+            ancestors: Vec::new(),
         };
         walk.directory(&root, "")?;
         Ok(Site::with_client(walk.pages))
@@ -189,17 +189,27 @@ struct Walk<'a> {
     root: &'a Path,
     pages: HashMap<String, Entry>,
     bytes: u64,
-    /// Directories already walked (by canonical path): a symlink loop is walked once.
-    seen_dirs: HashSet<PathBuf>,
+    /// The directories being walked, outermost first (canonical paths): a symlink back to
+    /// one of them is a loop and is not followed. (A link to another directory inside the
+    /// root is followed: its files are served under both names, as the old per-request
+    /// lookup did.)
+    ancestors: Vec<PathBuf>,
 }
 
 impl Walk<'_> {
     /// Load the servable files under `path` (canonical, inside the root), whose relative
     /// URL path is `prefix`.
     fn directory(&mut self, path: &Path, prefix: &str) -> Result<(), SiteError> {
-        if !self.seen_dirs.insert(path.to_owned()) {
+        if self.ancestors.iter().any(|a| a == path) {
             return Ok(());
         }
+        self.ancestors.push(path.to_owned());
+        let walked = self.entries(path, prefix);
+        self.ancestors.pop();
+        walked
+    }
+
+    fn entries(&mut self, path: &Path, prefix: &str) -> Result<(), SiteError> {
         let read_error = |error| SiteError::Read {
             dir: self.dir.to_owned(),
             path: path.to_owned(),
@@ -511,6 +521,20 @@ mod tests {
         assert_eq!(d.lookup("/out.txt"), Page::NotFound);
         assert_eq!(d.lookup("/outdir/secret.txt"), Page::NotFound);
         assert_eq!(found(d.lookup("/alias.txt")).1, b"real");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_directories_inside_serve_and_loops_end() {
+        let dir = TempDir::new("loops");
+        dir.write("a/x.txt", b"x");
+        std::os::unix::fs::symlink(dir.0.join("a"), dir.0.join("alias")).unwrap();
+        std::os::unix::fs::symlink(&dir.0, dir.0.join("a/up")).unwrap();
+        let d = site(Some(dir.0.as_path()));
+        assert_eq!(found(d.lookup("/a/x.txt")).1, b"x");
+        assert_eq!(found(d.lookup("/alias/x.txt")).1, b"x");
+        // a/up is the root again: a loop, not followed (the walk ends).
+        assert_eq!(d.lookup("/a/up/a/x.txt"), Page::NotFound);
     }
 
     #[test]
