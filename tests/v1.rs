@@ -376,20 +376,15 @@ fn a_subscriber_killed_and_resubscribed_with_since_misses_nothing_under_load() {
 #[test]
 fn recovery_that_cannot_be_complete_is_refused_explicitly() {
     let args = ["--threads", "2", "--history", "3"];
+    // Messages 0..10 on topic `t`, each accepted.
+    let publish_ten = |addr| {
+        for i in 0..10 {
+            let status = post(addr, "t", "text/plain", "", format!("{i}").as_bytes()).0;
+            assert_eq!(status, 202);
+        }
+    };
     let server = Server::start(&args);
-    for i in 0..10 {
-        assert_eq!(
-            post(
-                server.addr,
-                "t",
-                "text/plain",
-                "",
-                format!("{i}").as_bytes()
-            )
-            .0,
-            202
-        );
-    }
+    publish_ten(server.addr);
     let mut v1 = V1::connect(server.addr);
     v1.send_subscribe(1, json!(["t"]));
     let s = v1.expect("subscribed");
@@ -432,19 +427,7 @@ fn recovery_that_cannot_be_complete_is_refused_explicitly() {
     drop(v1);
     drop(server);
     let server = Server::start(&args);
-    for i in 0..10 {
-        assert_eq!(
-            post(
-                server.addr,
-                "t",
-                "text/plain",
-                "",
-                format!("{i}").as_bytes()
-            )
-            .0,
-            202
-        );
-    }
+    publish_ten(server.addr);
     let mut v1 = V1::connect(server.addr);
     v1.send_subscribe(
         1,
