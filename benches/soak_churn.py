@@ -129,11 +129,36 @@ class Churn:
             w.close()
 
     async def stalled(self):
-        _, w = await upgrade(self.a.host, self.a.port, "/" + self.a.topic, rcvbuf=4096)
-        await asyncio.sleep(5.0)
-        w.close()
+        # A bare socket: asyncio's streams would read ahead into their own buffer (up to
+        # their limit) even if we never called read, which is not what a stalled peer does.
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (self.a.host, self.a.port))
+            await loop.sock_sendall(
+                sock,
+                (
+                    f"GET /{self.a.topic} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                    f"Sec-WebSocket-Key: {KEY}\r\n\r\n"
+                ).encode()
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 1)
+                if not chunk:
+                    raise ConnectionError("closed during the upgrade")
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(head[:30])
+            await asyncio.sleep(5.0)  # and never read again
+        finally:
+            sock.close()
 
     async def recover(self):
+        # Each identity is in one session at a time; a client that finds none free waits.
         ident, since = await self.free.get()
         try:
             since = await self.recover_session(ident, since)
@@ -141,6 +166,7 @@ class Churn:
             self.free.put_nowait((ident, since))
 
     async def recover_session(self, ident, since):
+        self.counts["recover"] += 1
         r, w = await upgrade(self.a.host, self.a.port, "/", protocol="herald.v1")
         entry = {"topic": self.a.v1_topic}
         if since:
@@ -184,7 +210,8 @@ class Churn:
             w.close()
 
     async def run_client(self, kind):
-        self.counts[kind] += 1
+        if kind != "recover":  # a recover session is counted once it has its identity
+            self.counts[kind] += 1
         try:
             await getattr(self, kind)()
         except (OSError, asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):

@@ -23,7 +23,8 @@ use crate::proto::http::{self, Request};
 pub const MAX_MESSAGE: usize = 4096;
 
 /// Frame decoding as a connection does it: decode the whole input, feeding the unconsumed
-/// rest again as if more bytes had arrived, until an error, a close, or no progress.
+/// rest again as if more bytes had arrived, until an error, a close, or no progress; then
+/// check that the partial frame left over cannot hold the connection's input unbounded.
 /// With `deflate`, messages with RSV1 are inflated (permessage-deflate negotiated).
 pub fn frames(data: &[u8], deflate: bool) {
     let mut codec = Codec::default();
@@ -35,6 +36,7 @@ pub fn frames(data: &[u8], deflate: bool) {
     // across reads (the carried-over tail) are exercised too.
     let split = data.first().map_or(0, |&b| usize::from(b)).min(buf.len());
     let mut limit = split;
+    let mut ended = false;
     loop {
         let inflater = if deflate { Some(&mut codec) } else { None };
         let result = frame::decode_with(
@@ -50,6 +52,7 @@ pub fn frames(data: &[u8], deflate: bool) {
                 // Every refusal has a close code of its own and a reason that fits a frame.
                 assert!(matches!(e.close_code(), 1002 | 1007 | 1009));
                 assert!(e.reason().len() <= 123);
+                ended = true;
                 break;
             }
         };
@@ -59,6 +62,7 @@ pub fn frames(data: &[u8], deflate: bool) {
         check_events(&events);
         events.clear();
         if closed {
+            ended = true;
             break;
         }
         if used == 0 {
@@ -67,6 +71,19 @@ pub fn frames(data: &[u8], deflate: bool) {
             }
             limit = buf.len(); // the second read
         }
+    }
+    if !ended {
+        // What is left is a partial frame. Whatever it announced, one whole message's worth
+        // of further bytes must complete it or be refused: the decoder never waits (and a
+        // connection never buffers) more than that.
+        let mut rest = buf[pos..].to_vec();
+        rest.resize(rest.len() + MAX_MESSAGE + 15, 0);
+        let inflater = if deflate { Some(&mut codec) } else { None };
+        let more = frame::decode_with(&mut rest, &mut asm, MAX_MESSAGE, inflater, &mut events);
+        assert!(
+            !matches!(more, Ok(0)),
+            "the decoder waits for more than a whole message's bytes"
+        );
     }
 }
 

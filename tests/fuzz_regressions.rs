@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use herald::fuzz;
+use testkit::*;
 
 /// Every file under `fuzz/corpus/TARGET` and `fuzz/regressions/TARGET`.
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -72,4 +73,24 @@ fn seeds_are_valid_requests() {
         let head = herald::proto::http::parse_head(&bytes, fuzz::MAX_MESSAGE);
         assert!(matches!(head, Ok(Some(_))), "{}: {head:?}", path.display());
     }
+}
+
+/// Found by the `frame` target within seconds: a continuation frame whose 64-bit length is
+/// near `u64::MAX` overflowed the size check (`so far + len`). With overflow checks off (a
+/// release build) the sum wrapped to a small number, the frame passed as "within
+/// --max-message", and the decoder waited for its payload, buffering whatever the client sent
+/// next without a bound. Over a real socket: the connection must be closed with 1009 at once.
+#[test]
+fn a_continuation_claiming_an_enormous_length_is_refused() {
+    let server = Server::start(&[]);
+    let mut ws = RawWs::connect(server.addr, "huge");
+    // A text message opened with one byte, then a continuation of 2^64 - 1 bytes (the
+    // 127 form: eight length bytes), masked, with a little payload after it.
+    ws.send(&frame(false, 0, OP_TEXT, b"a"));
+    let mut continuation = vec![0x00, 0x80 | 127];
+    continuation.extend_from_slice(&u64::MAX.to_be_bytes());
+    continuation.extend_from_slice(&[1, 2, 3, 4]); // the mask
+    continuation.extend_from_slice(&[0u8; 1024]);
+    let _ = ws.try_send(&continuation);
+    assert_eq!(ws.expect_close(), Ok(Some(1009)));
 }

@@ -205,7 +205,11 @@ fn check_header(
         OpCode::Data(Data::Continue) if !asm.is_open() => {
             Err(FrameError::Protocol("continuation without a message"))
         }
-        OpCode::Data(Data::Continue) if asm.payload.len() as u64 + len > max_message as u64 => {
+        // Saturating: a 64-bit length near u64::MAX must not wrap past the check (found by
+        // fuzzing; tests/fuzz_regressions.rs), or the decoder would buffer its "payload".
+        OpCode::Data(Data::Continue)
+            if (asm.payload.len() as u64).saturating_add(len) > max_message as u64 =>
+        {
             Err(FrameError::TooLarge)
         }
         OpCode::Data(Data::Continue) => Ok(()),
