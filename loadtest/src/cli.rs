@@ -122,7 +122,8 @@ pub struct Args {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     pub json: bool,
-    /// Write the full latency distribution to FILE in HdrHistogram's .hgrm format.
+    /// Write the full latency distribution to FILE in HdrHistogram's .hgrm format (`-`:
+    /// print it on stdout after the text report).
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
     /// Server process to charge CPU time to over the measured window.
@@ -219,6 +220,9 @@ impl Config {
         }
         if a.connections == 0 || a.connections > MAX_CONNECTIONS {
             return Err(format!("--connections must be 1..={MAX_CONNECTIONS}"));
+        }
+        if a.json && a.hgrm.as_deref() == Some(std::path::Path::new("-")) {
+            return Err("--json and --hgrm - both print on stdout: give --hgrm a file".into());
         }
         let (subscribers, publishers, total) = match a.mode {
             Mode::Fanout => {

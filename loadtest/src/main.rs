@@ -46,12 +46,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Some(path) = &cfg.hgrm {
-        let hist = if cfg.mode == cli::Mode::Connect {
-            &run.stats.connect_latency
-        } else {
-            &run.stats.latency
-        };
+    let hist = if cfg.mode == cli::Mode::Connect {
+        &run.stats.connect_latency
+    } else {
+        &run.stats.latency
+    };
+    // `--hgrm -` prints the distribution on stdout, after the report (as `-` means elsewhere).
+    let hgrm_to_stdout = cfg.hgrm.as_deref() == Some(std::path::Path::new("-"));
+    if let Some(path) = cfg.hgrm.as_ref().filter(|_| !hgrm_to_stdout) {
         if let Err(e) = std::fs::write(path, parent::report::hgrm(hist)) {
             eprintln!("loadtest: error: cannot write {}: {e}", path.display());
             return ExitCode::from(1);
@@ -61,6 +63,9 @@ fn main() -> ExitCode {
         println!("{}", run.json());
     } else {
         print!("{}", run.text());
+    }
+    if hgrm_to_stdout {
+        print!("{}", parent::report::hgrm(hist));
     }
     ExitCode::SUCCESS
 }

@@ -197,3 +197,37 @@ fn clear_errors() {
         "file limit explained"
     );
 }
+
+#[test]
+fn hgrm_dash_prints_the_distribution_on_stdout() {
+    let (port, _counts) = broadcast_server(None);
+    let url = format!("ws://127.0.0.1:{port}/bench");
+    // Run where a file named `-` would land, to see that none is made.
+    let dir = std::env::temp_dir().join(format!("loadtest-hgrm-dash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .current_dir(&dir)
+        .args(["--url", &url, "--connections", "5", "--rate", "100"])
+        .args(["--warmup", "0.2", "--duration", "0.5", "--hgrm", "-"])
+        .output()
+        .expect("run loadtest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = stdout
+        .find("       Value     Percentile")
+        .expect("the .hgrm table on stdout");
+    assert!(stdout[table..].contains("#[Max"), "{stdout}");
+    assert!(table > 0, "the text report comes first: {stdout}");
+    assert!(!dir.join("-").exists(), "a file named - was written");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // With --json, stdout is the JSON object's alone: the combination is refused.
+    let out = loadtest(&["--url", &url, "--json", "--hgrm", "-"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--json and --hgrm -"), "{stderr}");
+}
