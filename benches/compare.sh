@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs the same loadtest against Herald, uWebSockets.js (native pub/sub) and Node `ws`, one
 # server at a time, the server pinned to core 0 and the loadtest to core 1, and prints the
-# results side by side as a markdown table (also written to OUT/table.md, raw JSON next to it).
+# results side by side as a markdown table (also written to OUT/table.md, raw JSON next to it),
+# and per fan-out row one HTML page with the servers overlaid (OUT/ROW.html, OUT/ROW.png).
 #
-#   benches/compare.sh [--rows a,b,c,d,e,f,g,b2] [--duration S] [--warmup S]
+#   benches/compare.sh [--rows a,b,c,d,e,f,g,h,b2] [--duration S] [--warmup S]
 #                      [--servers herald,uws,ws] [--out DIR] [--sat-rates 2000,5000,...]
-#                      [--base-bin PATH]
+#                      [--base-bin PATH] [--herald-args "ARGS"]
 #
 # Rows (one publisher, 64 B payloads, topic /bench):
 #   a   1k subscribers x 100 msg/s            e   connection storm: 10k connections, --connect-rate 0
@@ -16,13 +17,23 @@
 #       delivers < 95% of the offered load
 #       or has p99 > 50 ms: a backlog grew;
 #       --sat-rates LIST overrides the rates)
+#   h   closed loop: 1k subscribers, the publisher keeping 8 messages in flight (loadtest
+#       --inflight 8: its own echo is the acknowledgement); saturation throughput
 #   d   idle memory: server VmRSS after 10k idle connections minus before, / 10k
 #       (held by benches/peers/hold-conns.js, since the loadtest has no hold mode)
 #   e uses --max-inflight 500 for every server: uWebSockets.js's listen backlog is fixed at 512.
 #
+# The server `herald-tls` is this herald serving wss:// only (a P-256 certificate made with
+# openssl in OUT); the loadtest then connects with wss:// and --insecure. So
+#   benches/compare.sh --rows a,f --servers herald,herald-tls
+# measures the server CPU per delivery over TLS against plain in one run (issue 19).
+#
 # --base-bin PATH adds the server `herald-base`: another herald binary (say, one built before a
 # change, copied aside) run exactly like `herald`, so old and new are measured in one run:
 #   benches/compare.sh --rows a,c --servers herald-base,herald --base-bin /tmp/herald-before
+#
+# --herald-args "ARGS" adds flags to the `herald` server only (not herald-base), e.g.
+#   --herald-args "--batch-window 0" to measure the new binary with batching off.
 #
 # Needs: cargo, taskset, jq, ss, timeout; node + npm (Node 20) for the peers and row d.
 # Every run is bounded (timeout) and every server is stopped and reaped before the next starts.
@@ -33,14 +44,15 @@ PEERS="$ROOT/benches/peers"
 HERALD="$ROOT/target/release/herald"
 LOADTEST="$ROOT/target/release/loadtest"
 
-ALL_ROWS=(a b c d e f g b2)
-ROWS="a,b,c,d,e,f,g,b2"
+ALL_ROWS=(a b c d e f g h b2)
+ROWS="a,b,c,d,e,f,g,h,b2"
 SERVERS="herald,uws,ws"
 DURATION=10
 WARMUP=1
 OUT=""
 SAT_RATES=(2000 5000 10000 20000 50000)
 BASE_BIN=""
+HERALD_ARGS=""
 SAT_P99_MS=50 # row c: a p99 over this means a queue built up (deliveries late, counted in the drain)
 TOPIC=/bench
 
@@ -63,6 +75,8 @@ while (($#)); do
         --sat-rates=*) IFS=, read -r -a SAT_RATES <<<"${1#*=}"; shift ;;
         --base-bin) BASE_BIN=${2:?--base-bin needs a value}; shift 2 ;;
         --base-bin=*) BASE_BIN=${1#*=}; shift ;;
+        --herald-args) HERALD_ARGS=${2?--herald-args needs a value}; shift 2 ;;
+        --herald-args=*) HERALD_ARGS=${1#*=}; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --out=*) OUT=${1#*=}; shift ;;
         -h | --help) usage; exit 0 ;;
@@ -83,7 +97,7 @@ for r in "${ROW_LIST[@]}"; do
     [[ " ${ALL_ROWS[*]} " == *" $r "* ]] || die "unknown row '$r' (rows: ${ALL_ROWS[*]})"
 done
 for s in "${SERVER_LIST[@]}"; do
-    [[ $s == herald || $s == uws || $s == ws || $s == herald-base ]] || die "unknown server '$s' (servers: herald, uws, ws, herald-base)"
+    [[ $s == herald || $s == uws || $s == ws || $s == herald-base || $s == herald-tls ]] || die "unknown server '$s' (servers: herald, uws, ws, herald-base, herald-tls)"
     [[ $s != herald-base || -x $BASE_BIN ]] || die "server herald-base needs --base-bin PATH (an executable herald)"
 done
 
@@ -165,18 +179,24 @@ start_server() { # name tag: starts it pinned, sets SRV_PID / SRV_PORT
     local so="$OUT/logs/$tag.$name.out" se="$OUT/logs/$tag.$name.err"
     mkdir -p "$OUT/logs"
     case $name in
-        herald) taskset -c 0 "$HERALD" --listen 127.0.0.1:0 --threads 1 --cores 0 --stats-interval 0 >"$so" 2>"$se" & ;;
+        herald) taskset -c 0 "$HERALD" --listen 127.0.0.1:0 --threads 1 --cores 0 --stats-interval 0 $HERALD_ARGS >"$so" 2>"$se" & ;;
         herald-base) taskset -c 0 "$BASE_BIN" --listen 127.0.0.1:0 --threads 1 --cores 0 --stats-interval 0 >"$so" 2>"$se" & ;;
+        herald-tls)
+            [[ -f $OUT/tls-key.pem ]] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                -nodes -keyout "$OUT/tls-key.pem" -out "$OUT/tls-cert.pem" -days 2 -subj /CN=localhost \
+                -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null || die "openssl could not make a certificate"
+            taskset -c 0 "$HERALD" --listen 127.0.0.1:0 --tls-cert "$OUT/tls-cert.pem" --tls-key "$OUT/tls-key.pem" \
+                --threads 1 --cores 0 --stats-interval 0 >"$so" 2>"$se" & ;;
         herald-2t) taskset -c 0,1 "$HERALD" --listen 127.0.0.1:0 --threads 2 --cores 0,1 --stats-interval 0 >"$so" 2>"$se" & ;;
         uws) taskset -c 0 node "$PEERS/uws-server.js" 0 >"$so" 2>"$se" & ;;
         ws) taskset -c 0 node "$PEERS/ws-server.js" 0 >"$so" 2>"$se" & ;;
         *) die "internal: unknown server $name" ;;
     esac
-    SRV_PID=$! SRV_NAME=$name SRV_PORT=""
+    SRV_PID=$! SRV_NAME=$name SRV_PORT="" SRV_SCHEME=ws
     for ((i = 0; i < 100; i++)); do
         line=$(head -n1 "$so" 2>/dev/null || true)
-        if [[ $line =~ ^listening\ on\ ws://127\.0\.0\.1:([0-9]+)$ ]]; then
-            SRV_PORT=${BASH_REMATCH[1]}
+        if [[ $line =~ ^listening\ on\ (wss?)://127\.0\.0\.1:([0-9]+)$ ]]; then
+            SRV_SCHEME=${BASH_REMATCH[1]} SRV_PORT=${BASH_REMATCH[2]}
             return 0
         fi
         alive "$SRV_PID" || die "$name exited before listening; see $se:"$'\n'"$(tail -n5 "$se")"
@@ -207,7 +227,9 @@ run_loadtest() { # tag loadtest-args...
     shift
     local budget=$((DURATION + WARMUP + 120))
     # In the background + wait, so that a SIGINT/SIGTERM to this script is handled at once.
-    timeout -k 5 "$budget" taskset -c 1 "$LOADTEST" --url "ws://127.0.0.1:$SRV_PORT$TOPIC" "$@" \
+    local tls=()
+    [[ $SRV_SCHEME == wss ]] && tls=(--insecure)
+    timeout -k 5 "$budget" taskset -c 1 "$LOADTEST" --url "$SRV_SCHEME://127.0.0.1:$SRV_PORT$TOPIC" "${tls[@]}" "$@" \
         --cores 1 --json --quiet --server-pid "$SRV_PID" >"$OUT/$tag.json" 2>"$OUT/$tag.err" &
     LT_PID=$!
     wait "$LT_PID" || rc=$?
@@ -230,6 +252,7 @@ ROW_TITLE[e]="(e) connection storm, 10k conns"
 ROW_TITLE[f]="(f) 1k subs × 1,000 msg/s"
 ROW_TITLE[g]="(g) 15k subs × 10 msg/s"
 ROW_TITLE[b2]="(b2) row b, herald threads"
+ROW_TITLE[h]="(h) 1k subs, closed loop, 8 in flight"
 FANOUT_METRICS="delivered/s|lost|p50 / p99 µs|server CPU %|server ns/delivery|loadtest CPU %"
 ROW_METRICS[a]=$FANOUT_METRICS
 ROW_METRICS[b]=$FANOUT_METRICS
@@ -239,6 +262,7 @@ ROW_METRICS[c]="max rate, lost 0|$FANOUT_METRICS|first failing rate"
 ROW_METRICS[d]="idle RSS / conn|VmRSS before → after"
 ROW_METRICS[e]="handshakes/s|connect p50 / p99 µs|errors|server CPU µs/handshake"
 ROW_METRICS[b2]=$FANOUT_METRICS
+ROW_METRICS[h]=$FANOUT_METRICS
 
 commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
 
@@ -272,14 +296,15 @@ summary() { # json -> one progress line
 }
 
 # ---------------------------------------------------------------- rows
-fanout_row() { # row subscribers rate [server-list]
-    local row=$1 subs=$2 rate=$3 srv tag
+fanout_row() { # row subscribers rate|inflight:N [server-list]
+    local row=$1 subs=$2 rate=$3 srv tag load
     shift 3
+    if [[ $rate == inflight:* ]]; then load=(--inflight "${rate#inflight:}"); else load=(--rate "$rate"); fi
     for srv in "$@"; do
         tag="$row-$srv"
-        log "[$row] $srv: $subs subscribers × $rate msg/s for ${DURATION}s"
+        log "[$row] $srv: $subs subscribers × ${load[*]} for ${DURATION}s"
         start_server "$srv" "$tag"
-        if run_loadtest "$tag" --connections "$subs" --publishers 1 --rate "$rate" --size 64 \
+        if run_loadtest "$tag" --connections "$subs" --publishers 1 "${load[@]}" --size 64 \
             --duration "$DURATION" --warmup "$WARMUP"; then
             fanout_cells "$row" "$srv" "$OUT/$tag.json"
             log "[$row] $srv: $(summary "$OUT/$tag.json")"
@@ -394,13 +419,14 @@ for row in "${ROW_LIST[@]}"; do
         e) connect_row ;;
         f) fanout_row f 1000 1000 "${SERVER_LIST[@]}" ;;
         g) fanout_row g 15000 10 "${SERVER_LIST[@]}" ;;
+        h) fanout_row h 1000 inflight:8 "${SERVER_LIST[@]}" ;;
         b2) fanout_row b2 10000 10 herald herald-2t ;;
     esac
     ran_rows+=("$row")
 done
 
 # ---------------------------------------------------------------- table
-declare -A SERVER_TITLE=([herald]="herald (1 thread)" [herald-base]="herald --base-bin (1 thread)" [uws]="uWebSockets.js pub/sub" [ws]="Node ws" [herald-2t]="herald --threads 2 (cores 0,1)")
+declare -A SERVER_TITLE=([herald]="herald (1 thread)" [herald-base]="herald --base-bin (1 thread)" [uws]="uWebSockets.js pub/sub" [ws]="Node ws" [herald-2t]="herald --threads 2 (cores 0,1)" [herald-tls]="herald wss:// (1 thread)")
 
 print_table() { # title rows... (servers from the global $TABLE_SERVERS)
     local row m s line ms
@@ -439,3 +465,21 @@ print_table() { # title rows... (servers from the global $TABLE_SERVERS)
         echo "(b2: the loadtest stays on core 1, which the 2-thread herald shares; loadtest CPU % is over its whole run)"
     fi
 } | tee "$OUT/table.md"
+
+# ---------------------------------------------------------------- pictures
+# One HTML page per fan-out row with the servers overlaid (the loadtest's --html page, filled
+# with every server's JSON by benches/report_html.py), and a PNG of it when Chromium is there.
+for r in "${ran_rows[@]}"; do
+    [[ $r == a || $r == b || $r == e || $r == f || $r == g ]] || continue
+    runs=()
+    for srv in "${SERVER_LIST[@]}"; do
+        [[ -s $OUT/$r-$srv.json ]] && runs+=("$srv=$OUT/$r-$srv.json")
+    done
+    ((${#runs[@]})) || continue
+    python3 "$ROOT/benches/report_html.py" "$OUT/$r.html" "${runs[@]}" || { log "warning: $r.html not written"; continue; }
+    if command -v chromium >/dev/null; then
+        timeout 60 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,1700 \
+            --screenshot="$OUT/$r.png" "file://$OUT/$r.html" >/dev/null 2>&1 || log "warning: no picture of $r.html"
+    fi
+    log "row $r: $OUT/$r.html${runs:+ (servers overlaid)}"
+done

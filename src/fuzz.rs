@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 
 use crate::proto::deflate::Codec;
 use crate::proto::frame::{self, Event};
 use crate::proto::http::{self, Request};
+use crate::worker::tls::Session;
 
 /// The message size limit the targets run with: small, so that the "too large" paths are
 /// reached by inputs of a few kilobytes.
@@ -196,8 +197,9 @@ pub fn tls_websocket(pair: &TlsPair, data: &[u8]) {
     let Ok(mut server) = crate::worker::tls::new_session(&pair.server_config) else {
         return;
     };
+    let mut socket = MemorySocket::default();
     if mode & 1 == 0 {
-        let plain = server_input(&mut server, rest);
+        let plain = server_input(&mut server, &mut socket, rest);
         connection_input(&plain, mode & 2 != 0);
         return;
     }
@@ -218,13 +220,8 @@ pub fn tls_websocket(pair: &TlsPair, data: &[u8]) {
                 return;
             }
         }
-        let _ = server_input(&mut server, &wire);
-        let mut back = Vec::new();
-        while server.wants_write() {
-            if server.write_tls(&mut back).is_err() {
-                return;
-            }
-        }
+        let _ = server_input(&mut server, &mut socket, &wire);
+        let back = std::mem::take(&mut socket.outbound);
         let mut slice = &back[..];
         while !slice.is_empty() {
             match client.read_tls(&mut slice) {
@@ -249,35 +246,58 @@ pub fn tls_websocket(pair: &TlsPair, data: &[u8]) {
             return;
         }
     }
-    let plain = server_input(&mut server, &wire);
+    let plain = server_input(&mut server, &mut socket, &wire);
     assert_eq!(plain, rest, "the server decrypts what the client sent");
     connection_input(&plain, mode & 2 != 0);
 }
 
-/// Feed ciphertext to the server session the way `tls::read` does (in socket-sized reads),
-/// and return the plaintext it yields before it stops (error, close, or input used up).
-fn server_input(server: &mut ServerConnection, mut wire: &[u8]) -> Vec<u8> {
+/// A connection's socket in memory: reads take what was put in, in socket-sized pieces,
+/// then `WouldBlock`; writes collect what the server sends.
+#[derive(Default)]
+struct MemorySocket {
+    inbound: Vec<u8>,
+    read_at: usize,
+    outbound: Vec<u8>,
+}
+
+impl Read for MemorySocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = &self.inbound[self.read_at..];
+        if left.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = left.len().min(buf.len()).min(4096);
+        buf[..n].copy_from_slice(&left[..n]);
+        self.read_at += n;
+        Ok(n)
+    }
+}
+
+impl Write for MemorySocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbound.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Feed ciphertext to the server session through its read path (as the worker does, into
+/// a scratch-sized buffer), and return the plaintext it yields before it stops (error,
+/// close, or input used up).
+fn server_input(server: &mut Session, socket: &mut MemorySocket, wire: &[u8]) -> Vec<u8> {
+    socket.inbound = wire.to_vec();
+    socket.read_at = 0;
     let mut plain = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !wire.is_empty() {
-        match server.read_tls(&mut wire) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => break, // rustls's buffer is full: a real connection stops reading too
-        }
-        if server.process_new_packets().is_err() {
-            break;
-        }
-        loop {
-            match server.reader().read(&mut buf) {
-                Ok(0) => return plain,
-                Ok(n) => plain.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return plain,
-            }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match server.read(socket, &mut buf) {
+            Ok(0) | Err(_) => return plain, // end of stream, drained, or refused
+            Ok(n) => plain.extend_from_slice(&buf[..n]),
         }
     }
-    plain
 }
 
 /// One connection's plaintext: a request head, and after an upgrade, frames.

@@ -24,6 +24,7 @@ pub use herald_proto as proto;
 pub mod cluster;
 pub mod feed;
 pub mod fuzz;
+pub mod hooks;
 pub mod ops;
 pub mod policy;
 pub mod server;

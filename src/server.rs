@@ -16,6 +16,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::cluster;
 use crate::feed::bus::{Bus, BusMsg, PeerLink, INBOX_CAPACITY};
+use crate::hooks;
 use crate::ops::config::Config;
 use crate::ops::os;
 use crate::ops::stats::{self, Counters, SharedCounters};
@@ -146,11 +147,24 @@ impl Server {
                     cluster::redacted(url),
                     config.broker_history
                 );
-                Some(cluster::start(broker, peers).map_err(StartError::Broker)?)
+                let link = cluster::start(broker, peers).map_err(StartError::Broker)?;
+                if config.dashboard {
+                    // Every node's figures on every node's dashboard (src/cluster/roster.rs).
+                    cluster::roster::start(
+                        url,
+                        boot,
+                        everyone.clone(),
+                        link.stats.clone(),
+                        link.roster.clone(),
+                    )
+                    .map_err(StartError::Broker)?;
+                }
+                Some(link)
             }
             None => None,
         };
         let broker_stats = cluster.as_ref().map(|c| c.stats.clone());
+        let mut hook_links = start_hooks(&config, &wakers).into_iter();
         let mut workers = Vec::with_capacity(count);
         for (index, ((poll, listeners), inbox)) in
             polls.into_iter().zip(listeners).zip(inboxes).enumerate()
@@ -170,6 +184,7 @@ impl Server {
                 gate: gate.clone(),
                 site: site.clone(),
                 cluster: cluster.clone(),
+                hooks: hook_links.next(),
             };
             let worker =
                 Worker::new(parts).map_err(|source| StartError::Worker { index, source })?;
@@ -287,6 +302,34 @@ fn boot_id() -> u32 {
         .map_or(0, |d| d.as_nanos());
     let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
     ((mixed ^ (mixed >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32
+}
+
+/// Backend hooks: the pool of hook threads, and one link per worker (none without a hook).
+fn start_hooks(config: &Config, wakers: &[Arc<Waker>]) -> Vec<hooks::HookLink> {
+    let hooks = hooks::HookConfig {
+        urls: [
+            config.connect_hook.clone(),
+            config.subscribe_hook.clone(),
+            config.publish_hook.clone(),
+        ],
+        threads: config.hook_threads,
+        timeout: config.hook_timeout,
+        max_inflight: config.hook_max_inflight,
+        cache: config.hook_cache,
+    };
+    if !hooks.is_on() {
+        return Vec::new();
+    }
+    for (kind, url) in hooks::HookKind::ALL.iter().zip(&hooks.urls) {
+        if let Some(url) = url {
+            println!("hooks: {} → {url}", kind.label());
+        }
+    }
+    println!(
+        "hooks: {} threads, timeout {:?}, at most {} in flight, allow cache {:?}",
+        hooks.threads, hooks.timeout, hooks.max_inflight, hooks.cache
+    );
+    hooks::start(&hooks, wakers.to_vec())
 }
 
 /// The sending side of every worker's inbox (for a worker, or for the cluster bridge).

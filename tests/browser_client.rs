@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use testkit::browser::{js_string, Chrome};
 use testkit::redis_server::Redis;
-use testkit::{http_request, Server};
+use testkit::Server;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -50,11 +50,7 @@ fn node(port: u16, redis: &Redis) -> Server {
 
 /// HTTP publish of a text body; the status.
 fn post(addr: SocketAddr, topic: &str, body: &str) -> u16 {
-    let request = format!(
-        "POST /{topic} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    http_request(addr, request.as_bytes()).0.status
+    testkit::post(addr, topic, "text/plain", "", body.as_bytes()).0
 }
 
 /// Loads the library into the page from `/herald-client.js` and starts one client that

@@ -15,14 +15,15 @@ const RULE: &[(&str, &[&str])] = &[
     ("policy", &["proto", "ops"]),
     ("site", &["proto", "ops"]),
     ("cluster", &["proto", "feed", "ops"]),
+    ("hooks", &[]),
     (
         "worker",
-        &["proto", "feed", "ops", "policy", "site", "cluster"],
+        &["proto", "feed", "ops", "policy", "site", "cluster", "hooks"],
     ),
     (
         "server",
         &[
-            "proto", "feed", "ops", "policy", "site", "cluster", "worker",
+            "proto", "feed", "ops", "policy", "site", "cluster", "hooks", "worker",
         ],
     ),
 ];

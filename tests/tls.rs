@@ -4,10 +4,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConnection, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, StreamOwned};
 use testkit::{connect_wss, herald_bin, recv_data, Server, TestCert};
 use tungstenite::Message;
 
@@ -255,4 +256,140 @@ fn metrics_and_ready_over_tls_count_failed_tls_handshakes() {
         metrics.contains("\nherald_connections{worker=\"0\"} 1\n"),
         "only the scrape is open: {metrics}"
     );
+}
+
+/// A `wss://` client like [`connect_wss`], but with the given client configuration (its
+/// session cache is what makes a second connection resume) and socket wrapper.
+fn wss_over<S: Read + Write>(
+    config: Arc<ClientConfig>,
+    socket: S,
+    port: u16,
+    topic: &str,
+) -> tungstenite::WebSocket<StreamOwned<ClientConnection, S>> {
+    let name = ServerName::try_from("localhost").expect("server name");
+    let conn = ClientConnection::new(config, name).expect("client connection");
+    let mut stream = StreamOwned::new(conn, socket);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake");
+    }
+    let url = format!("wss://localhost:{port}/{topic}");
+    let (ws, response) = tungstenite::client(url.as_str(), stream).expect("upgrade over TLS");
+    assert_eq!(response.status().as_u16(), 101);
+    ws
+}
+
+fn tcp(addr: SocketAddr) -> TcpStream {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+/// The server keeps no TLS buffers for an idle connection: records are decrypted and
+/// encrypted in the worker's scratch. Many connections that sat idle (every buffer given
+/// back) must still get every message, small and spanning several records.
+#[test]
+fn many_idle_tls_connections_receive_a_message_after_being_idle() {
+    let cert = TestCert::generate();
+    let (server, tls_addr) = start_tls(&cert, &["--threads", "1"]);
+    let mut idle: Vec<_> = (0..100)
+        .map(|_| connect_wss(tls_addr, "idle-tls", &cert))
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut publisher = testkit::connect(server.addr, "idle-tls");
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    testkit::send(&mut publisher, Message::text("after the silence"));
+    testkit::send(&mut publisher, Message::binary(big.clone()));
+    for (i, ws) in idle.iter_mut().enumerate() {
+        assert_eq!(
+            recv_data(ws),
+            Message::text("after the silence"),
+            "connection {i}"
+        );
+        assert_eq!(
+            recv_data(ws),
+            Message::binary(big.clone()),
+            "connection {i}"
+        );
+    }
+    // And they still talk back.
+    idle[7].send(Message::text("from 7")).expect("send");
+    assert_eq!(
+        recv_data(&mut publisher),
+        Message::text("after the silence")
+    );
+    assert_eq!(recv_data(&mut publisher), Message::binary(big));
+    assert_eq!(recv_data(&mut publisher), Message::text("from 7"));
+}
+
+/// TLS 1.3 resumption: a client that kept the ticket from its first connection resumes on
+/// the second (no certificate, no signature), and the connection works.
+#[test]
+fn a_returning_client_resumes_its_tls_session_with_a_ticket() {
+    let cert = TestCert::generate();
+    let (_server, tls_addr) = start_tls(&cert, &["--threads", "1"]);
+    // One configuration, one session cache: like one browser coming back.
+    let config = cert.client_config();
+    let mut first = wss_over(config.clone(), tcp(tls_addr), tls_addr.port(), "resume");
+    assert_eq!(
+        first.get_ref().conn.handshake_kind(),
+        Some(HandshakeKind::Full)
+    );
+    // Reading the echo also reads the ticket, which the server sends after the handshake.
+    first.send(Message::text("first")).expect("send");
+    assert_eq!(recv_data(&mut first), Message::text("first"));
+    first.close(None).expect("close");
+    while first.read().is_ok() {}
+
+    let mut second = wss_over(config, tcp(tls_addr), tls_addr.port(), "resume");
+    assert_eq!(
+        second.get_ref().conn.handshake_kind(),
+        Some(HandshakeKind::Resumed),
+        "the second connection must resume with the ticket"
+    );
+    second.send(Message::text("second")).expect("send");
+    assert_eq!(recv_data(&mut second), Message::text("second"));
+}
+
+/// A socket that sends one byte per write and pauses after it, so each byte of the client's
+/// TLS records (handshake, upgrade request, frames) is its own TCP segment.
+struct OneByteAtATime(TcpStream);
+
+impl Read for OneByteAtATime {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for OneByteAtATime {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.0.write(&buf[..1])?;
+        std::thread::sleep(Duration::from_micros(200));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Records arriving a byte at a time are held (only while incomplete) and put together:
+/// the handshake, the upgrade and a message all get through.
+#[test]
+fn a_client_sending_its_tls_records_one_byte_at_a_time_is_served() {
+    let cert = TestCert::generate();
+    let (_server, tls_addr) = start_tls(&cert, &["--threads", "1"]);
+    let socket = OneByteAtATime(tcp(tls_addr));
+    let mut ws = wss_over(cert.client_config(), socket, tls_addr.port(), "bytes");
+    ws.send(Message::text("one byte at a time")).expect("send");
+    assert_eq!(recv_data(&mut ws), Message::text("one byte at a time"));
+    ws.send(Message::binary(vec![9; 3_000])).expect("send");
+    assert_eq!(recv_data(&mut ws), Message::binary(vec![9; 3_000]));
 }

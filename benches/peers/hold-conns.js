@@ -2,10 +2,11 @@
 // Opens N idle WebSocket connections to URL and holds them, for measuring a server's idle memory
 // per connection (benches/compare.sh row d). The loadtest has no "hold idle connections" mode.
 //
-// Usage: node hold-conns.js URL N [--inflight K] [--hold S]   (URL: ws:// or wss://, loopback)
+// Usage: node hold-conns.js URL N [--inflight K] [--hold S] [--open-timeout S]
+//   (URL: ws:// or wss://, loopback; --open-timeout: how long opening may take, default 60 s)
 // Prints `open N` on stdout once all N are open (after that the caller samples the server's RSS),
 // then holds them, answering pings, until SIGTERM/SIGINT or --hold seconds (default 120) pass.
-// Exits 1 (with the reason on stderr) if any connection fails or opening takes over 60 s.
+// Exits 1 (with the reason on stderr) if any connection fails or opening takes too long.
 'use strict';
 
 const WebSocket = require('ws');
@@ -15,9 +16,11 @@ const url = args[0];
 const n = Number(args[1]);
 let inflight = 500;
 let holdSecs = 120;
+let openSecs = 60;
 for (let i = 2; i < args.length; i += 2) {
   if (args[i] === '--inflight') inflight = Number(args[i + 1]);
   else if (args[i] === '--hold') holdSecs = Number(args[i + 1]);
+  else if (args[i] === '--open-timeout') openSecs = Number(args[i + 1]);
   else fail(`unknown argument ${args[i]}`);
 }
 if (!url || !/^wss?:\/\/127\.0\.0\.1:\d+\//.test(url) || !Number.isInteger(n) || n < 1) {
@@ -52,7 +55,7 @@ function openOne() {
   ws.on('close', (code) => fail(`server closed a connection (code ${code})`));
 }
 
-const openTimer = setTimeout(() => fail(`only ${opened} of ${n} open after 60 s`), 60_000);
+const openTimer = setTimeout(() => fail(`only ${opened} of ${n} open after ${openSecs} s`), openSecs * 1000);
 for (let i = 0; i < Math.min(inflight, n); i++) openOne();
 
 const stop = () => process.exit(0);

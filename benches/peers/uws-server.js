@@ -8,6 +8,8 @@
 // GitHub release binaries; uWebSockets.js itself is not on npm). Compression off, as in the
 // uWS docs' fastest configuration. Usage: node uws-server.js [PORT]   (or PORT=...; 0 picks a
 // free port). First stdout line: `listening on ws://127.0.0.1:PORT`. Exits 0 on SIGTERM/SIGINT.
+// With TLS_CERT and TLS_KEY (PEM files) set, it serves wss:// with uWS.SSLApp instead, and the
+// line says `listening on wss://127.0.0.1:PORT` (benches/tls_handshakes.sh).
 'use strict';
 
 const uWS = require('uwebsockets');
@@ -18,7 +20,12 @@ if (!Number.isInteger(port) || port < 0 || port > 65535) {
   process.exit(2);
 }
 
-const app = uWS.App().ws('/*', {
+const tls = process.env.TLS_CERT && process.env.TLS_KEY;
+const app = (
+  tls
+    ? uWS.SSLApp({ cert_file_name: process.env.TLS_CERT, key_file_name: process.env.TLS_KEY })
+    : uWS.App()
+).ws('/*', {
   compression: uWS.DISABLED,
   maxPayloadLength: 1 << 20, // Herald's default --max-message
   maxBackpressure: 1 << 20, // Herald's default --max-backlog
@@ -51,7 +58,7 @@ app.listen('127.0.0.1', port, (token) => {
     process.exit(1);
   }
   listenSocket = token;
-  console.log(`listening on ws://127.0.0.1:${uWS.us_socket_local_port(token)}`);
+  console.log(`listening on ${tls ? 'wss' : 'ws'}://127.0.0.1:${uWS.us_socket_local_port(token)}`);
 });
 
 const stop = () => {

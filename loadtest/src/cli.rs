@@ -61,6 +61,11 @@ pub struct Args {
     /// Messages per second in total, sent on a fixed open-loop schedule.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
+    /// Closed loop instead of the --rate schedule: each publisher keeps N messages in flight,
+    /// its own echo (it is on the topic too) being the acknowledgement that frees a slot.
+    /// Measures saturation throughput; latency is timed from the actual send.
+    #[arg(long, value_name = "N")]
+    pub inflight: Option<u64>,
     /// Payload size in bytes (at least 16: sequence number and scheduled send time).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
@@ -126,6 +131,11 @@ pub struct Args {
     /// print it on stdout after the text report).
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
+    /// Write a self-contained HTML report to FILE: the latency percentile plot, delivery rate
+    /// and p99 per second, connect latency, duplicates and out-of-order per second, and the
+    /// server's CPU per delivery with --server-pid.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// Server process to charge CPU time to over the measured window.
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
@@ -152,6 +162,8 @@ pub struct Config {
     pub total: u64,
     /// Messages per second in total.
     pub rate: u64,
+    /// Closed loop (`--inflight N`): messages each publisher keeps in flight; 0: open loop.
+    pub inflight: u64,
     /// Payload bytes per message.
     pub size: usize,
     /// Warmup length.
@@ -190,6 +202,8 @@ pub struct Config {
     pub json: bool,
     /// Where to write the .hgrm distribution.
     pub hgrm: Option<PathBuf>,
+    /// Where to write the HTML report.
+    pub html: Option<PathBuf>,
     /// Server process whose CPU is measured.
     pub server_pid: Option<u32>,
     /// Suppress progress lines.
@@ -204,6 +218,8 @@ const MAX_CONNECTIONS: u64 = 10_000_000;
 const MAX_PUBLISHERS: u64 = 4096;
 /// Largest payload accepted.
 const MAX_SIZE: usize = 16 << 20;
+/// Most messages a publisher may keep in flight with `--inflight`.
+const MAX_INFLIGHT: u64 = 100_000;
 /// Longest run accepted, in seconds.
 const MAX_SECS: f64 = 86_400.0;
 
@@ -300,6 +316,16 @@ impl Config {
                     .map_err(|e| format!("--v1: {}: {e}", t.url))?;
             }
         }
+        let inflight = match a.inflight {
+            None => 0,
+            Some(n) if a.mode != Mode::Fanout => {
+                return Err(format!("--inflight {n} works only with --mode fanout"))
+            }
+            Some(n) if n == 0 || n > MAX_INFLIGHT => {
+                return Err(format!("--inflight must be 1..={MAX_INFLIGHT} messages"))
+            }
+            Some(n) => n,
+        };
         let cores = match &a.cores {
             Some(list) => parse_cores(list).map_err(|e| format!("--cores {list:?}: {e}"))?,
             None => Vec::new(),
@@ -311,6 +337,7 @@ impl Config {
             publishers,
             total,
             rate: a.rate,
+            inflight,
             size: a.size,
             warmup_ns: if timed { warmup_ns } else { 0 },
             duration_ns: if timed { duration_ns } else { 0 },
@@ -330,6 +357,7 @@ impl Config {
             payload: a.payload,
             json: a.json,
             hgrm: a.hgrm.clone(),
+            html: a.html.clone(),
             server_pid: a.server_pid,
             quiet: a.quiet,
             child: a.child,
@@ -427,6 +455,9 @@ mod tests {
             &["--max-inflight", "0"],
             &["--spin-us", "20000"],
             &["--mode", "bogus"],
+            &["--inflight", "0"],
+            &["--inflight", "100001"],
+            &["--inflight", "8", "--mode", "echo"],
         ];
         for extra in bad {
             let mut v = u.to_vec();
@@ -436,6 +467,14 @@ mod tests {
         assert!(cfg(&["--url", "ws://192.168.1.1/"]).is_err());
         assert!(cfg(&["--connections", "5"]).is_err(), "--url is required");
         assert!(cfg(&["--url", "ws://[::1]:9/", "--source-ips", "2"]).is_err());
+    }
+
+    #[test]
+    fn inflight_is_closed_loop() {
+        let c = cfg(&["--url", "ws://127.0.0.1:9000/b", "--inflight", "8"]).expect("valid");
+        assert_eq!(c.inflight, 8);
+        let c = cfg(&["--url", "ws://127.0.0.1:9000/b"]).expect("valid");
+        assert_eq!(c.inflight, 0, "open loop by default");
     }
 
     #[test]

@@ -59,6 +59,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if let Some(path) = &cfg.html {
+        if let Err(e) = std::fs::write(path, run.html()) {
+            eprintln!("loadtest: error: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     if cfg.json {
         println!("{}", run.json());
     } else {

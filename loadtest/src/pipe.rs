@@ -1,6 +1,7 @@
 //! The line protocol on the stdio pipes between the parent and its child processes.
 //!
-//! Child → parent (its stdout): `progress OPEN RECEIVED SENT ERRORS HIST` once a second,
+//! Child → parent (its stdout): `progress OPEN RECEIVED SENT ERRORS DUPLICATES OUT_OF_ORDER HIST`
+//! once a second,
 //! `ready` when all its connection attempts finished, `report STATS` at the end, or
 //! `fatal MESSAGE`. Parent → child (its stdin): `go T0` (CLOCK_MONOTONIC ns) to start traffic;
 //! end of input means abort.
@@ -24,6 +25,10 @@ pub struct Progress {
     pub sent: u64,
     /// Errors so far.
     pub errors: u64,
+    /// Measured messages received again, since the last one.
+    pub duplicates: u64,
+    /// Measured messages received after a later one, since the last one.
+    pub out_of_order: u64,
     /// Latencies recorded since the last one (delivery, or connect in connect mode).
     pub hist: Histogram<u64>,
 }
@@ -35,6 +40,8 @@ impl Default for Progress {
             received: 0,
             sent: 0,
             errors: 0,
+            duplicates: 0,
+            out_of_order: 0,
             hist: new_histogram(),
         }
     }
@@ -62,9 +69,11 @@ impl ChildMsg {
                 received,
                 sent,
                 errors,
+                duplicates,
+                out_of_order,
                 hist,
             }) => format!(
-                "progress {open} {received} {sent} {errors} {}",
+                "progress {open} {received} {sent} {errors} {duplicates} {out_of_order} {}",
                 encode_hist(hist)
             ),
             ChildMsg::Ready => "ready".into(),
@@ -82,7 +91,7 @@ impl ChildMsg {
             "report" => Stats::decode(rest).map(|s| ChildMsg::Report(Box::new(s))),
             "progress" => {
                 let f: Vec<&str> = rest.split(' ').collect();
-                if f.len() != 5 {
+                if f.len() != 7 {
                     return Err(format!("bad progress line {line:?}"));
                 }
                 let n = |i: usize| {
@@ -94,7 +103,9 @@ impl ChildMsg {
                     received: n(1)?,
                     sent: n(2)?,
                     errors: n(3)?,
-                    hist: decode_hist(f[4])?,
+                    duplicates: n(4)?,
+                    out_of_order: n(5)?,
+                    hist: decode_hist(f[6])?,
                 }))
             }
             _ => Err(format!("unexpected line from a child process: {line:?}")),
@@ -130,6 +141,8 @@ mod tests {
             received: 6,
             sent: 7,
             errors: 8,
+            duplicates: 9,
+            out_of_order: 10,
             hist: h,
         });
         match ChildMsg::decode(&msg.encode()).expect("decodes") {
@@ -138,9 +151,12 @@ mod tests {
                 received,
                 sent,
                 errors,
+                duplicates,
+                out_of_order,
                 hist,
             }) => {
                 assert_eq!((open, received, sent, errors), (5, 6, 7, 8));
+                assert_eq!((duplicates, out_of_order), (9, 10));
                 assert_eq!(hist.len(), 1);
             }
             other => panic!("{other:?}"),

@@ -231,3 +231,39 @@ fn hgrm_dash_prints_the_distribution_on_stdout() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--json and --hgrm -"), "{stderr}");
 }
+
+/// `--inflight N`: the publisher sends only while fewer than N of its own messages are on
+/// their way back, so the server never holds more than N of them; everything sent in the
+/// window is delivered and counted by send time.
+#[test]
+fn inflight_is_a_closed_loop() {
+    let (port, counts) = broadcast_server(None);
+    let url = format!("ws://127.0.0.1:{port}/closed");
+    let r = json_report(&[
+        "--url",
+        &url,
+        "--connections",
+        "10",
+        "--inflight",
+        "4",
+        "--warmup",
+        "0.3",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    no_errors(&r);
+    assert_eq!(u(&r, "inflight"), 4);
+    assert!(r["rate"].is_null(), "no rate in a closed loop: {r}");
+    let sent = u(&r, "sent");
+    assert!(sent > 0, "{r}");
+    assert_eq!(u(&r, "expected"), sent * 10);
+    assert_eq!(u(&r, "delivered"), sent * 10);
+    assert_eq!(u(&r, "lost"), 0);
+    assert_eq!(u(&r, "duplicates"), 0);
+    assert_eq!(u(&r, "out_of_order"), 0);
+    // Every message sent (warmup included) reached all 11 members, the publisher's echo too.
+    let total = u(&r, "sent_total");
+    assert_eq!(counts.received.load(Ordering::SeqCst), total);
+    assert_eq!(counts.delivered.load(Ordering::SeqCst), total * 11);
+}

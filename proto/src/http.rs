@@ -33,6 +33,15 @@ pub enum Request {
     /// Any other plain `GET`: the demo page, a static file, or a refusal (the server's pages
     /// decide).
     Page { target: String },
+    /// Server-Sent Events: `GET /<topic>` with `Accept: text/event-stream`, or
+    /// `GET /sse?topic=a&topic=b` for several topics (`sse` module). `last_event_id`: the
+    /// `Last-Event-ID` header of a reconnecting client, unparsed (its meaning depends on the
+    /// number of topics, checked by `sse::parse_last_event_id`).
+    Events {
+        topics: Vec<String>,
+        last_event_id: Option<String>,
+        credentials: Credentials,
+    },
     /// `POST /<topic>`: publish the `body_len`-byte body that follows the head, as text
     /// (`text/*`, `application/json`) or binary. `keep_alive`: answer and read the next request.
     Publish {
@@ -88,6 +97,9 @@ pub enum Denied {
     Origin,
     #[error("a valid publish key is required")]
     BadPublishKey,
+    /// The application's backend (a hook) said no, with this reason.
+    #[error("denied: {0}")]
+    ByHook(String),
 }
 
 /// Every way a request is refused, each with its HTTP status. This is the one table that
@@ -114,6 +126,9 @@ pub enum HttpError {
     BodyTooLarge(usize),
     #[error("publish not acknowledged in time")]
     Unavailable,
+    /// A backend hook gave no decision (down, slow, an error, garbage, or too many asked).
+    #[error("the application backend is unavailable: {0}")]
+    HookUnavailable(String),
     #[error("{0}")]
     Denied(Denied),
     #[error("too many connections (--max-conns)")]
@@ -135,10 +150,13 @@ impl HttpError {
             HttpError::HeadTooLarge => (431, "Request Header Fields Too Large"),
             HttpError::LengthRequired => (411, "Length Required"),
             HttpError::BodyTooLarge(_) => (413, "Content Too Large"),
-            HttpError::Unavailable | HttpError::TooManyConns | HttpError::ShuttingDown => {
-                (503, "Service Unavailable")
+            HttpError::Unavailable
+            | HttpError::HookUnavailable(_)
+            | HttpError::TooManyConns
+            | HttpError::ShuttingDown => (503, "Service Unavailable"),
+            HttpError::Denied(Denied::Forbidden | Denied::Origin | Denied::ByHook(_)) => {
+                (403, "Forbidden")
             }
-            HttpError::Denied(Denied::Forbidden | Denied::Origin) => (403, "Forbidden"),
             HttpError::Denied(_) => (401, "Unauthorized"),
             HttpError::TooManyConnsPerIp => (429, "Too Many Requests"),
         }
@@ -150,11 +168,12 @@ impl HttpError {
             HttpError::MethodNotAllowed => "Allow: GET, POST\r\n",
             HttpError::UpgradeRequired => "Upgrade: websocket\r\n",
             HttpError::UnsupportedVersion => "Sec-WebSocket-Version: 13\r\n",
-            HttpError::Denied(Denied::Forbidden | Denied::Origin) => "",
+            HttpError::Denied(Denied::Forbidden | Denied::Origin | Denied::ByHook(_)) => "",
             HttpError::Denied(_) => "WWW-Authenticate: Bearer\r\n",
-            HttpError::TooManyConns | HttpError::TooManyConnsPerIp | HttpError::ShuttingDown => {
-                "Retry-After: 1\r\n"
-            }
+            HttpError::TooManyConns
+            | HttpError::TooManyConnsPerIp
+            | HttpError::ShuttingDown
+            | HttpError::HookUnavailable(_) => "Retry-After: 1\r\n",
             _ => "",
         }
     }
@@ -243,6 +262,15 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let Some(upgrade) = header("upgrade") else {
+        let wants_events = header("accept").is_some_and(|accept| {
+            accept.split(',').any(|t| {
+                let media = t.split(';').next().unwrap_or_default();
+                media.trim().eq_ignore_ascii_case("text/event-stream")
+            })
+        });
+        if path == SSE_PATH || (wants_events && !is_reserved_get(path)) {
+            return route_events(target, path, &header);
+        }
         return match path {
             "/health" => Ok(Request::Health),
             "/ready" => Ok(Request::Ready),
@@ -303,6 +331,70 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
         mode,
         accept: derive_accept_key(key.as_bytes()),
         deflate: deflate::negotiate(extensions),
+        credentials: Credentials {
+            token,
+            origin: header("origin").map(str::to_owned),
+        },
+    })
+}
+
+/// Paths whose plain `GET` is Herald's own, never a topic's event stream, whatever the
+/// `Accept` header says: the probes, and the dashboard's page and its own event stream (an
+/// `EventSource` on `/dashboard/feed` sends `Accept: text/event-stream` too). Those topics are
+/// still streamed through `/sse?topic=…`.
+fn is_reserved_get(path: &str) -> bool {
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/dashboard" | "/dashboard/feed"
+    )
+}
+
+/// The path of a Server-Sent Events stream of several topics (`?topic=a&topic=b`).
+pub const SSE_PATH: &str = "/sse";
+
+/// Most topics one `GET /sse` stream may name (its `Last-Event-ID` carries one position each).
+pub const MAX_SSE_TOPICS: usize = 64;
+
+/// A Server-Sent Events request: the topics (the path's, or `/sse`'s `topic` parameters),
+/// the reconnecting client's `Last-Event-ID`, and its credentials (as for an upgrade).
+fn route_events<'h>(
+    target: &str,
+    path: &str,
+    header: &impl Fn(&str) -> Option<&'h str>,
+) -> Result<Request, HttpError> {
+    let topics = if path == SSE_PATH {
+        let (_, query) = target.split_once('?').unwrap_or_default();
+        let mut topics: Vec<String> = Vec::new();
+        for value in query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("topic="))
+        {
+            topic::validate(value).map_err(HttpError::BadTopic)?;
+            if topics.iter().any(|t| t == value) {
+                return Err(HttpError::BadRequest("a topic is named twice"));
+            }
+            topics.push(value.to_owned());
+        }
+        if topics.is_empty() {
+            return Err(HttpError::BadRequest("/sse needs at least one ?topic="));
+        }
+        if topics.len() > MAX_SSE_TOPICS {
+            return Err(HttpError::BadRequest(
+                "too many topics for one stream (64 at most)",
+            ));
+        }
+        topics
+    } else {
+        vec![topic::topic_from_target(target)
+            .map_err(HttpError::BadTopic)?
+            .to_owned()]
+    };
+    let token = header("authorization")
+        .and_then(bearer_token)
+        .or_else(|| query_param(target, "token"));
+    Ok(Request::Events {
+        topics,
+        last_event_id: header("last-event-id").map(str::to_owned),
         credentials: Credentials {
             token,
             origin: header("origin").map(str::to_owned),
@@ -412,6 +504,52 @@ mod tests {
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
         )
+    }
+
+    #[test]
+    fn event_stream_requests() {
+        let get = |target: &str, extra: &str| {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            parse_head(req.as_bytes(), 1024).map(|h| h.map(|h| h.request))
+        };
+        let accept = "Accept: text/event-stream; charset=utf-8\r\n";
+        assert_eq!(
+            get("/chat?token=t", &format!("{accept}Last-Event-ID: e:4\r\n")),
+            Ok(Some(Request::Events {
+                topics: vec!["chat".into()],
+                last_event_id: Some("e:4".into()),
+                credentials: Credentials {
+                    token: Some("t".into()),
+                    origin: None
+                },
+            }))
+        );
+        // Without the Accept header a topic path is a page; /sse is always a stream.
+        assert!(matches!(get("/chat", ""), Ok(Some(Request::Page { .. }))));
+        assert!(matches!(get("/health", accept), Ok(Some(Request::Health))));
+        // The dashboard's own event stream is a page the worker serves, not the topic
+        // `dashboard/feed` (an EventSource sends the event-stream Accept header there too).
+        for path in ["/dashboard", "/dashboard/feed"] {
+            assert!(
+                matches!(get(path, accept), Ok(Some(Request::Page { .. }))),
+                "{path}"
+            );
+        }
+        match get("/sse?topic=a&x=1&topic=b/c", "Authorization: Bearer k\r\n") {
+            Ok(Some(Request::Events {
+                topics,
+                credentials,
+                ..
+            })) => {
+                assert_eq!(topics, vec!["a", "b/c"]);
+                assert_eq!(credentials.token.as_deref(), Some("k"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["/sse", "/sse?topic=a&topic=a", "/sse?topic=a%20b"] {
+            assert_eq!(get(bad, "").unwrap_err().status().0, 400, "{bad}");
+        }
+        assert_eq!(get("/a b", accept).unwrap_err().status().0, 400);
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - `frame`: WebSocket frame decoding, validation and encoding (RFC 6455);
 //! - `deflate`: permessage-deflate (RFC 7692): negotiation, the per-worker codec;
 //! - `http`: the HTTP/1.1 request head, refusals and responses;
+//! - `sse`: Server-Sent Events: event encoding and `Last-Event-ID`;
 //! - `v1`: the `herald.v1` subprotocol (requests, replies, envelopes, error codes);
 //! - `topic`: topic names and where a subscription starts.
 
 pub mod deflate;
 pub mod frame;
 pub mod http;
+pub mod sse;
 pub mod topic;
 pub mod v1;

@@ -64,6 +64,12 @@ pub enum Refusal {
     Forbidden,
     #[error("the cluster broker (Redis) is unreachable; retry shortly")]
     Unavailable,
+    /// The application's backend (a hook) said no, with this reason (code `forbidden`).
+    #[error("denied: {0}")]
+    DeniedByHook(String),
+    /// A backend hook gave no decision (code `unavailable`).
+    #[error("the application backend is unavailable: {0}")]
+    HookUnavailable(String),
 }
 
 impl Refusal {
@@ -78,8 +84,8 @@ impl Refusal {
             Refusal::HistoryGap { .. } => "history_gap",
             Refusal::EpochChanged { .. } => "epoch_changed",
             Refusal::SinceAhead { .. } => "since_ahead",
-            Refusal::Forbidden => "forbidden",
-            Refusal::Unavailable => "unavailable",
+            Refusal::Forbidden | Refusal::DeniedByHook(_) => "forbidden",
+            Refusal::Unavailable | Refusal::HookUnavailable(_) => "unavailable",
         }
     }
 }
@@ -259,6 +265,11 @@ pub fn error(id: Option<u64>, topic: Option<&str>, refusal: &Refusal) -> Bytes {
         code: refusal.code(),
         reason: refusal.to_string(),
     })
+}
+
+/// Standard base64, as envelopes and hook payloads carry binary data.
+pub fn base64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The envelope a subscriber receives for message `seq` of `topic`, built from the message's

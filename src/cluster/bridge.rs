@@ -22,18 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
-use redis::{Connection, PubSub, RedisError, Value};
+use redis::{RedisError, Value};
 
 use super::script::{self, Keys};
-use super::{BrokerConfig, BrokerStats, PublishReq, SubReq};
+use super::wire::{Layout, Served, Wire};
+use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
 use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
 use crate::proto::topic::{Start, TopicName};
-
-/// Connecting, and any single command, may take this long before the connection counts as
-/// lost (a hung Redis must not hang the bridge).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long the listener waits on the pub/sub socket before serving its request queue
 /// (interest changes and joins wait at most this long).
@@ -123,50 +120,55 @@ impl EpochNames {
     }
 }
 
-fn connect(client: &redis::Client) -> Result<Connection, RedisError> {
-    let conn = client.get_connection_with_timeout(COMMAND_TIMEOUT)?;
-    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-    Ok(conn)
-}
-
-fn load(conn: &mut Connection, source: &str) -> Result<String, RedisError> {
-    redis::cmd("SCRIPT").arg("LOAD").arg(source).query(conn)
-}
-
 /// The publishing bridge thread.
 pub struct Publisher {
-    client: redis::Client,
+    layout: Layout,
     node: u32,
     history: usize,
     out: Outbound,
     stats: Arc<BrokerStats>,
+    /// Which shard's health this bridge reports (an index into `stats.shards`).
+    shard: usize,
     epochs: EpochNames,
+    /// The publish script for this layout (`PUBLISH`, or `SPUBLISH` on a Redis Cluster).
+    script: &'static str,
+    sha: String,
 }
 
 impl Publisher {
     pub(super) fn new(
-        client: redis::Client,
+        layout: Layout,
         config: &BrokerConfig,
         links: Vec<PeerLink>,
         stats: Arc<BrokerStats>,
+        shard: usize,
     ) -> Self {
+        let script = match layout {
+            Layout::One(_) => script::PUBLISH,
+            Layout::Cluster(_) => script::SPUBLISH,
+        };
         Publisher {
-            client,
+            layout,
             node: config.node,
             history: config.history,
             out: Outbound::new(links),
             stats,
+            shard,
             epochs: EpochNames::new(config.node, 'p'),
+            script,
+            sha: redis::Script::new(script).get_hash().to_owned(),
         }
+    }
+
+    fn health(&self) -> &ShardHealth {
+        &self.stats.shards[self.shard]
     }
 
     /// Serve publishes until every worker has gone (shutdown).
     pub fn run(mut self, queue: Receiver<PublishReq>) {
-        let mut conn: Option<(Connection, String)> = None;
-        let mut backoff = Backoff(BACKOFF_MIN);
-        let mut retry_at = Instant::now();
+        let mut wire = Wire::new(self.layout.clone());
         let mut seen_generation = 0;
+        let mut warned: Option<Instant> = None;
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while let Ok(first) = queue.recv() {
             batch.push(first);
@@ -176,108 +178,93 @@ impl Publisher {
                     Err(_) => break,
                 }
             }
-            let generation = self.stats.generation.load(Relaxed);
+            let generation = self.health().generation.load(Relaxed);
             if generation != seen_generation {
                 // The listener (re)connected: Redis is reachable now, so stop backing off,
                 // and do not trust a socket from before.
                 seen_generation = generation;
-                conn = None;
-                retry_at = Instant::now();
-                backoff.reset();
+                wire = Wire::new(self.layout.clone());
             }
-            if conn.is_none() && Instant::now() >= retry_at {
-                match connect(&self.client).and_then(|mut c| {
-                    let sha = load(&mut c, script::PUBLISH)?;
-                    Ok((c, sha))
-                }) {
-                    Ok((c, sha)) => {
-                        conn = Some((c, sha));
-                        backoff.reset();
+            let results = self.publish_all(&mut wire, &batch);
+            let mut failed = 0;
+            let mut first_error = None;
+            for (req, result) in batch.drain(..).zip(results) {
+                let msg = match result {
+                    Ok(seq) => {
+                        BrokerStats::count(&self.stats.published, 1);
+                        req.ack.map(|to| BusMsg::Ack {
+                            to,
+                            conn: req.origin.conn,
+                            seq: Some(seq),
+                        })
                     }
                     Err(e) => {
-                        retry_at = Instant::now() + backoff.next();
-                        log::warn!("broker: publisher cannot connect: {e}");
+                        failed += 1;
+                        first_error.get_or_insert(e);
+                        req.ack.map(|to| BusMsg::PublishFailed {
+                            to,
+                            conn: req.origin.conn,
+                        })
                     }
+                };
+                if let Some(msg) = msg {
+                    self.out.send(req.origin.worker as usize, msg);
                 }
             }
-            let result = match conn.as_mut() {
-                Some((c, sha)) => self.publish_all(c, sha, &batch),
-                None => Err(None),
-            };
-            match result {
-                Ok(seqs) => {
-                    BrokerStats::count(&self.stats.published, seqs.len() as u64);
-                    for (req, seq) in batch.drain(..).zip(seqs) {
-                        if let Some(to) = req.ack {
-                            let ack = BusMsg::Ack {
-                                to,
-                                conn: req.origin.conn,
-                                seq: Some(seq),
-                            };
-                            self.out.send(req.origin.worker as usize, ack);
-                        }
-                    }
+            if let Some(e) = first_error {
+                // At most one line a second while Redis is away.
+                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                    log::warn!("broker: publish of {failed} message(s) failed: {e}");
+                    warned = Some(Instant::now());
                 }
-                Err(e) => {
-                    if let Some(e) = e {
-                        log::warn!("broker: publish of {} message(s) failed: {e}", batch.len());
-                        conn = None;
-                        retry_at = Instant::now() + backoff.next();
-                    }
-                    BrokerStats::count(&self.stats.unavailable, batch.len() as u64);
-                    for req in batch.drain(..) {
-                        if let Some(to) = req.ack {
-                            let failed = BusMsg::PublishFailed {
-                                to,
-                                conn: req.origin.conn,
-                            };
-                            self.out.send(req.origin.worker as usize, failed);
-                        }
-                    }
-                }
+                BrokerStats::count(&self.stats.unavailable, failed);
             }
             self.out.wake();
         }
     }
 
-    /// One pipeline for the whole batch. A failure fails the whole batch: some of it may
-    /// have been published (a publisher told "unavailable" may see its message once it
-    /// retries; it is never told "published" for a message that was not).
-    fn publish_all(
-        &mut self,
-        conn: &mut Connection,
-        sha: &str,
-        batch: &[PublishReq],
-    ) -> Result<Vec<u64>, Option<RedisError>> {
+    /// One pipelined script call per message (each shard's share sent before any answer is
+    /// read). A failed call is never retried when its outcome is unknown: a publisher told
+    /// "unavailable" may see its message once it retries; it is never told "published" for
+    /// a message that was not.
+    fn publish_all(&mut self, wire: &mut Wire, batch: &[PublishReq]) -> Vec<Result<u64, String>> {
         let epoch = self.epochs.fresh();
-        let mut pipe = redis::pipe();
-        for req in batch {
-            let keys = Keys::of(&req.topic);
-            pipe.cmd("EVALSHA")
-                .arg(sha)
-                .arg(3)
-                .arg(&keys.seq)
-                .arg(&keys.log)
-                .arg(&keys.epoch)
-                .arg(&epoch)
-                .arg(self.history)
-                .arg(script::origin_arg(self.node, req.origin))
-                .arg(script::body_of(&req.frame))
-                .arg(&keys.channel);
-        }
-        let seqs: Vec<u64> = pipe.query(conn).map_err(Some)?;
-        if seqs.len() != batch.len() {
-            return Err(None);
-        }
-        Ok(seqs)
+        let calls: Vec<(&str, redis::Cmd)> = batch
+            .iter()
+            .map(|req| {
+                let keys = Keys::of(&req.topic);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(&self.sha)
+                    .arg(3)
+                    .arg(&keys.seq)
+                    .arg(&keys.log)
+                    .arg(&keys.epoch)
+                    .arg(&epoch)
+                    .arg(self.history)
+                    .arg(script::origin_arg(self.node, req.origin))
+                    .arg(script::body_of(&req.frame))
+                    .arg(&keys.channel);
+                (&*req.topic, cmd)
+            })
+            .collect();
+        wire.pipeline(&calls, self.script)
+            .into_iter()
+            .map(|r| match r {
+                Ok(Value::Int(seq)) if seq > 0 => Ok(seq as u64),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect()
     }
 }
-
 /// Where this node stands on a topic: the epoch and the last number it has forwarded.
 #[derive(Debug, Clone)]
 struct Position {
     epoch: String,
     last: u64,
+    /// The epoch this node left behind at its last catch-up: messages of it still on their
+    /// way are stale, not a new life.
+    retired: Option<String>,
 }
 
 /// Why a listening session ended.
@@ -296,7 +283,10 @@ impl From<RedisError> for Stop {
 
 /// The listening bridge thread.
 pub struct Listener {
-    client: redis::Client,
+    layout: Layout,
+    /// Which shard's health this bridge reports (an index into `stats.shards`).
+    shard: usize,
+    position: redis::Script,
     url: String,
     node: u32,
     history: usize,
@@ -307,18 +297,26 @@ pub struct Listener {
     /// Topics with subscribers on this node; the position is unknown (`None`) until Redis
     /// has been asked (a topic that gained interest while Redis was down).
     topics: HashMap<TopicName, Option<Position>>,
+    /// Which process served which slots in the last session (Redis Cluster).
+    served: Served,
+    /// Topics whose epoch must be retired at their next catch-up (their shard failed over).
+    retire: std::collections::HashSet<TopicName>,
 }
 
 impl Listener {
     pub(super) fn new(
-        client: redis::Client,
+        layout: Layout,
+        url: String,
         config: &BrokerConfig,
         links: Vec<PeerLink>,
         stats: Arc<BrokerStats>,
+        shard: usize,
     ) -> Self {
         Listener {
-            client,
-            url: config.url.clone(),
+            layout,
+            shard,
+            position: redis::Script::new(script::POSITION),
+            url,
             node: config.node,
             history: config.history,
             workers: links.len(),
@@ -326,6 +324,8 @@ impl Listener {
             stats,
             epochs: EpochNames::new(config.node, 's'),
             topics: HashMap::new(),
+            served: Served::default(),
+            retire: Default::default(),
         }
     }
 
@@ -338,7 +338,7 @@ impl Listener {
             match self.session(&requests, &mut backoff, &mut ever_up, down_since) {
                 Stop::Shutdown => return,
                 Stop::Fault(why) => {
-                    if self.stats.up.swap(false, Relaxed) {
+                    if self.health().up.swap(false, Relaxed) {
                         down_since = Instant::now();
                         BrokerStats::count(&self.stats.outages, 1);
                         println!(
@@ -384,6 +384,10 @@ impl Listener {
         }
     }
 
+    fn health(&self) -> &ShardHealth {
+        &self.stats.shards[self.shard]
+    }
+
     /// One connection's life: connect, resubscribe, catch up, then serve until a fault.
     fn session(
         &mut self,
@@ -392,62 +396,61 @@ impl Listener {
         ever_up: &mut bool,
         down_since: Instant,
     ) -> Stop {
-        let mut listening = match connect(&self.client) {
-            Ok(c) => c,
+        let mut wire = match Wire::open(self.layout.clone()) {
+            Ok(w) => w,
             Err(e) => return e.into(),
         };
-        let mut commands = match connect(&self.client) {
-            Ok(c) => c,
+        let served = match wire.served() {
+            Ok(s) => s,
             Err(e) => return e.into(),
         };
-        let sha = match load(&mut commands, script::POSITION) {
-            Ok(sha) => sha,
-            Err(e) => return e.into(),
-        };
-        let mut pubsub = listening.as_pubsub();
-        match self.serve(
-            &mut pubsub,
-            &mut commands,
-            &sha,
-            requests,
-            backoff,
-            ever_up,
-            down_since,
-        ) {
+        // A shard that failed over may have lost its last messages: its topics start a
+        // new life (told explicitly), so no number is reused within an epoch.
+        let mut checked = HashMap::new();
+        for (topic, position) in &self.topics {
+            if position.is_some() && wire.failed_over(&self.served, &served, topic, &mut checked) {
+                self.retire.insert(topic.clone());
+            }
+        }
+        if checked.values().any(|&lost| lost) {
+            println!(
+                "broker: a Redis Cluster shard failed over; {} topic(s) start a new epoch",
+                self.retire.len()
+            );
+        }
+        self.served = served;
+        match self.serve(&mut wire, requests, backoff, ever_up, down_since) {
             Ok(never) => match never {},
             Err(stop) => stop,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn serve(
         &mut self,
-        pubsub: &mut PubSub<'_>,
-        commands: &mut Connection,
-        sha: &str,
+        wire: &mut Wire,
         requests: &Receiver<SubReq>,
         backoff: &mut Backoff,
         ever_up: &mut bool,
         down_since: Instant,
     ) -> Result<std::convert::Infallible, Stop> {
-        pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        // One channel per SUBSCRIBE: each call returns on its own confirmation, so every
-        // subscription is in place before its topic's position is read below.
-        for topic in self.topics.keys() {
-            pubsub.subscribe(script::channel_of(topic))?;
+        // One channel per subscription request: each returns on its own confirmation, so
+        // every subscription is in place before its topic's position is read below.
+        let topics: Vec<TopicName> = self.topics.keys().cloned().collect();
+        for topic in &topics {
+            wire.subscribe(topic)?;
         }
         let (gaps, recovered) = (
             self.stats.gaps.load(Relaxed),
             self.stats.recovered.load(Relaxed),
         );
-        let topics: Vec<TopicName> = self.topics.keys().cloned().collect();
         for topic in &topics {
-            self.catch_up(commands, sha, topic)?;
+            self.catch_up(wire, topic)?;
         }
         self.out.wake();
-        self.stats.topics.store(self.topics.len() as u64, Relaxed);
-        self.stats.generation.fetch_add(1, Relaxed);
-        self.stats.up.store(true, Relaxed);
+        let health = &self.stats.shards[self.shard];
+        health.topics.store(self.topics.len() as u64, Relaxed);
+        health.generation.fetch_add(1, Relaxed);
+        health.up.store(true, Relaxed);
         backoff.reset();
         if *ever_up {
             println!(
@@ -462,58 +465,50 @@ impl Listener {
             println!("broker: up ({})", self.url);
             *ever_up = true;
         }
-        pubsub.set_read_timeout(Some(POLL))?;
         loop {
             loop {
                 match requests.try_recv() {
-                    Ok(request) => self.on_request(request, pubsub, commands, sha)?,
+                    Ok(request) => self.on_request(request, wire)?,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Err(Stop::Shutdown),
                 }
             }
             self.out.wake();
             for _ in 0..HEARD_PER_ROUND {
-                match pubsub.get_message() {
-                    Ok(msg) => {
-                        self.on_heard(msg.get_channel_name(), msg.get_payload_bytes(), commands)?;
+                match wire.next(POLL)? {
+                    Some((channel, payload)) => {
+                        self.on_heard(&channel, &payload, wire)?;
                         self.out.wake();
                     }
-                    Err(e) if e.is_timeout() => break,
-                    Err(e) => return Err(e.into()),
+                    None => break,
                 }
             }
         }
     }
 
-    fn on_request(
-        &mut self,
-        request: SubReq,
-        pubsub: &mut PubSub<'_>,
-        commands: &mut Connection,
-        sha: &str,
-    ) -> Result<(), Stop> {
+    fn on_request(&mut self, request: SubReq, wire: &mut Wire) -> Result<(), Stop> {
         match request {
             SubReq::Interest {
                 topic,
                 active: true,
-            } => self.listen_to(&topic, pubsub, commands, sha),
+            } => self.listen_to(&topic, wire),
             SubReq::Interest {
                 topic,
                 active: false,
             } => {
                 if self.topics.remove(&topic).is_some() {
-                    pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-                    pubsub.unsubscribe(script::channel_of(&topic))?;
-                    pubsub.set_read_timeout(Some(POLL))?;
-                    self.stats.topics.store(self.topics.len() as u64, Relaxed);
+                    wire.unsubscribe(&topic)?;
+                    self.health()
+                        .topics
+                        .store(self.topics.len() as u64, Relaxed);
                 }
                 Ok(())
             }
             SubReq::Join(request) => {
                 let answered = self
-                    .listen_to(&request.topic, pubsub, commands, sha)
-                    .and_then(|()| self.catch_up(commands, sha, &request.topic))
-                    .and_then(|()| self.join_answer(commands, &request.topic, &request.start));
+                    .listen_to(&request.topic, wire)
+                    .and_then(|()| self.catch_up(wire, &request.topic))
+                    .and_then(|()| self.join_answer(wire, &request.topic, &request.start));
                 match answered {
                     Ok(result) => {
                         self.answer(request, result);
@@ -532,45 +527,57 @@ impl Listener {
 
     /// SUBSCRIBE to `topic` (if not yet) and learn where it stands. The subscription is
     /// confirmed before the position is read, so nothing numbered after it can be missed.
-    fn listen_to(
-        &mut self,
-        topic: &TopicName,
-        pubsub: &mut PubSub<'_>,
-        commands: &mut Connection,
-        sha: &str,
-    ) -> Result<(), Stop> {
+    fn listen_to(&mut self, topic: &TopicName, wire: &mut Wire) -> Result<(), Stop> {
         if self.topics.contains_key(topic) {
             return Ok(());
         }
-        pubsub.set_read_timeout(Some(COMMAND_TIMEOUT))?;
-        pubsub.subscribe(script::channel_of(topic))?;
-        pubsub.set_read_timeout(Some(POLL))?;
+        wire.subscribe(topic)?;
         self.topics.insert(topic.clone(), None);
-        self.stats.topics.store(self.topics.len() as u64, Relaxed);
-        self.catch_up(commands, sha, topic)
+        self.health()
+            .topics
+            .store(self.topics.len() as u64, Relaxed);
+        self.catch_up(wire, topic)
     }
 
     /// Bring this node's position on `topic` up to Redis's current number: forward what was
     /// missed from the log, or tell the topic's subscribers that there is a hole.
-    fn catch_up(
-        &mut self,
-        commands: &mut Connection,
-        sha: &str,
-        topic: &TopicName,
-    ) -> Result<(), Stop> {
+    fn catch_up(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
         let keys = Keys::of(topic);
-        let value: Value = redis::cmd("EVALSHA")
-            .arg(sha)
-            .arg(3)
-            .arg(&keys.seq)
-            .arg(&keys.log)
-            .arg(&keys.epoch)
-            .arg(self.epochs.fresh())
-            .query(commands)?;
-        let (epoch, current) = script::parse_position(&value)
-            .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
         let Some(known) = self.topics.get(topic).cloned() else {
             return Ok(());
+        };
+        let mut retire = match &known {
+            Some(p) if self.retire.contains(topic) => p.epoch.clone(),
+            _ => String::new(),
+        };
+        let (epoch, current) = loop {
+            let fresh = self.epochs.fresh();
+            let position = &self.position;
+            let value = wire.command(topic, Some(script::POSITION), &mut |c| {
+                position
+                    .key(&keys.seq)
+                    .key(&keys.log)
+                    .key(&keys.epoch)
+                    .arg(&fresh)
+                    .arg(&retire)
+                    .invoke(c)
+            })?;
+            let (epoch, current) = script::parse_position(&value)
+                .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
+            match &known {
+                // Redis went back in time (an older copy of the data): its next numbers
+                // would repeat ones already delivered, so this epoch ends here.
+                Some(p) if p.epoch == epoch && current < p.last && retire.is_empty() => {
+                    retire = epoch;
+                }
+                _ => break (epoch, current),
+            }
+        };
+        self.retire.remove(topic);
+        let retired = match &known {
+            Some(p) if p.epoch != epoch => Some(p.epoch.clone()),
+            Some(p) => p.retired.clone(),
+            None => None,
         };
         match known {
             Some(p) if p.epoch != epoch || current < p.last => {
@@ -581,7 +588,7 @@ impl Listener {
                 self.gap(topic, refusal);
             }
             Some(p) if current > p.last => {
-                self.fill(commands, topic, p.last + 1, current)?;
+                self.fill(wire, topic, p.last + 1, current)?;
             }
             _ => {}
         }
@@ -590,6 +597,7 @@ impl Listener {
             Some(Position {
                 epoch,
                 last: current,
+                retired,
             }),
         );
         Ok(())
@@ -597,14 +605,8 @@ impl Listener {
 
     /// Forward messages `from..=to` of `topic` from its log, or, if the log no longer holds
     /// all of them, report the gap (recovery is all or nothing).
-    fn fill(
-        &mut self,
-        commands: &mut Connection,
-        topic: &TopicName,
-        from: u64,
-        to: u64,
-    ) -> Result<(), Stop> {
-        let entries = self.range(commands, topic, from, to)?;
+    fn fill(&mut self, wire: &mut Wire, topic: &TopicName, from: u64, to: u64) -> Result<(), Stop> {
+        let entries = self.range(wire, topic, from, to)?;
         let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
         match history::complete(&seqs, from, to) {
             Ok(()) => {
@@ -624,27 +626,23 @@ impl Listener {
     /// Logged messages `from..=to` (fewer if the log no longer has them all).
     fn range(
         &mut self,
-        commands: &mut Connection,
+        wire: &mut Wire,
         topic: &str,
         from: u64,
         to: u64,
     ) -> Result<Vec<(u64, bytes::Bytes)>, Stop> {
-        let value: Value = redis::cmd("XRANGE")
+        let cmd = redis::cmd("XRANGE")
             .arg(Keys::of(topic).log)
             .arg(format!("0-{from}"))
             .arg(format!("0-{to}"))
-            .query(commands)?;
+            .clone();
+        let value = wire.command(topic, None, &mut |c| cmd.query(c))?;
         script::parse_entries(&value)
             .ok_or_else(|| Stop::Fault(format!("unreadable log of topic {topic}")))
     }
 
     /// A message heard on a channel: forward it in order, filling a hole first.
-    fn on_heard(
-        &mut self,
-        channel: &str,
-        payload: &[u8],
-        commands: &mut Connection,
-    ) -> Result<(), Stop> {
+    fn on_heard(&mut self, channel: &str, payload: &[u8], wire: &mut Wire) -> Result<(), Stop> {
         let Some(topic) = script::topic_of_channel(channel) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
@@ -656,10 +654,12 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
-        if heard.epoch != known.epoch {
+        if known.retired.as_ref() == Some(&heard.epoch) {
+            return Ok(()); // sent before this node's catch-up moved on to a new epoch
+        } else if heard.epoch != known.epoch {
             // Redis lost the topic and a new life began without our connection breaking.
             let refusal = Unrecoverable::EpochChanged {
-                epoch: known.epoch,
+                epoch: known.epoch.clone(),
                 current: heard.epoch.clone(),
             };
             self.gap(&topic, refusal);
@@ -668,12 +668,13 @@ impl Listener {
                 Some(Position {
                     epoch: heard.epoch,
                     last: heard.seq - 1,
+                    retired: Some(known.epoch),
                 }),
             );
         } else if heard.seq <= known.last {
             return Ok(()); // already forwarded (from the log, after a hole)
         } else if heard.seq > known.last + 1 {
-            self.fill(commands, &topic, known.last + 1, heard.seq - 1)?;
+            self.fill(wire, &topic, known.last + 1, heard.seq - 1)?;
         }
         self.forward(
             &topic,
@@ -721,14 +722,14 @@ impl Listener {
     /// `catch_up`, so the position is Redis's current one.
     fn join_answer(
         &mut self,
-        commands: &mut Connection,
+        wire: &mut Wire,
         topic: &TopicName,
         start: &Start,
     ) -> Result<Result<Joined, JoinError>, Stop> {
         let Some(Some(position)) = self.topics.get(topic).cloned() else {
             return Ok(Err(JoinError::Unavailable));
         };
-        let Position { epoch, last } = position;
+        let Position { epoch, last, .. } = position;
         let need = match history::decide(start, &epoch, last) {
             Ok(need) => need,
             Err(why) => return Ok(Err(why.into())),
@@ -740,13 +741,14 @@ impl Listener {
                 if n == 0 || last == 0 {
                     Vec::new()
                 } else {
-                    let value: Value = redis::cmd("XREVRANGE")
+                    let cmd = redis::cmd("XREVRANGE")
                         .arg(Keys::of(topic).log)
                         .arg(format!("0-{last}"))
                         .arg("-")
                         .arg("COUNT")
                         .arg(n)
-                        .query(commands)?;
+                        .clone();
+                    let value = wire.command(topic, None, &mut |c| cmd.query(c))?;
                     let mut entries = script::parse_entries(&value)
                         .ok_or_else(|| Stop::Fault(format!("unreadable log of topic {topic}")))?;
                     entries.reverse();
@@ -754,7 +756,7 @@ impl Listener {
                 }
             }
             Need::Range { from, to } => {
-                let entries = self.range(commands, topic, from, to)?;
+                let entries = self.range(wire, topic, from, to)?;
                 let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
                 if let Err(gap) = history::complete(&seqs, from, to) {
                     return Ok(Err(gap.into()));

@@ -19,15 +19,24 @@
 //! - **No silent hole.** The listening bridge thread checks every topic's numbers; a hole
 //!   (a reconnect, a dropped pub/sub client) is filled from the log, or, if the log no longer
 //!   has the messages or Redis lost the topic, every affected subscriber is told explicitly.
+//! - **More than one Redis.** `--broker` may name several independent Redis instances or a
+//!   Redis Cluster (`shard.rs`). Each instance gets its own pair of bridge threads and owns
+//!   the topics rendezvous hashing gives it; a Redis Cluster gets one pair that follows the
+//!   cluster's slot layout (`wire.rs`) and uses sharded pub/sub. Every guarantee above holds
+//!   per topic, because a topic lives on exactly one Redis at a time.
 
 pub mod bridge;
+pub mod feed;
+pub mod roster;
 pub mod script;
+pub mod shard;
+pub mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
 use crate::feed::bus::{AckTo, JoinRequest, Origin, PeerLink};
 use crate::proto::topic::TopicName;
@@ -57,19 +66,26 @@ pub enum SubReq {
     Join(JoinRequest),
 }
 
-/// Broker health and counters, shared by the bridge threads, the workers and the stats line.
-/// Written rarely (per outage, per refused publish) except the `heard` counter.
+/// The health of one bridge (one Redis instance, or a whole Redis Cluster).
 #[derive(Debug, Default)]
-pub struct BrokerStats {
+pub struct ShardHealth {
     /// The listening connection is up (subscriptions in place and caught up).
     pub up: AtomicBool,
     /// Bumped on every successful (re)connect of the listening thread: the publishing thread
     /// then reconnects too instead of finding its old socket dead on the next publish.
     pub generation: AtomicU64,
+    /// Channels this node is subscribed to there (gauge).
+    pub topics: AtomicU64,
+}
+
+/// Broker health and counters, shared by the bridge threads, the workers and the stats line.
+/// Written rarely (per outage, per refused publish) except the `heard` counter.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// One per bridge, in `--broker` order.
+    pub shards: Vec<ShardHealth>,
     /// Times the connection to Redis was lost.
     pub outages: AtomicU64,
-    /// Channels this node is subscribed to (gauge).
-    pub topics: AtomicU64,
     /// Messages heard from Redis and forwarded to workers.
     pub heard: AtomicU64,
     /// Messages numbered by Redis for publishers on this node.
@@ -85,12 +101,39 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
+    /// Counters at zero, `shards` bridges down.
+    pub fn new(shards: usize) -> BrokerStats {
+        BrokerStats {
+            shards: (0..shards).map(|_| ShardHealth::default()).collect(),
+            ..BrokerStats::default()
+        }
+    }
+
+    /// Bridges that are up.
+    pub fn shards_up(&self) -> usize {
+        self.shards.iter().filter(|s| s.up.load(Relaxed)).count()
+    }
+
+    /// Up only when every bridge is.
+    pub fn up(&self) -> bool {
+        self.shards_up() == self.shards.len()
+    }
+
+    /// Channels subscribed to, over every bridge.
+    pub fn topics(&self) -> u64 {
+        self.shards.iter().map(|s| s.topics.load(Relaxed)).sum()
+    }
+
     /// The cluster part of the stats line.
     pub fn fields(&self) -> String {
+        let shards = match self.shards.len() {
+            1 => String::new(),
+            n => format!(" broker_shards_up={}/{n}", self.shards_up()),
+        };
         format!(
-            "broker={} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={}",
-            if self.up.load(Relaxed) { "up" } else { "down" },
-            self.topics.load(Relaxed),
+            "broker={}{shards} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={}",
+            if self.up() { "up" } else { "down" },
+            self.topics(),
             self.heard.load(Relaxed),
             self.published.load(Relaxed),
             self.outages.load(Relaxed),
@@ -103,19 +146,31 @@ impl BrokerStats {
 
     /// The cluster metrics in the Prometheus text format, appended to `GET /metrics`.
     pub fn prometheus(&self) -> String {
-        let up = u64::from(self.up.load(Relaxed));
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let up = u64::from(self.up());
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "herald_broker_up",
                 "gauge",
-                "1 while the node is connected to Redis and caught up.",
+                "1 while the node is connected to Redis (every shard) and caught up.",
                 up,
+            ),
+            (
+                "herald_broker_shards",
+                "gauge",
+                "Redis shards (independent instances; 1 for one Redis or a Redis Cluster).",
+                self.shards.len() as u64,
+            ),
+            (
+                "herald_broker_shards_up",
+                "gauge",
+                "Redis shards this node is connected to and caught up with.",
+                self.shards_up() as u64,
             ),
             (
                 "herald_broker_topics",
                 "gauge",
                 "Topics this node subscribes to in Redis.",
-                self.topics.load(Relaxed),
+                self.topics(),
             ),
             (
                 "herald_broker_heard_total",
@@ -174,18 +229,100 @@ impl BrokerStats {
     }
 }
 
-/// A worker's handle on the bridge.
+/// What the bridges are sent carries its topic, so it goes to the bridge owning the topic.
+pub trait ForTopic {
+    fn topic(&self) -> &str;
+}
+
+impl ForTopic for PublishReq {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+impl ForTopic for SubReq {
+    fn topic(&self) -> &str {
+        match self {
+            SubReq::Interest { topic, .. } => topic,
+            SubReq::Join(request) => &request.topic,
+        }
+    }
+}
+
+/// Which bridge owns a topic: [`shard::shard_of`] over the instances' names (one bridge:
+/// always 0). Cloned into every worker; computing it takes no lock.
+#[derive(Debug, Clone)]
+pub struct Route {
+    names: Arc<[String]>,
+}
+
+impl Route {
+    /// A route over instances named `names` (see [`shard::instance_name`]).
+    pub fn new(names: Vec<String>) -> Route {
+        Route {
+            names: names.into(),
+        }
+    }
+
+    /// The bridge `topic` belongs to. Other cluster features route per topic through this.
+    pub fn shard_of(&self, topic: &str) -> usize {
+        match self.names.len() {
+            0 | 1 => 0,
+            _ => shard::shard_of(topic, &self.names),
+        }
+    }
+}
+
+/// One queue per bridge; a message goes to the bridge owning its topic. Same calls as a
+/// single `Sender`, so the workers do not know how many Redis there are.
+#[derive(Debug)]
+pub struct ToShards<T> {
+    route: Route,
+    queues: Vec<Sender<T>>,
+}
+
+impl<T> Clone for ToShards<T> {
+    fn clone(&self) -> Self {
+        ToShards {
+            route: self.route.clone(),
+            queues: self.queues.clone(),
+        }
+    }
+}
+
+impl<T: ForTopic> ToShards<T> {
+    fn queue(&self, msg: &T) -> &Sender<T> {
+        &self.queues[self.route.shard_of(msg.topic()).min(self.queues.len() - 1)]
+    }
+
+    /// Like [`Sender::try_send`], to the owning bridge.
+    pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
+        self.queue(&msg).try_send(msg)
+    }
+
+    /// Like [`Sender::send`], to the owning bridge.
+    pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        self.queue(&msg).send(msg)
+    }
+}
+
+/// A worker's handle on the bridges.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
-    pub publish: Sender<PublishReq>,
-    pub listen: Sender<SubReq>,
+    pub publish: ToShards<PublishReq>,
+    pub listen: ToShards<SubReq>,
     pub stats: Arc<BrokerStats>,
+    /// Which bridge owns a topic.
+    pub route: Route,
+    /// The cluster's nodes for the dashboard (filled by [`roster::start`] with `--dashboard`).
+    pub roster: Arc<roster::Roster>,
 }
 
 /// Cluster settings taken from the command line.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// `redis://HOST:PORT[/DB]`.
+    /// `--broker`: `redis://HOST:PORT[/DB]`, a comma-separated list of them, or
+    /// `redis+cluster://HOST:PORT,HOST:PORT` (see `shard.rs`).
     pub url: String,
     /// Messages kept per topic in Redis (`--broker-history`).
     pub history: usize,
@@ -196,26 +333,41 @@ pub struct BrokerConfig {
 
 /// The broker URL for logs: credentials (`redis://user:password@…`) are never printed.
 pub fn redacted(url: &str) -> String {
+    if url.contains(',') && !url.starts_with("redis+cluster://") {
+        // A list of instances: each URL on its own.
+        return url.split(',').map(redacted).collect::<Vec<_>>().join(",");
+    }
     match (url.split_once("://"), url.rfind('@')) {
         (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
         _ => url.to_owned(),
     }
 }
 
-/// Start the two bridge threads; `workers` are the links to every worker's inbox.
+/// Start the bridge threads (two per Redis instance, two for a Redis Cluster); `workers`
+/// are the links to every worker's inbox.
 pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<ClusterLink> {
-    let stats = Arc::new(BrokerStats::default());
-    let client = redis::Client::open(config.url.as_str())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let broker = shard::Broker::parse(&config.url)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let bridges: Vec<(wire::Layout, String)> = match &broker {
+        shard::Broker::Instances(urls) => urls
+            .iter()
+            .map(|u| (wire::Layout::One(u.clone()), redacted(u)))
+            .collect(),
+        shard::Broker::Cluster(seeds) => {
+            vec![(wire::Layout::Cluster(seeds.clone()), redacted(&config.url))]
+        }
+    };
+    let route = match &broker {
+        shard::Broker::Instances(urls) => {
+            Route::new(urls.iter().map(|u| shard::instance_name(u)).collect())
+        }
+        shard::Broker::Cluster(_) => Route::new(Vec::new()),
+    };
+    let stats = Arc::new(BrokerStats::new(bridges.len()));
     let config = BrokerConfig {
         url: redacted(&config.url),
         ..config
     };
-    let (publish, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
-        crossbeam_channel::bounded(PUBLISH_QUEUE);
-    // Interest changes and joins are never dropped (like on the bus): at most one per
-    // first/last subscriber of a topic on this node, or per subscribe request.
-    let (listen, listen_rx) = crossbeam_channel::unbounded();
     let links = || {
         workers
             .iter()
@@ -225,18 +377,38 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
             })
             .collect::<Vec<_>>()
     };
-    let publisher = bridge::Publisher::new(client.clone(), &config, links(), stats.clone());
-    std::thread::Builder::new()
-        .name("herald-broker-pub".into())
-        .spawn(move || publisher.run(publish_rx))?;
-    let listener = bridge::Listener::new(client, &config, links(), stats.clone());
-    std::thread::Builder::new()
-        .name("herald-broker-sub".into())
-        .spawn(move || listener.run(listen_rx))?;
+    let mut publish = Vec::with_capacity(bridges.len());
+    let mut listen = Vec::with_capacity(bridges.len());
+    for (shard, (layout, url)) in bridges.into_iter().enumerate() {
+        let (to_publisher, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
+            crossbeam_channel::bounded(PUBLISH_QUEUE);
+        // Interest changes and joins are never dropped (like on the bus): at most one per
+        // first/last subscriber of a topic on this node, or per subscribe request.
+        let (to_listener, listen_rx) = crossbeam_channel::unbounded();
+        let publisher =
+            bridge::Publisher::new(layout.clone(), &config, links(), stats.clone(), shard);
+        std::thread::Builder::new()
+            .name(format!("herald-broker-pub{shard}"))
+            .spawn(move || publisher.run(publish_rx))?;
+        let listener = bridge::Listener::new(layout, url, &config, links(), stats.clone(), shard);
+        std::thread::Builder::new()
+            .name(format!("herald-broker-sub{shard}"))
+            .spawn(move || listener.run(listen_rx))?;
+        publish.push(to_publisher);
+        listen.push(to_listener);
+    }
     Ok(ClusterLink {
-        publish,
-        listen,
+        publish: ToShards {
+            route: route.clone(),
+            queues: publish,
+        },
+        listen: ToShards {
+            route: route.clone(),
+            queues: listen,
+        },
         stats,
+        route,
+        roster: Arc::default(),
     })
 }
 
@@ -249,5 +421,13 @@ mod tests {
         assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
         assert_eq!(redacted("redis://:s3cret@h:6379"), "redis://***@h:6379");
         assert_eq!(redacted("redis://u:p@ss@h:1"), "redis://***@h:1");
+        assert_eq!(
+            redacted("redis://:a@h:1,redis://k:2"),
+            "redis://***@h:1,redis://k:2"
+        );
+        assert_eq!(
+            redacted("redis+cluster://:pw@h:1,k:2"),
+            "redis+cluster://***@h:1,k:2"
+        );
     }
 }

@@ -40,29 +40,55 @@ end"
     };
 }
 
+/// The publish script, with the pub/sub command to announce the message with.
+macro_rules! publish_with {
+    ($command:literal) => {
+        concat!(
+            start_topic_if_new!(),
+            r"
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
+redis.call('",
+            $command,
+            r"', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
+return seq
+"
+        )
+    };
+}
+
 /// Numbers one message, keeps it in the topic's log and publishes it, atomically: every node
 /// sees the topic's messages in numbering order, and a message is in the log before anyone
 /// can hear of it.
 ///
 /// KEYS: seq, log, epoch. ARGV: epoch for a new life, log length, origin, body, channel.
 /// Returns the message's number.
-pub const PUBLISH: &str = concat!(
-    start_topic_if_new!(),
-    r"
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
-redis.call('PUBLISH', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
-return seq
-"
-);
+pub const PUBLISH: &str = publish_with!("PUBLISH");
+
+/// [`PUBLISH`] for a Redis Cluster: `SPUBLISH` keeps the message on the shard that owns the
+/// topic's slot (the channel shares the keys' hash tag), instead of broadcasting it to
+/// every node of the cluster.
+pub const SPUBLISH: &str = publish_with!("SPUBLISH");
 
 /// Where a topic stands, creating it (a new epoch at 0) if Redis does not have it. Used when
 /// a node starts listening to a topic, and after every reconnect.
 ///
-/// KEYS: seq, log, epoch. ARGV: epoch for a new life. Returns `{epoch, seq}`.
+/// `ARGV[2]`, when not empty, is an epoch to retire: if the topic still has it, a new life
+/// begins. A node asks for that after a Redis Cluster failover it cannot prove lossless
+/// (replication is asynchronous: the promoted replica may lack the last messages, and would
+/// give their numbers to other messages), so no number is ever reused within one epoch.
+///
+/// KEYS: seq, log, epoch. ARGV: epoch for a new life, epoch to retire (or empty).
+/// Returns `{epoch, seq}`.
 pub const POSITION: &str = concat!(
     start_topic_if_new!(),
     r"
+if ARGV[2] ~= '' and epoch == ARGV[2] then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], 0)
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[3], epoch)
+end
 return {epoch, redis.call('GET', KEYS[1])}
 "
 );

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::feed::bus::Origin;
 use crate::feed::owned::Owned;
+use crate::feed::pace::Pace;
 use crate::proto::deflate::Frame;
 use crate::proto::topic::TopicName;
 
@@ -35,6 +36,9 @@ pub struct Subscriber {
     pub key: u32,
     /// A `herald.v1` connection: gets envelopes (topic, seq, data), not bare payloads.
     pub envelope: bool,
+    /// A Server-Sent Events stream: gets events (`proto::sse`), built once per message per
+    /// worker like envelopes.
+    pub sse: bool,
     /// Deliver only messages numbered above this. 0 for a plain subscriber; [`JOINING`]
     /// while the owner's answer to a `herald.v1` subscribe is on its way (the answer sets
     /// it to the number the live stream starts after, and brings the replay up to it).
@@ -51,9 +55,11 @@ pub struct LocalTopic {
     pub subscribers: Vec<Subscriber>,
     /// How many of them are `herald.v1` (envelopes are built only if some are).
     pub envelope_subscribers: usize,
-    /// Messages delivered this turn, in sequence order; written to every subscriber at once at
-    /// the end of the turn (one write per subscriber, however many messages).
+    /// Messages delivered this turn (or held from earlier turns by `pace`), in sequence
+    /// order; written to every subscriber at once (one write per subscriber, however many).
     pub batch: Vec<Staged>,
+    /// Whether the batch is written this turn or held a little (`--batch-window`).
+    pub pace: Pace,
 }
 
 /// Per-worker topic tables.
@@ -129,6 +135,12 @@ impl Topics {
         let last_here = entry.subscribers.is_empty();
         if last_here {
             self.local.remove(topic);
+        } else if entry.subscribers.capacity() > 64
+            && entry.subscribers.len() * 4 < entry.subscribers.capacity()
+        {
+            // Most of a crowd left: don't keep its list's memory for the few who stay.
+            let keep = entry.subscribers.len() * 2;
+            entry.subscribers.shrink_to(keep);
         }
         Unsubscribed { moved, last_here }
     }
@@ -170,6 +182,7 @@ mod tests {
         Subscriber {
             key,
             envelope: false,
+            sse: false,
             after: 0,
         }
     }

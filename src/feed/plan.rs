@@ -120,6 +120,7 @@ mod tests {
         Subscriber {
             key: 7,
             envelope: false,
+            sse: false,
             after,
         }
     }

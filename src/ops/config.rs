@@ -132,6 +132,14 @@ pub struct Config {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub close_grace: Duration,
 
+    /// Latency budget for batching under load (`0` or `off`: write every turn). A topic whose
+    /// next message arrives within one write pass of its previous one is held until that
+    /// pass's length has passed again, but never longer than this, so that each write to a
+    /// subscriber carries more messages. A topic at low load is written at once
+    /// (docs/architecture.md, "Batching under load").
+    #[arg(long, default_value = "5ms", value_parser = parse_batch_window, value_name = "DUR")]
+    pub batch_window: Duration,
+
     /// SO_SNDBUF for accepted sockets, bytes (0: the kernel's autotuning, up to
     /// `net.ipv4.tcp_wmem`'s max). Caps the kernel memory a stalled client can pin, at the
     /// cost of throughput to distant clients (docs/benchmarks.md).
@@ -169,7 +177,9 @@ pub struct Config {
     /// Cluster mode: share topics with other Herald nodes through this Redis
     /// (`redis://HOST:PORT[/DB]`). Redis numbers every message, keeps each topic's history
     /// and broadcasts to the nodes with subscribers (docs/operations.md). Off: one node, no
-    /// Redis needed.
+    /// Redis needed. Several independent Redis: `redis://A:6379,redis://B:6379` (topics
+    /// spread by consistent hashing); a Redis Cluster: `redis+cluster://HOST:PORT,HOST:PORT`
+    /// (seed nodes; sharded pub/sub).
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
 
@@ -178,9 +188,51 @@ pub struct Config {
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub broker_history: usize,
 
+    /// Backend hook: POST a JSON description of every new connection (WebSocket or SSE) to
+    /// this `http://` URL; its answer allows or denies it, and may attach an identity and
+    /// grants (docs/protocol.md, "Backend hooks").
+    #[arg(long, value_name = "URL")]
+    pub connect_hook: Option<String>,
+
+    /// Backend hook: POST every subscription (herald.v1 subscribe, and the topics of raw
+    /// path and SSE connections) to this `http://` URL for an allow or deny.
+    #[arg(long, value_name = "URL")]
+    pub subscribe_hook: Option<String>,
+
+    /// Backend hook: POST every published message (WebSocket, herald.v1, HTTP) with its
+    /// payload to this `http://` URL; denied messages are not published. A publisher's
+    /// messages keep their order whatever order the answers come back in.
+    #[arg(long, value_name = "URL")]
+    pub publish_hook: Option<String>,
+
+    /// Threads that call the hook backends (each holds its keep-alive connections).
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub hook_threads: usize,
+
+    /// Longest wait for a hook backend's answer; past it the request is refused as
+    /// unavailable (503 / `unavailable`).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub hook_timeout: Duration,
+
+    /// Most hook requests waiting for a thread, all hooks together; past it requests are
+    /// refused as unavailable at once (and counted), never queued without bound.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub hook_max_inflight: usize,
+
+    /// Reuse a connect or subscribe hook's allow for the same token and topics for this long
+    /// (0: ask every time). Denies are never cached.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub hook_cache: Duration,
+
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+
+    /// Serve the live dashboard: the page at `GET /dashboard` and its event stream at
+    /// `GET /dashboard/feed`. Off by default (docs/security.md); with `--publish-key` set, the
+    /// stream needs that key (`?key=`).
+    #[arg(long)]
+    pub dashboard: bool,
 
     /// Log line format on stderr: `text` for people, `json` (one object per line) for shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -218,6 +270,32 @@ impl Config {
             (Some(tls), _) => vec![(self.listen, false), (tls, true)],
             (None, false) => vec![(self.listen, false)],
         }
+    }
+
+    /// The backend hooks' flags: `http://` URLs, a pool and a bound of at least one.
+    fn validate_hooks(&self) -> Result<(), String> {
+        let hooks = [
+            ("--connect-hook", &self.connect_hook),
+            ("--subscribe-hook", &self.subscribe_hook),
+            ("--publish-hook", &self.publish_hook),
+        ];
+        for (flag, url) in hooks {
+            if let Some(url) = url {
+                if !url.starts_with("http://") || url.len() <= "http://".len() {
+                    return Err(format!("{flag} must be an http:// URL, got {url:?}"));
+                }
+            }
+        }
+        if self.hook_threads == 0 || self.hook_threads > 1024 {
+            return Err("--hook-threads must be between 1 and 1024".into());
+        }
+        if self.hook_max_inflight == 0 {
+            return Err("--hook-max-inflight must be at least 1".into());
+        }
+        if self.hook_timeout.is_zero() {
+            return Err("--hook-timeout must be more than 0".into());
+        }
+        Ok(())
     }
 
     /// Cross-field checks clap cannot express.
@@ -260,10 +338,14 @@ impl Config {
         if self.history > 0 && self.history_max_bytes == 0 {
             return Err("--history-max-bytes must be at least 1 byte when --history is on".into());
         }
+        self.validate_hooks()?;
         if let Some(url) = &self.broker {
-            if !url.starts_with("redis://") {
+            // The full check is cluster::shard::Broker::parse, at start.
+            let known = url.starts_with("redis+cluster://")
+                || url.split(',').all(|u| u.trim().starts_with("redis://"));
+            if !known {
                 return Err(format!(
-                    "--broker {url}: only redis://HOST:PORT URLs are supported"
+                    "--broker {url}: only redis://HOST:PORT URLs are supported (a comma-separated list of them for independent instances, or redis+cluster://HOST:PORT,HOST:PORT for a Redis Cluster)"
                 ));
             }
             if self.history > 0 {
@@ -272,6 +354,12 @@ impl Config {
             if self.broker_history == 0 {
                 return Err("--broker-history must be at least 1".into());
             }
+        }
+        if self.dashboard
+            && self.publish_key.is_none()
+            && (self.jwt_secret.is_some() || self.jwt_public_key.is_some())
+        {
+            return Err("--dashboard on a server with JWT auth needs --publish-key: the dashboard's stream is opened with that key".into());
         }
         for (name, d) in [
             ("--handshake-timeout", self.handshake_timeout),
@@ -328,6 +416,23 @@ pub fn parse_core_list(s: &str) -> Result<CoreList, String> {
     Ok(CoreList(cores))
 }
 
+/// Longest `--batch-window`: it is added latency, so more than this is a mistake.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(10);
+
+/// Parses `--batch-window`: a duration up to [`MAX_BATCH_WINDOW`], or `off` (zero).
+pub fn parse_batch_window(s: &str) -> Result<Duration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    let d = parse_duration(s)?;
+    if d > MAX_BATCH_WINDOW {
+        return Err(format!(
+            "`{s}` is too long: the window is latency added under load; at most 10s (e.g. 5ms)"
+        ));
+    }
+    Ok(d)
+}
+
 /// Parses `5`, `5s`, `1.5s`, `500ms` or `2m` into a duration (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -368,6 +473,11 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_batch_window("off").unwrap(), Duration::ZERO);
+        assert_eq!(parse_batch_window("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_batch_window("2ms").unwrap(), Duration::from_millis(2));
+        assert!(parse_batch_window("11s").is_err());
+        assert!(parse_batch_window("fast").is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn render(workers: &[Counters]) -> String {
         let _ = writeln!(out, "herald_connections{{worker=\"{i}\"}} {}", c.open);
     }
 
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 15] = [
         (
             "herald_accepted_total",
             "Connections accepted.",
@@ -99,6 +99,16 @@ pub fn render(workers: &[Counters]) -> String {
             "herald_v1_refusals_total",
             "herald.v1 requests (or topics of one) answered with an error.",
             total.v1_refusals,
+        ),
+        (
+            "herald_socket_writes_total",
+            "Socket write calls to clients that took bytes; herald_deliveries_total over this is the deliveries each write carries.",
+            total.socket_writes,
+        ),
+        (
+            "herald_batch_holds_total",
+            "Topic batches held for a later turn by --batch-window (the topic was under load).",
+            total.batch_holds,
         ),
         (
             "herald_fd_pauses_total",

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod config_file;
+pub mod dashboard;
 pub mod log;
 pub mod metrics;
 pub mod os;

@@ -79,9 +79,9 @@ impl From<&HttpError> for Reject {
             HttpError::HeadTooLarge => Reject::HeadTooLarge,
             HttpError::LengthRequired => Reject::LengthRequired,
             HttpError::BodyTooLarge(_) => Reject::BodyTooLarge,
-            HttpError::Unavailable => Reject::Unavailable,
+            HttpError::Unavailable | HttpError::HookUnavailable(_) => Reject::Unavailable,
             HttpError::ShuttingDown => Reject::Draining,
-            HttpError::Denied(Denied::Forbidden) => Reject::Forbidden,
+            HttpError::Denied(Denied::Forbidden | Denied::ByHook(_)) => Reject::Forbidden,
             HttpError::Denied(Denied::Origin) => Reject::Origin,
             HttpError::Denied(_) => Reject::Unauthorized,
             HttpError::TooManyConns => Reject::TooManyConns,
@@ -186,12 +186,17 @@ pub struct Counters {
     pub history_msgs: u64,
     /// Memory charged for them, bytes (gauge; capped by `--history-max-bytes`).
     pub history_bytes: u64,
+    /// Socket write calls that took bytes (fan-out writes and queued output alike): with
+    /// `frames_out`, how many deliveries each write carries (`writes/delivery`).
+    pub socket_writes: u64,
+    /// Topic batches held for a later turn by `--batch-window` (each counted once).
+    pub batch_holds: u64,
     /// Fan-out latency in fixed buckets (live, unlike the HDR histogram).
     pub latency: LatencyBuckets,
 }
 
 /// Scalar fields of [`Counters`].
-const SCALARS: usize = 16;
+const SCALARS: usize = 18;
 /// Every `u64` of [`Counters`]: scalars, rejections by reason, latency buckets and sum.
 const SLOTS: usize = SCALARS + Reject::COUNT + LATENCY_BUCKETS + 1;
 
@@ -214,6 +219,8 @@ impl Counters {
             self.history_msgs,
             self.history_bytes,
             self.aborts,
+            self.socket_writes,
+            self.batch_holds,
         ];
         let mut a = [0u64; SLOTS];
         let (head, rest) = a.split_at_mut(SCALARS);
@@ -255,6 +262,8 @@ impl Counters {
             c.history_msgs,
             c.history_bytes,
             c.aborts,
+            c.socket_writes,
+            c.batch_holds,
         ] = std::array::from_fn(|i| head[i]);
         c
     }
@@ -329,14 +338,34 @@ pub fn stats_line(prev: &[Counters], now: &[Counters], elapsed: Duration) -> Str
         n.auth_failures,
         n.rate_limited,
     );
+    // Batching: socket writes per delivery over the interval (1 = one write per message per
+    // subscriber; lower = each write carries several), and batches held by --batch-window.
+    let deliveries = n.frames_out.saturating_sub(p.frames_out);
+    let writes = n.socket_writes.saturating_sub(p.socket_writes);
+    match writes_per_delivery(writes, deliveries) {
+        Some(r) => {
+            let _ = write!(line, " writes/delivery={r:.3}");
+        }
+        None => line.push_str(" writes/delivery=-"),
+    }
+    let _ = write!(
+        line,
+        " batch_holds/s={}",
+        rate(p.batch_holds, n.batch_holds)
+    );
     line
+}
+
+/// Socket writes per delivery (`None` without deliveries: no ratio to show).
+pub fn writes_per_delivery(writes: u64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0).then(|| writes as f64 / deliveries as f64)
 }
 
 /// Totals for the final report.
 pub fn totals_line(c: &Counters) -> String {
     format!(
-        "totals: accepted={} msgs_in={} frames_out={} bytes_out={} slow_closes={} full_drops={} rejected={} fd_pauses={} replayed={} v1_refusals={}",
-        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected.total(), c.fd_pauses, c.replayed, c.v1_refusals
+        "totals: accepted={} msgs_in={} frames_out={} bytes_out={} slow_closes={} full_drops={} rejected={} fd_pauses={} replayed={} v1_refusals={} socket_writes={} batch_holds={}",
+        c.accepted, c.msgs_in, c.frames_out, c.bytes_out, c.slow_closes, c.full_drops, c.rejected.total(), c.fd_pauses, c.replayed, c.v1_refusals, c.socket_writes, c.batch_holds
     )
 }
 
@@ -385,6 +414,26 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("slow_closes=1"), "{line}");
+        assert!(line.contains(" writes/delivery=0.000"), "no writes: {line}");
+        let quiet = stats_line(&now, &now, Duration::from_secs(2));
+        assert!(
+            quiet.contains(" writes/delivery=-"),
+            "no deliveries: {quiet}"
+        );
+    }
+
+    #[test]
+    fn stats_line_shows_writes_per_delivery() {
+        let prev = [Counters::default()];
+        let now = [Counters {
+            frames_out: 400,
+            socket_writes: 100,
+            batch_holds: 6,
+            ..Default::default()
+        }];
+        let line = stats_line(&prev, &now, Duration::from_secs(2));
+        assert!(line.contains(" writes/delivery=0.250"), "{line}");
+        assert!(line.contains(" batch_holds/s=3"), "{line}");
     }
 
     #[test]
@@ -418,6 +467,8 @@ mod tests {
             v1_refusals: 13,
             history_msgs: 14,
             history_bytes: 15,
+            socket_writes: 16,
+            batch_holds: 17,
             ..Default::default()
         };
         for (i, &reason) in Reject::ALL.iter().enumerate() {
@@ -432,6 +483,7 @@ mod tests {
         assert_eq!(shared.read(), c);
         let twice = Counters::sum([&c, &c]);
         assert_eq!(twice.history_bytes, 30);
+        assert_eq!((twice.socket_writes, twice.batch_holds), (32, 34));
         assert_eq!(
             twice.rejected.get(Reject::TooManyConnsPerIp),
             2 * Reject::COUNT as u64

@@ -37,6 +37,30 @@ pub struct Grants {
 }
 
 impl Grants {
+    /// Grants a connect hook attached (replacing the token's); they expire with the token
+    /// (`expires`), or never for an anonymous connection.
+    pub fn from_hook(
+        sub: Option<String>,
+        subscribe: Vec<String>,
+        publish: Vec<String>,
+        expires: u64,
+    ) -> Self {
+        Grants {
+            sub,
+            subscribe,
+            publish,
+            expires,
+        }
+    }
+
+    /// The same grants under another identity (a connect hook's).
+    pub fn with_sub(&self, sub: Option<String>) -> Self {
+        Grants {
+            sub,
+            ..self.clone()
+        }
+    }
+
     pub fn may_subscribe(&self, topic: &str) -> bool {
         self.subscribe.iter().any(|p| pattern_matches(p, topic))
     }
@@ -171,6 +195,20 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Opening the dashboard's stream with `key` (its `?key=`): with `--publish-key` set, only
+    /// that key opens it (it shows what every topic does, so it is a backend's view); without
+    /// one the server is open (config validation refuses `--dashboard` with JWT and no key),
+    /// and the stream is as open as `/metrics`.
+    pub fn check_dashboard(&self, key: Option<&str>) -> Result<(), Denied> {
+        match (&self.publish_key, key) {
+            (None, _) => Ok(()),
+            (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()) => Ok(()),
+            (Some(_), _) => Err(Denied::BadPublishKey),
+        }
+    }
+}
+
 /// Unix time now, in seconds (token expiry is in those units).
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -287,6 +325,16 @@ mod tests {
             Err(Denied::BadPublishKey)
         );
         assert_eq!(k.check_http_publish(None, "t"), Err(Denied::BadPublishKey));
+    }
+
+    #[test]
+    fn the_dashboard_opens_with_the_publish_key_when_one_is_set() {
+        let open = auth(&[]);
+        assert_eq!(open.check_dashboard(None), Ok(()));
+        let k = auth(&["--publish-key", "s3cret"]);
+        assert_eq!(k.check_dashboard(Some("s3cret")), Ok(()));
+        assert_eq!(k.check_dashboard(Some("s3cre")), Err(Denied::BadPublishKey));
+        assert_eq!(k.check_dashboard(None), Err(Denied::BadPublishKey));
     }
 
     #[test]

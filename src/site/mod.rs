@@ -24,6 +24,17 @@ use crate::proto::topic;
 /// The embedded demo page, so `GET /` works with no files next to the binary.
 pub const INDEX_HTML: &str = include_str!("index.html");
 
+/// The live dashboard (`--dashboard`), served at `GET /dashboard` whatever `--static` says.
+/// One file: its script and drawing (SVG) are inline, so it needs no network but the server.
+pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// The SVG chart code the dashboard page inlines (and the loadtest's HTML reports too), in
+/// place of its `/*HERALD_CHART_JS*/` line.
+pub const CHART_JS: &str = include_str!("chart.js");
+
+/// The line of [`DASHBOARD_HTML`] that [`CHART_JS`] replaces.
+pub const CHART_JS_SLOT: &str = "/*HERALD_CHART_JS*/";
+
 /// The `herald-client` library (clients/js), served at `GET /herald-client.js` whatever
 /// `--static` says, so any page can `import { Herald } from '/herald-client.js'` with no build
 /// step and always gets the client that matches this server.
@@ -109,6 +120,8 @@ impl Entry {
 #[derive(Debug)]
 pub struct Site {
     pages: HashMap<String, Entry>,
+    /// [`DASHBOARD_HTML`]'s response (served only with `--dashboard`: the worker decides).
+    dashboard: Entry,
 }
 
 impl Site {
@@ -130,7 +143,20 @@ impl Site {
             CLIENT_JS_PATH.to_owned(),
             Entry::new(JAVASCRIPT, CLIENT_JS.as_bytes()),
         );
-        Site { pages }
+        Site {
+            pages,
+            dashboard: Entry::new(
+                HTML,
+                DASHBOARD_HTML
+                    .replacen(CHART_JS_SLOT, CHART_JS, 1)
+                    .as_bytes(),
+            ),
+        }
+    }
+
+    /// The whole `200` response of the dashboard page.
+    pub fn dashboard(&self) -> Bytes {
+        self.dashboard.response.clone()
     }
 
     /// The embedded pages, or every servable file under `static_dir` (and the client

@@ -165,7 +165,9 @@ impl Worker {
                     self.unsubscribe(&sub.topic, sub.slot);
                     self.v1_refuse(key, None, Some(&topic), &refusal);
                 }
-                Feed::Path { .. } => {
+                // An SSE stream ends; its client comes back with its Last-Event-ID and gets
+                // what it can of the topic, or a `gap` event.
+                Feed::Path { .. } | Feed::Sse(_) => {
                     let (code, reason) = BROKER_GAP;
                     self.fail(key, code, reason);
                 }

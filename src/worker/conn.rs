@@ -3,11 +3,11 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
-use rustls::ServerConnection;
 
 use crate::policy::guard::Guard;
 use crate::proto::deflate::Agreement;
@@ -25,6 +25,17 @@ pub enum Phase {
     /// An HTTP publish was handed to its topic's owner; the response waits for the sequence
     /// number. Further (pipelined) requests wait in `inbound`.
     AwaitingAck { since: u32, keep_alive: bool },
+    /// The dashboard's event stream (`GET /dashboard/feed`): the response head is sent and an
+    /// event follows every second until the peer leaves (see `worker::dashboard`). Bytes the
+    /// peer sends are discarded.
+    Streaming,
+    /// A new connection (upgrade or SSE stream) passed the server's own checks and waits for
+    /// the backend hooks' answers (`--connect-hook`, and `--subscribe-hook` for the topics it
+    /// names) before it is answered. Further bytes wait in `inbound`.
+    AwaitingHook {
+        since: u32,
+        pending: Box<PendingOpen>,
+    },
     /// We sent a close frame (shutdown) and wait for the peer's (or its EOF) until the grace
     /// period ends.
     Closing { since: u32 },
@@ -43,7 +54,12 @@ impl Phase {
         matches!(
             (self, next),
             // 101 (raw path or herald.v1), an HTTP publish, an answer that ends it.
-            (Handshake { .. }, Open { .. } | AwaitingAck { .. } | Flushing { .. })
+            (
+                Handshake { .. },
+                Open { .. } | AwaitingAck { .. } | AwaitingHook { .. } | Flushing { .. } | Streaming
+            )
+                // The hooks answered: opened, or refused.
+                | (AwaitingHook { .. }, Open { .. } | Flushing { .. })
                 // The publish's 202: kept alive for the next request, or closing after it.
                 | (AwaitingAck { .. }, Handshake { .. } | Flushing { .. })
                 // Our close (shutdown) waits for the peer's; an error or its close ends it now.
@@ -53,6 +69,52 @@ impl Phase {
                 | (Flushing { .. }, Lingering { .. })
         )
     }
+}
+
+/// A connection waiting for hook answers: what it asked to open, how many answers are still
+/// to come, and what they said so far.
+#[derive(Debug)]
+pub struct PendingOpen {
+    pub opening: Opening,
+    /// Answers still to come.
+    pub waiting: u32,
+    /// The first refusal (deny or no decision) among the answers so far.
+    pub refused: Option<crate::hooks::Verdict>,
+    /// What the connect hook attached (identity and grants), once it allowed.
+    pub attached: Option<crate::hooks::Attached>,
+}
+
+/// What a connection waiting for hooks will open.
+#[derive(Debug)]
+pub enum Opening {
+    Upgrade {
+        mode: crate::proto::http::Mode,
+        accept: String,
+        deflate: Agreement,
+    },
+    Events {
+        topics: Vec<String>,
+        positions: Vec<Option<crate::proto::sse::Position>>,
+    },
+}
+
+/// Messages of one publisher waiting for `--publish-hook`, in the order it sent them: each is
+/// published only when it and every message before it are decided, so the answers' order
+/// never reorders a publisher's messages.
+#[derive(Debug, Default)]
+pub struct HeldPublishes {
+    pub next_ticket: u64,
+    pub queue: VecDeque<HeldPublish>,
+}
+
+/// One held message.
+#[derive(Debug)]
+pub struct HeldPublish {
+    pub ticket: u64,
+    pub topic: TopicName,
+    pub frame: Bytes,
+    pub ack: Option<crate::feed::bus::AckTo>,
+    pub verdict: Option<crate::hooks::Verdict>,
 }
 
 /// Why a connection ended: the `reason` (and `code`) of its disconnect log line. The first
@@ -122,6 +184,46 @@ pub enum Feed {
     Path { topic: TopicName, slot: u32 },
     /// `herald.v1`: the topics it subscribed to with control messages, as envelopes.
     V1(Box<V1Feed>),
+    /// Server-Sent Events (`GET /<topic>` as `text/event-stream`, or `GET /sse?topic=…`):
+    /// a read-only HTTP response that never ends; its topics, as events (`proto::sse`).
+    /// It reads nothing after the request, gets comment heartbeats instead of pings, and
+    /// ends with a comment and FIN instead of a close frame.
+    Sse(Box<SseFeed>),
+}
+
+/// An SSE stream's topics, in the order of the request (the order of the positions in its
+/// event ids).
+#[derive(Debug, Default)]
+pub struct SseFeed {
+    pub subs: Vec<SseSub>,
+    /// Numbers this stream's joins (as `V1Feed::next_join`).
+    pub next_join: u32,
+}
+
+/// One topic of an SSE stream.
+#[derive(Debug)]
+pub struct SseSub {
+    pub topic: TopicName,
+    /// Index in the topic's subscriber list on this worker.
+    pub slot: u32,
+    /// While the owner's answer is on its way: the join number.
+    pub joining: Option<u32>,
+    /// The last message the client has of this topic (epoch, number): what its next event
+    /// id says. Until the join is answered, the position the client asked to resume from.
+    pub position: Option<(Arc<str>, u64)>,
+    /// The start the client asked for could not be served: this `herald.v1` error code and
+    /// message become a `gap` event once the stream is joined again from now.
+    pub gap: Option<(&'static str, String)>,
+}
+
+impl SseFeed {
+    /// Every topic's position, as the id of a several-topic stream lists them.
+    pub fn positions(&self) -> Vec<Option<(&str, u64)>> {
+        self.subs
+            .iter()
+            .map(|s| s.position.as_ref().map(|(e, seq)| (&**e, *seq)))
+            .collect()
+    }
 }
 
 /// A `herald.v1` connection's subscriptions.
@@ -131,6 +233,8 @@ pub struct V1Feed {
     /// Numbers this connection's subscribe requests, so a late answer from a topic's owner
     /// cannot be taken for the answer to a newer subscribe to the same topic.
     pub next_join: u32,
+    /// Subscribes waiting for `--subscribe-hook`: (ticket, request id, what was asked).
+    pub hooked: Vec<(u64, u64, crate::proto::v1::Wanted)>,
 }
 
 /// One topic of a `herald.v1` connection.
@@ -150,6 +254,7 @@ impl Feed {
         match self {
             Feed::Path { topic, slot } => vec![(topic.clone(), *slot)],
             Feed::V1(v1) => v1.subs.iter().map(|s| (s.topic.clone(), s.slot)).collect(),
+            Feed::Sse(sse) => sse.subs.iter().map(|s| (s.topic.clone(), s.slot)).collect(),
         }
     }
 
@@ -162,7 +267,17 @@ impl Feed {
                     sub.slot = new_slot;
                 }
             }
+            Feed::Sse(sse) => {
+                if let Some(sub) = sse.subs.iter_mut().find(|s| s.topic == *topic) {
+                    sub.slot = new_slot;
+                }
+            }
         }
+    }
+
+    /// A Server-Sent Events stream (not a WebSocket).
+    pub fn is_sse(&self) -> bool {
+        matches!(self, Feed::Sse(_))
     }
 }
 
@@ -191,6 +306,8 @@ pub struct Written {
     pub bytes: usize,
     /// Chunks completed, for the stats.
     pub chunks: usize,
+    /// Write calls that took bytes (`herald_socket_writes_total`).
+    pub calls: usize,
 }
 
 impl OutQueue {
@@ -241,6 +358,7 @@ impl OutQueue {
                 Err(e) => return Err(e),
             };
             written.bytes += n;
+            written.calls += usize::from(n > 0);
             written.chunks += self.consume(n, &mut on_done);
             if n < offered {
                 break; // the kernel took only part: its buffer is full until the next writable event
@@ -291,7 +409,7 @@ pub struct Conn {
     /// Already listed in the worker's to-flush list this turn.
     pub queued_for_flush: bool,
     /// The TLS session of a `wss://` connection; `None` for plain ones.
-    pub tls: Option<Box<ServerConnection>>,
+    pub tls: Option<Box<tls::Session>>,
     /// permessage-deflate as negotiated in the upgrade (off until then): all the
     /// compression state a connection has (no context takeover either way).
     pub deflate: Agreement,
@@ -299,12 +417,14 @@ pub struct Conn {
     pub guard: Option<Box<Guard>>,
     /// Why it is ending, once something decided it (for the disconnect log line).
     pub ending: Ending,
+    /// Messages waiting for `--publish-hook` (`None` when none ever did).
+    pub held: Option<Box<HeldPublishes>>,
 }
 
 /// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
 pub struct Output<'a> {
     socket: &'a mut TcpStream,
-    tls: Option<&'a mut ServerConnection>,
+    tls: Option<&'a mut tls::Session>,
 }
 
 impl Write for Output<'_> {
@@ -315,7 +435,7 @@ impl Write for Output<'_> {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match &mut self.tls {
             None => self.socket.write_vectored(bufs),
-            Some(tls) => tls::write_vectored(tls, self.socket, bufs),
+            Some(tls) => tls.write_vectored(self.socket, bufs),
         }
     }
 
@@ -339,7 +459,7 @@ impl Inbound {
 }
 
 impl Conn {
-    pub fn new(socket: TcpStream, id: u64, now: u32, tls: Option<Box<ServerConnection>>) -> Self {
+    pub fn new(socket: TcpStream, id: u64, now: u32, tls: Option<Box<tls::Session>>) -> Self {
         Conn {
             socket,
             id,
@@ -352,10 +472,10 @@ impl Conn {
             deflate: Agreement::OFF,
             guard: None,
             ending: Ending::Unset,
+            held: None,
         }
     }
 
-    /// Record why the connection ends, unless an earlier step already did.
     /// Move to the `next` phase; the one way a phase changes. Returns the phase left (its
     /// feed tells the caller which topics to leave).
     pub fn enter(&mut self, next: Phase) -> Phase {
@@ -369,17 +489,23 @@ impl Conn {
         std::mem::replace(&mut self.phase, next)
     }
 
+    /// Record why the connection ends, unless an earlier step already did.
     pub fn end(&mut self, why: Ending) {
         if self.ending == Ending::Unset {
             self.ending = why;
         }
     }
 
+    /// An open Server-Sent Events stream (its input is ignored, its keep-alive is comments).
+    pub fn is_sse(&self) -> bool {
+        matches!(&self.phase, Phase::Open { feed, .. } if feed.is_sse())
+    }
+
     /// Read plaintext (decrypting first on a `wss://` connection). `Ok(0)` is end of stream.
     pub fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.tls {
             None => self.socket.read(buf),
-            Some(tls) => tls::read(tls, &mut self.socket, buf),
+            Some(tls) => tls.read(&mut self.socket, buf),
         }
     }
 
@@ -404,7 +530,7 @@ impl Conn {
     pub fn flush_tls(&mut self) -> io::Result<bool> {
         match &mut self.tls {
             None => Ok(true),
-            Some(tls) => tls::flush(tls, &mut self.socket),
+            Some(tls) => tls.flush(&mut self.socket),
         }
     }
 
@@ -416,8 +542,7 @@ impl Conn {
     /// End our side of the stream: TLS close_notify (best effort), then FIN.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         if let Some(tls) = &mut self.tls {
-            tls.send_close_notify();
-            let _ = tls::flush(tls, &mut self.socket);
+            tls.close(&mut self.socket);
         }
         self.socket.shutdown(std::net::Shutdown::Write)
     }
@@ -439,14 +564,31 @@ mod tests {
                 since: 0,
                 keep_alive: true,
             },
+            "hook" => Phase::AwaitingHook {
+                since: 0,
+                pending: Box::new(PendingOpen {
+                    opening: Opening::Events {
+                        topics: vec![],
+                        positions: vec![],
+                    },
+                    waiting: 1,
+                    refused: None,
+                    attached: None,
+                }),
+            },
             "closing" => Phase::Closing { since: 0 },
             "flushing" => Phase::Flushing { since: 0 },
+            "streaming" => Phase::Streaming,
             _ => Phase::Lingering { since: 0 },
         };
         let allowed = [
             ("handshake", "open"),
             ("handshake", "ack"),
+            ("handshake", "hook"),
+            ("hook", "open"),
+            ("hook", "flushing"),
             ("handshake", "flushing"),
+            ("handshake", "streaming"),
             ("ack", "handshake"),
             ("ack", "flushing"),
             ("open", "closing"),
@@ -458,9 +600,11 @@ mod tests {
             "handshake",
             "open",
             "ack",
+            "hook",
             "closing",
             "flushing",
             "lingering",
+            "streaming",
         ];
         for from in all {
             for to in all {

@@ -14,7 +14,7 @@ use crate::proto::frame::{self, Event};
 use crate::proto::http::{self, Mode, Request};
 use crate::proto::topic::TopicName;
 use crate::proto::v1;
-use crate::worker::conn::{Ending, Feed, Inbound, OutChunk, Phase};
+use crate::worker::conn::{Ending, Feed, Inbound, Opening, OutChunk, Phase};
 use bytes::Bytes;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
@@ -108,9 +108,13 @@ impl Worker {
     fn on_bytes(&mut self, key: usize, n: usize) -> bool {
         match self.conns[key].phase {
             Phase::Handshake { .. } => self.on_request_bytes(key, n),
-            Phase::AwaitingAck { .. } => self.hold_request_bytes(key, n),
+            Phase::AwaitingAck { .. } | Phase::AwaitingHook { .. } => {
+                self.hold_request_bytes(key, n)
+            }
+            // An SSE client has nothing more to say after its request.
+            Phase::Open { ref feed, .. } if feed.is_sse() => true,
             Phase::Open { .. } | Phase::Closing { .. } => self.on_frame_bytes(key, n),
-            Phase::Flushing { .. } | Phase::Lingering { .. } => true, // discarded
+            Phase::Flushing { .. } | Phase::Lingering { .. } | Phase::Streaming => true, // discarded
         }
     }
 
@@ -166,6 +170,16 @@ impl Worker {
                     Err(e) => return self.refuse(key, e),
                 };
                 self.conns[key].guard = guard;
+                let topics = usize::from(matches!(mode, Mode::Path(_)));
+                if self.open_needs_hooks(topics) {
+                    let opening = Opening::Upgrade {
+                        mode,
+                        accept,
+                        deflate,
+                    };
+                    self.await_open_hooks(key, opening, &credentials);
+                    return true;
+                }
                 self.open(key, mode, &accept, deflate);
                 !has_more || self.on_frame_bytes(key, 0)
             }
@@ -184,6 +198,20 @@ impl Worker {
                 }
                 Err(e) => self.refuse(key, e),
             },
+            Request::Events {
+                topics,
+                last_event_id,
+                credentials,
+            } => {
+                if draining {
+                    self.refuse_events_draining(key);
+                    return true;
+                }
+                match self.open_events(key, topics, last_event_id.as_deref(), &credentials) {
+                    Ok(()) => true,
+                    Err(e) => self.refuse(key, e),
+                }
+            }
             Request::Health => {
                 self.reply_and_close(key, http::health_response());
                 true
@@ -198,6 +226,9 @@ impl Worker {
                 true
             }
             Request::Page { target } => {
+                if let Some(page) = self.dashboard_route(&target) {
+                    return self.serve_dashboard(key, page, &target);
+                }
                 match self.site.response(&target) {
                     Ok(response) => self.reply_and_close(key, response),
                     Err(e) => return self.refuse(key, e),
@@ -223,9 +254,8 @@ impl Worker {
             since: self.tick,
             keep_alive,
         });
-        let conn_id = conn.id;
         let ack = AckTo { key, request: None };
-        self.accept_message(conn_id, topic, frame, Some(ack));
+        self.publish_hooked(key, topic, frame, Some(ack));
     }
 
     /// A client's message (WebSocket or HTTP) enters the server: count it and publish it.
@@ -292,7 +322,7 @@ impl Worker {
     /// Complete the upgrade: answer 101 (with the agreed subprotocol and compression) and,
     /// in raw path mode, subscribe the connection to its topic (a `herald.v1` connection
     /// starts with no topic).
-    fn open(&mut self, key: usize, mode: Mode, accept: &str, deflate: Agreement) {
+    pub(super) fn open(&mut self, key: usize, mode: Mode, accept: &str, deflate: Agreement) {
         let deflate = match self.config.compression {
             Switch::On => deflate,
             Switch::Off => Agreement::OFF,
@@ -327,7 +357,7 @@ impl Worker {
     }
 
     /// Client frames: the carried partial frame plus `n` fresh bytes from `scratch`.
-    fn on_frame_bytes(&mut self, key: usize, n: usize) -> bool {
+    pub(super) fn on_frame_bytes(&mut self, key: usize, n: usize) -> bool {
         let mut inbound = self.borrow_inbound(key);
         let mut events = std::mem::take(&mut self.frame_events);
         let max = self.config.max_message;
@@ -391,7 +421,6 @@ impl Worker {
             };
             match event {
                 Event::Message(frame) => {
-                    let conn_id = conn.id;
                     let len = frame::payload_of(&frame).1.len();
                     if !self.within_rate(key, len, self.now) {
                         self.fail(key, access::POLICY, access::RATE_LIMITED);
@@ -403,7 +432,7 @@ impl Worker {
                             self.fail(key, access::POLICY, access::NOT_PUBLISHER);
                             return;
                         }
-                        Some(topic) => self.accept_message(conn_id, topic, frame, None),
+                        Some(topic) => self.publish_hooked(key, topic, frame, None),
                         None => self.on_v1_message(key, &frame),
                     }
                 }

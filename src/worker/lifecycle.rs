@@ -4,14 +4,17 @@
 use std::time::Instant;
 
 use super::{access, Worker};
-use crate::proto::frame;
 use crate::proto::http::HttpError;
+use crate::proto::{frame, sse};
 use crate::worker::conn::{Ending, Feed, Phase};
 
 /// Close code and reason sent to every client when the server shuts down.
 const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
 /// Close code and reason for a subscriber that fell `--max-backlog` behind.
 const SLOW_CONSUMER: (u16, &str) = (1008, "slow consumer");
+
+/// Slab capacity below which an emptier slab is left as it is (a few hundred KiB at most).
+const SHRINK_ABOVE: usize = 1024;
 
 /// Whether a worker serves normally or drains. Draining starts at the shutdown signal and
 /// ends when the connections the worker had then are gone, or at `deadline`. Connections
@@ -78,8 +81,12 @@ enum Expired {
     /// The handshake deadline passed (counted as a rejected handshake).
     HandshakeTimeout,
     Ping,
+    /// An SSE stream's keep-alive comment is due.
+    Heartbeat,
     /// An HTTP publish got no sequence number in time (its owner dropped it: full queues).
     NoAck,
+    /// A new connection got no hook answer in time.
+    NoHookAnswer,
 }
 
 impl Worker {
@@ -152,7 +159,18 @@ impl Worker {
     /// frame with the error's code, then close TCP ourselves without waiting for a reply.
     pub(super) fn fail(&mut self, key: usize, code: u16, reason: &str) {
         self.end(key, Ending::ProtocolError(code));
-        self.reply_and_close(key, frame::close_frame(code, reason));
+        let last = self.goodbye(key, code, reason);
+        self.reply_and_close(key, last);
+    }
+
+    /// The last bytes of an open connection that we end: a close frame, or for an SSE stream
+    /// (which has no close frame) a comment with the reason before the FIN.
+    fn goodbye(&self, key: usize, code: u16, reason: &str) -> bytes::Bytes {
+        if self.conns.get(key).is_some_and(|c| c.is_sse()) {
+            sse::comment(&format!("closed ({code}): {reason}"))
+        } else {
+            frame::close_frame(code, reason)
+        }
     }
 
     /// A clean server-initiated close (shutdown): send our close frame and wait for the
@@ -160,6 +178,11 @@ impl Worker {
     fn go_away(&mut self, key: usize) {
         let (code, reason) = GOING_AWAY;
         self.end(key, Ending::Shutdown);
+        if self.conns.get(key).is_some_and(|c| c.is_sse()) {
+            // No close handshake in SSE: the comment, then FIN; the client reconnects.
+            let last = self.goodbye(key, code, reason);
+            return self.reply_and_close(key, last);
+        }
         self.leave_topic(key, Phase::Closing { since: self.tick });
         self.queue_output(key, frame::close_frame(code, reason), 0);
     }
@@ -197,7 +220,8 @@ impl Worker {
             conn.end(Ending::SlowConsumer);
         }
         let (code, reason) = SLOW_CONSUMER;
-        self.reply_and_close(key, frame::close_frame(code, reason));
+        let last = self.goodbye(key, code, reason);
+        self.reply_and_close(key, last);
     }
 
     /// Our last bytes are out: send FIN and linger until the peer closes too.
@@ -226,6 +250,16 @@ impl Worker {
                 }
                 Phase::AwaitingAck { since, .. } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::NoAck)
+                }
+                Phase::AwaitingHook { since, .. } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::NoHookAnswer)
+                }
+                // An SSE client never sends: only its socket tells that it is gone.
+                Phase::Open {
+                    ref feed,
+                    last_ping,
+                } if feed.is_sse() => {
+                    (now.saturating_sub(last_ping) >= ping).then_some(Expired::Heartbeat)
                 }
                 Phase::Open { last_ping, .. } => {
                     let silent = now.saturating_sub(conn.last_heard);
@@ -274,17 +308,39 @@ impl Worker {
                     self.hang_up_for(key, Ending::HandshakeTimeout);
                 }
                 Expired::NoAck => {
+                    // A publish still waiting for its hook answer is not published late.
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.held = None;
+                    }
                     self.refuse(key, HttpError::Unavailable);
                 }
-                Expired::Ping => {
+                Expired::NoHookAnswer => {
+                    let why = "no hook answer within --handshake-timeout".to_owned();
+                    self.refuse(key, HttpError::HookUnavailable(why));
+                }
+                Expired::Ping | Expired::Heartbeat => {
                     if let Some(Phase::Open { last_ping, .. }) =
                         self.conns.get_mut(key).map(|c| &mut c.phase)
                     {
                         *last_ping = now;
                     }
-                    self.queue_output(key, frame::ping_frame(), 0);
+                    match verdict {
+                        Expired::Heartbeat => self.sse_heartbeat(key),
+                        _ => self.queue_output(key, frame::ping_frame(), 0),
+                    }
                 }
             }
+        }
+        self.shrink_after_a_drop();
+    }
+
+    /// After a storm of connections has gone, give back the slab's empty tail: the slab never
+    /// shrinks by itself, and at 10k connections its entries are megabytes. Only when at most
+    /// a quarter is in use, so a steady population never pays for it.
+    fn shrink_after_a_drop(&mut self) {
+        let capacity = self.conns.capacity();
+        if capacity > SHRINK_ABOVE && self.conns.len() * 4 < capacity {
+            self.conns.shrink_to_fit();
         }
     }
 
@@ -298,10 +354,14 @@ impl Worker {
             first_late_id: self.next_conn_id,
             late: 0,
         };
+        // Batches held by --batch-window go out before the close frames.
+        self.flush_topics(true);
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns[key].phase {
-                Phase::Handshake { .. } => self.hang_up_for(key, Ending::Shutdown),
+                Phase::Handshake { .. } | Phase::AwaitingHook { .. } | Phase::Streaming => {
+                    self.hang_up_for(key, Ending::Shutdown)
+                }
                 Phase::Open { .. } => self.go_away(key),
                 _ => {}
             }

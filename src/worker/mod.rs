@@ -6,9 +6,12 @@
 mod access;
 mod cluster;
 pub mod conn;
+mod dashboard;
+mod hooks;
 mod input;
 mod lifecycle;
 mod output;
+mod sse;
 mod subscriptions;
 pub mod tls;
 
@@ -28,6 +31,7 @@ use crate::cluster::ClusterLink;
 use crate::feed::bus::{Bus, BusMsg};
 use crate::feed::fanout::{Staged, Topics};
 use crate::feed::owned::{HistoryLimits, Owned};
+use crate::hooks::HookLink;
 use crate::ops::config::Config;
 use crate::ops::os;
 use crate::ops::stats::{self, Counters, SharedCounters};
@@ -70,6 +74,9 @@ const READS_PER_EVENT: usize = 8;
 /// connection storm.
 const ACCEPTS_PER_TURN: usize = 256;
 
+/// Extra zero-timeout polls per turn before writing staged batches (`Worker::top_up`).
+const TOP_UPS: usize = 2;
+
 /// Bus messages handled per turn before sockets get their turn again.
 const INBOX_PER_TURN: usize = 16 * 1024;
 
@@ -110,6 +117,8 @@ pub struct Worker {
     read_again: Vec<usize>,
     /// Connections to close once the current pass over a topic's subscribers is done.
     doomed: Vec<(usize, u64, Doom)>,
+    /// Earliest time a batch held by `--batch-window` is due (`None`: none is held).
+    held_until: Option<Instant>,
     counters: Counters,
     shared: Arc<SharedCounters>,
     /// Every worker's published counters (ours included), read to answer `GET /metrics`.
@@ -130,6 +139,12 @@ pub struct Worker {
     peers: HashMap<usize, SocketAddr>,
     /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
     cluster: Option<ClusterLink>,
+    /// `--dashboard`: the event streams this worker serves.
+    streams: dashboard::Streams,
+    /// Backend hooks (`--connect-hook` …): where questions go and answers come from.
+    hooks: Option<HookLink>,
+    /// Numbers this worker's hook questions that wait on an open connection.
+    hook_ticket: u64,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -162,6 +177,8 @@ pub struct WorkerParts {
     pub site: Arc<Site>,
     /// Cluster mode: the bridge to Redis (`None`: single node).
     pub cluster: Option<ClusterLink>,
+    /// Backend hooks, when any is set (`None`: no hook).
+    pub hooks: Option<HookLink>,
 }
 
 impl Worker {
@@ -180,6 +197,7 @@ impl Worker {
             gate,
             site,
             cluster,
+            hooks,
         } = parts;
         let limits = HistoryLimits {
             per_topic: config.history,
@@ -214,6 +232,7 @@ impl Worker {
             to_flush: Vec::new(),
             read_again: Vec::new(),
             doomed: Vec::new(),
+            held_until: None,
             counters: Counters::default(),
             shared,
             everyone,
@@ -228,6 +247,9 @@ impl Worker {
             serving: Serving::Live,
             peers: HashMap::new(),
             cluster,
+            streams: dashboard::Streams::new(now),
+            hooks,
+            hook_ticket: 0,
         })
     }
 
@@ -245,25 +267,14 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {} // the inbox is drained below every turn
-                    Token(t) if t > LISTENERS - MAX_LISTENERS => self.accept_all(),
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
-                        }
-                        if event.is_writable() {
-                            self.on_writable(key);
-                        }
-                    }
-                }
-            }
+            self.handle_events(&events);
             if std::mem::take(&mut self.accept_pending) {
                 self.accept_all();
             }
             self.drain_inbox();
+            self.drain_hook_answers();
             self.retry_reads();
+            self.top_up(&mut events);
             self.run_timers();
             self.flush();
             self.bus.flush();
@@ -279,6 +290,44 @@ impl Worker {
         }
     }
 
+    /// Dispatch one poll's readiness events.
+    fn handle_events(&mut self, events: &Events) {
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {} // the inbox is drained every turn
+                Token(t) if t > LISTENERS - MAX_LISTENERS => self.accept_all(),
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.on_readable(key);
+                    }
+                    if event.is_writable() {
+                        self.on_writable(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fewer, fuller turns: before the end-of-turn write, take in what became ready while
+    /// this turn's events were handled (one more poll with zero timeout, and the inbox), so
+    /// that a batch about to be written is not written without messages already waiting for
+    /// it, which would take a whole extra pass of writes one turn later. Only when something
+    /// is staged: a turn with nothing to write has nothing to gain. Bounded to
+    /// [`TOP_UPS`] polls, so a steady stream still gets written.
+    fn top_up(&mut self, events: &mut Events) {
+        for _ in 0..TOP_UPS {
+            if self.topics.dirty.is_empty() {
+                return;
+            }
+            if self.poll.poll(events, Some(Duration::ZERO)).is_err() || events.is_empty() {
+                return;
+            }
+            self.now = Instant::now();
+            self.handle_events(events);
+            self.drain_inbox();
+        }
+    }
+
     /// Sleep until the next timer, or not at all while work is waiting.
     fn poll_timeout(&self) -> Option<Duration> {
         if self.accept_pending || !self.read_again.is_empty() || !self.bus.inbox.is_empty() {
@@ -286,6 +335,11 @@ impl Worker {
         }
         let now = Instant::now();
         let mut deadline = self.next_sweep;
+        if let Some(t) = self.held_until {
+            // A batch held by --batch-window is due then (mio rounds the wait up to whole
+            // milliseconds, so a hold may end up to 1 ms late; it never ends early).
+            deadline = deadline.min(t);
+        }
         if let Some(t) = self.accept_paused_until {
             deadline = deadline.min(t);
         }
@@ -435,6 +489,7 @@ impl Worker {
             self.next_sweep = self.now + TICK;
             self.sweep();
             self.topics.owned.expire(self.now);
+            self.dashboard_timer();
         }
     }
 
@@ -464,6 +519,9 @@ impl Worker {
         let mut body = crate::ops::metrics::render(&snapshot);
         if let Some(cluster) = &self.cluster {
             body.push_str(&cluster.stats.prometheus());
+        }
+        if let Some(hooks) = &self.hooks {
+            body.push_str(&hooks.stats.prometheus());
         }
         body
     }

@@ -13,15 +13,17 @@
 //!   buffer), and written on the next writable event.
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::conn::{Ending, Feed, OutChunk, Phase};
+use super::sse::SseBatch;
 use super::{Doom, Worker};
 use crate::feed::bus::{BusMsg, Origin, Publication};
 use crate::feed::fanout::{cork, Staged, Subscriber};
 use crate::feed::owned::owner_of;
+use crate::feed::pace::Decision;
 use crate::feed::plan::{self, BatchView, Delivery};
 use crate::proto::deflate::{Agreement, BatchFrames, Codec};
 use crate::proto::topic::TopicName;
@@ -115,6 +117,7 @@ impl Worker {
         let subscriber = Subscriber {
             key: key as u32,
             envelope: false,
+            sse: false,
             after: 0,
         };
         let slot = self.add_subscriber(&topic, subscriber);
@@ -168,7 +171,7 @@ impl Worker {
     /// End of turn: write every staged topic batch to its subscribers, then every connection
     /// with queued output, then close the connections found broken or too slow on the way.
     pub(super) fn flush(&mut self) {
-        self.flush_topics();
+        self.flush_topics(false);
         self.flush_queued();
         for (key, id, doom) in std::mem::take(&mut self.doomed) {
             if self.conns.get(key).is_some_and(|c| c.id == id) {
@@ -187,8 +190,18 @@ impl Worker {
     /// buffer in one `write`. Nothing is allocated per subscriber unless the kernel refuses
     /// bytes (then a slice of the shared buffer is queued on that connection) or the
     /// subscriber gets only part of the batch (`--no-echo`, a `herald.v1` join).
-    fn flush_topics(&mut self) {
+    ///
+    /// A busy topic's batch may be held for a later turn instead (`feed::pace`,
+    /// `--batch-window`); `force` writes every batch now (the drain, before the close frames).
+    pub(super) fn flush_topics(&mut self, force: bool) {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
+        let mut held: Vec<TopicName> = Vec::new();
+        self.held_until = None;
+        let window = if force || self.serving.is_draining() {
+            Duration::ZERO
+        } else {
+            self.config.batch_window
+        };
         let backlog_limit = self.config.backlog_limit();
         let min = self.config.compress_min;
         let me = self.bus.me() as u16;
@@ -196,11 +209,26 @@ impl Worker {
             let Some(topic) = self.topics.local.get_mut(name) else {
                 continue;
             };
+            if topic.batch.is_empty() {
+                continue; // listed twice (its topic was dropped and made again meanwhile)
+            }
+            let started = Instant::now();
+            let was_holding = topic.pace.holding();
+            if let Decision::HoldUntil(due) = topic.pace.decide(started, topic.batch.len(), window)
+            {
+                if !was_holding {
+                    self.counters.batch_holds += 1;
+                }
+                self.held_until = Some(self.held_until.map_or(due, |t| t.min(due)));
+                held.push(name.clone());
+                continue;
+            }
             let batch = std::mem::take(&mut topic.batch);
             let Some(view) = BatchView::new(&batch, self.config.no_echo, me) else {
                 continue;
             };
             let mut frames = TurnFrames::new(name, &batch, topic.envelope_subscribers > 0);
+            let mut sse = SseBatch::default();
             let oldest = batch[0].received;
             let messages = batch.len() as u32;
             let mut complete: u64 = 0;
@@ -216,8 +244,13 @@ impl Worker {
                 match plan::delivery(&view, &batch, sub, own) {
                     Delivery::Nothing => continue,
                     Delivery::Whole => {
-                        let corked =
-                            frames.whole(&mut self.deflate, sub.envelope, conn.deflate, min);
+                        let events;
+                        let corked = if sub.sse {
+                            events = sse.events(name, &batch, conn, None);
+                            &events
+                        } else {
+                            frames.whole(&mut self.deflate, sub.envelope, conn.deflate, min)
+                        };
                         if !conn.out.is_empty() {
                             // Earlier bytes are still queued: these go behind them.
                             conn.out.push(OutChunk {
@@ -228,6 +261,7 @@ impl Worker {
                         } else {
                             match write_once(&mut conn.output(), corked) {
                                 Ok(n) => {
+                                    self.counters.socket_writes += u64::from(n > 0);
                                     self.counters.bytes_out += n as u64;
                                     if n == corked.len() {
                                         complete += 1;
@@ -241,6 +275,21 @@ impl Worker {
                                 }
                                 Err(_) => self.doomed.push((key, conn.id, Doom::Broken)),
                             }
+                        }
+                    }
+                    Delivery::Part(part) if sub.sse => {
+                        let events = sse.events(name, &batch, conn, Some(&part));
+                        let included = batch.iter().filter(|s| part.includes(s));
+                        if let Some(first) = included.clone().next() {
+                            conn.out.push(OutChunk {
+                                data: events,
+                                received: first.received,
+                                messages: included.count() as u32,
+                            });
+                        }
+                        if !conn.out.is_empty() && !conn.queued_for_flush {
+                            conn.queued_for_flush = true;
+                            self.to_flush.push(key);
                         }
                     }
                     Delivery::Part(part) => {
@@ -271,8 +320,8 @@ impl Worker {
                 }
             }
             self.counters.frames_out += complete * messages as u64;
+            let now = Instant::now();
             if complete > 0 {
-                let now = Instant::now();
                 for staged in &batch {
                     let micros = now.saturating_duration_since(staged.received).as_micros() as u64;
                     let _ = self.latency.record_n(micros.max(1), complete);
@@ -281,15 +330,16 @@ impl Worker {
             }
             // Give the (now empty) batch vector back to the topic to reuse its allocation.
             if let Some(topic) = self.topics.local.get_mut(name) {
+                topic.pace.wrote(started, now, batch.len());
                 let mut batch = batch;
                 batch.clear();
                 topic.batch = batch;
             }
         }
         dirty.clear();
-        if self.topics.dirty.is_empty() {
-            self.topics.dirty = dirty;
-        }
+        // Held topics stay dirty, ahead of any dirtied meanwhile (their batches are older).
+        held.append(&mut self.topics.dirty);
+        self.topics.dirty = if held.is_empty() { dirty } else { held };
     }
 
     /// Write the connections that have queued output (control frames, HTTP responses, what
@@ -340,6 +390,7 @@ impl Worker {
         match result {
             Ok(written) => {
                 self.counters.bytes_out += written.bytes as u64;
+                self.counters.socket_writes += written.calls as u64;
                 let conn = &self.conns[key];
                 if !conn.output_pending() && matches!(conn.phase, Phase::Flushing { .. }) {
                     self.finish_flushing(key);

@@ -85,12 +85,11 @@ impl Worker {
                 }
                 let frame = frame::encode(OpCode::Data(data), &payload);
                 let topic = self.shared_topic_name(&topic);
-                let conn_id = self.conns[key].id;
                 let ack = AckTo {
                     key,
                     request: Some(id),
                 };
-                self.accept_message(conn_id, topic, frame, Some(ack));
+                self.publish_hooked(key, topic, frame, Some(ack));
             }
         }
     }
@@ -140,6 +139,11 @@ impl Worker {
         if let Err(e) = self.v1_topic_check(key, &wanted.topic, Use::Subscribe) {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &e);
         }
+        self.v1_subscribe_hooked(key, id, wanted);
+    }
+
+    /// Subscribe to one topic that passed every check (and the subscribe hook, if any).
+    pub(super) fn v1_subscribe_now(&mut self, key: usize, id: u64, wanted: Wanted) {
         let max = self.config.max_topics_per_conn;
         let Some(feed) = self.v1_feed(key) else {
             return;
@@ -160,6 +164,7 @@ impl Worker {
         let subscriber = Subscriber {
             key: key as u32,
             envelope: true,
+            sse: false,
             after: JOINING,
         };
         let slot = self.add_subscriber(&topic, subscriber);
@@ -225,6 +230,9 @@ impl Worker {
         let key = request.key;
         if self.conns.get(key).is_none_or(|c| c.id != request.conn) {
             return; // gone meanwhile
+        }
+        if self.is_sse_stream(key) {
+            return self.on_sse_joined(request, result);
         }
         let Some(feed) = self.v1_feed(key) else {
             return;

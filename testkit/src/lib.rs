@@ -10,6 +10,7 @@
 //! * [`tls`]: a self-signed certificate ([`TestCert`]) and `wss://` clients trusting it.
 //! * [`browser`]: headless Chromium and the JS harness of the real-browser tests.
 //! * [`v1`]: a `herald.v1` subprotocol client.
+//! * [`sse`]: a raw-socket Server-Sent Events client ([`SseClient`]), like `curl -N`.
 //! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
 //! * [`temp`]: temporary directories removed on drop.
 //!
@@ -24,8 +25,10 @@ pub mod broadcast;
 pub mod browser;
 pub mod http;
 pub mod raw;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod server;
+pub mod sse;
 pub mod temp;
 pub mod tls;
 pub mod v1;
@@ -34,6 +37,7 @@ pub mod ws;
 pub use http::*;
 pub use raw::*;
 pub use server::*;
+pub use sse::*;
 pub use tls::*;
 pub use ws::*;
 

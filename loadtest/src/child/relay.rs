@@ -36,6 +36,8 @@ pub(super) fn relay(rx: &mpsc::Receiver<LoopMsg>, loops: usize) {
                 }
                 pending.received += p.received;
                 pending.sent += p.sent;
+                pending.duplicates += p.duplicates;
+                pending.out_of_order += p.out_of_order;
                 merge_hist(&mut pending.hist, &p.hist);
             }
             Ok(LoopMsg::Ready) => {

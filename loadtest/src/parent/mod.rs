@@ -38,13 +38,14 @@ pub fn run(cfg: &Config) -> Result<Run<'_>, String> {
     drop(tx);
     let result = supervise::supervise(cfg, &mut children, &rx);
     reap(&mut children);
-    let server = result?;
+    let (server, series) = result?;
     Ok(Run {
         cfg,
         plan,
         stats: merge_reports(&children)?,
         server,
         wall_secs: started.elapsed().as_secs_f64(),
+        series,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::children::{ChildLine, ChildProcess};
 use super::progress::ProgressLine;
-use super::report::ServerCpu;
+use super::report::{Series, ServerCpu};
 use crate::cli::Config;
 use crate::clock::{now_ns, NS_PER_SEC};
 use crate::cpu::process_cpu_ns;
@@ -27,7 +27,7 @@ pub fn supervise(
     cfg: &Config,
     children: &mut [ChildProcess],
     rx: &mpsc::Receiver<ChildLine>,
-) -> Result<Option<ServerCpu>, String> {
+) -> Result<(Option<ServerCpu>, Series), String> {
     let mut run = Supervisor::new(cfg, children);
     // Bounded by the deadlines: go_deadline before traffic, end_deadline after.
     loop {
@@ -197,13 +197,21 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// The server's CPU, or the first fatal message if no child produced a report.
-    fn outcome(self) -> Result<Option<ServerCpu>, String> {
-        if let Some(m) = self.fatal {
+    /// The server's CPU and the run's seconds, or the first fatal message if no child
+    /// produced a report.
+    fn outcome(self) -> Result<(Option<ServerCpu>, Series), String> {
+        if let Some(m) = &self.fatal {
             if self.children.iter().all(|c| c.report.is_none()) {
-                return Err(m);
+                return Err(m.clone());
             }
         }
-        Ok(self.server)
+        let begin = self.progress.begin();
+        let series = Series {
+            window_start_s: self
+                .window()
+                .map(|(w0, _)| w0.saturating_sub(begin) as f64 / 1e9),
+            samples: self.progress.series,
+        };
+        Ok((self.server, series))
     }
 }

@@ -36,9 +36,22 @@ pub struct Ctx {
     pub inflater: Option<Box<flate2::Decompress>>,
     /// `--deflate`: the inflater's output, reused from message to message.
     pub inflated: Vec<u8>,
+    /// `--inflight`: own messages that came back to this loop's publishers (each frees a slot).
+    pub acks: u64,
 }
 
 impl Ctx {
+    /// Whether message `k`, sent at (or scheduled for) `sched`, is in the measured window.
+    /// Open loop: by number, since `k` fixes its schedule. Closed loop (`--inflight`): by the
+    /// actual send time, the only clock a closed loop has.
+    pub fn measured(&self, k: u64, sched: u64) -> bool {
+        if self.cfg.inflight == 0 {
+            return self.window.contains(k);
+        }
+        let start = self.t0 + self.cfg.warmup_ns;
+        self.t0 != 0 && sched >= start && sched < start + self.cfg.duration_ns
+    }
+
     /// A fresh masking key; RFC 6455 asks for unpredictable keys, which xorshift is for a
     /// load generator whose traffic is all its own.
     pub fn mask(&mut self) -> [u8; 4] {

@@ -89,6 +89,16 @@ impl Conn {
     fn count_message(&mut self, ctx: &mut Ctx, body: &[u8], now: u64) {
         ctx.stats.received += 1;
         if !self.receiver {
+            // A publisher is on its topic too; with --inflight its own message coming back
+            // is the acknowledgement that frees a slot.
+            if ctx.cfg.inflight > 0 {
+                let cfg = &ctx.cfg;
+                if let Ok((k, _)) = payload::decode(body, cfg.size, cfg.payload == Filler::Json) {
+                    if k % cfg.publishers == self.g {
+                        ctx.acks += 1;
+                    }
+                }
+            }
             return;
         }
         let cfg = &ctx.cfg;
@@ -110,7 +120,13 @@ impl Conn {
             ctx.stats.error("wrong_topic");
             return;
         }
-        if ctx.t0 == 0 || sched != due_ns(ctx.t0, k, cfg.rate) {
+        let valid = if cfg.inflight > 0 {
+            // Closed loop: stamped with the actual send time.
+            ctx.t0 != 0 && sched >= ctx.t0 && sched <= now
+        } else {
+            ctx.t0 != 0 && sched == due_ns(ctx.t0, k, cfg.rate)
+        };
+        if !valid {
             ctx.stats.error("corrupt_payload");
             return;
         }
@@ -123,7 +139,7 @@ impl Conn {
             return;
         };
         let seen = tracker.observe(local);
-        if !self.at_go || !ctx.window.contains(k) {
+        if !self.at_go || !ctx.measured(k, sched) {
             return;
         }
         match seen {

@@ -36,6 +36,11 @@ impl EventLoop {
     /// Whether every counted receiver has seen the last message of every publisher it should.
     fn all_delivered(&self) -> bool {
         let cfg = &self.ctx.cfg;
+        if cfg.inflight > 0 {
+            // Closed loop: no loop knows another's last message; the drain ends when
+            // deliveries go quiet (at most --inflight per publisher were still on their way).
+            return false;
+        }
         let win = self.ctx.window;
         let n_targets = cfg.targets.len() as u64;
         self.conns.iter().all(|(_, c)| {

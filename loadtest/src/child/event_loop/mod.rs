@@ -167,6 +167,8 @@ struct EventLoop {
     next_progress: u64,
     reported_received: u64,
     reported_sent: u64,
+    reported_duplicates: u64,
+    reported_out_of_order: u64,
 }
 
 impl EventLoop {
@@ -188,6 +190,7 @@ impl EventLoop {
             rng: (now ^ (s.id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
             inflater: None,
             inflated: Vec::new(),
+            acks: 0,
         };
         Ok(EventLoop {
             id: s.id,
@@ -223,6 +226,8 @@ impl EventLoop {
             next_progress: now + NS_PER_SEC,
             reported_received: 0,
             reported_sent: 0,
+            reported_duplicates: 0,
+            reported_out_of_order: 0,
         })
     }
 
@@ -297,7 +302,8 @@ impl EventLoop {
             Phase::Run => {
                 self.expire_inflight(now);
                 self.publish(now);
-                if now >= self.t_end && self.cursor.peek().is_none() {
+                let done = self.cursor.peek().is_none() || self.ctx.cfg.inflight > 0;
+                if now >= self.t_end && done {
                     self.start_drain(now);
                 }
             }
@@ -390,10 +396,14 @@ impl EventLoop {
                 received: st.received - self.reported_received,
                 sent: st.sent_total - self.reported_sent,
                 errors: st.error_total(),
+                duplicates: st.duplicates - self.reported_duplicates,
+                out_of_order: st.out_of_order - self.reported_out_of_order,
                 hist,
             },
         });
         self.reported_received = st.received;
         self.reported_sent = st.sent_total;
+        self.reported_duplicates = st.duplicates;
+        self.reported_out_of_order = st.out_of_order;
     }
 }

@@ -1,12 +1,13 @@
 //! The publish schedule: at the go signal the loop fixes which connections count, then sends
 //! each message its publishers own when it is due (open loop: lateness is recorded, never
-//! waited out).
+//! waited out), or, with `--inflight N`, whenever fewer than N of its own messages are still
+//! on their way back to it (closed loop).
 
 use super::{EventLoop, Phase};
 use crate::child::conn::State;
 use crate::cli::Mode;
 use crate::client::errkind::io_kind;
-use crate::schedule::{due_ns, PublishCursor};
+use crate::schedule::{due_ns, owned_count, PublishCursor};
 use crate::stats::bump;
 
 /// Messages sent per loop iteration at most, so a late publisher still serves its sockets.
@@ -27,8 +28,13 @@ impl EventLoop {
             }
         }
         if cfg.mode != Mode::Connect {
-            self.cursor =
-                PublishCursor::new(self.id, self.loops, cfg.publishers, self.ctx.window.k_hi);
+            // Closed loop: no schedule, so no last message; the run's end stops sending.
+            let end = if cfg.inflight > 0 {
+                u64::MAX
+            } else {
+                self.ctx.window.k_hi
+            };
+            self.cursor = PublishCursor::new(self.id, self.loops, cfg.publishers, end);
             self.phase = Phase::Run;
         } else {
             self.close_all(now);
@@ -40,11 +46,21 @@ impl EventLoop {
         let t0 = self.ctx.t0;
         let rate = self.ctx.cfg.rate;
         let publishers = self.ctx.cfg.publishers;
+        let closed = self.ctx.cfg.inflight > 0;
+        let cap = self.ctx.cfg.inflight * owned_count(self.id, self.loops, publishers);
         for _ in 0..SEND_BATCH {
             let Some((k, i)) = self.cursor.peek() else {
                 break;
             };
-            let due = due_ns(t0, k, rate);
+            let due = if closed {
+                // Closed loop: a free slot, until the end of the run; stamped with now.
+                if now >= self.t_end || self.ctx.stats.sent_total >= self.ctx.acks + cap {
+                    break;
+                }
+                now
+            } else {
+                due_ns(t0, k, rate)
+            };
             if due > now {
                 break;
             }
@@ -72,7 +88,7 @@ impl EventLoop {
                     .stats
                     .send_lag
                     .saturating_record(now.saturating_sub(due).max(1));
-                if self.ctx.window.contains(k) {
+                if self.ctx.measured(k, due) {
                     let t = self.ctx.cfg.target_of(k % publishers);
                     bump(&mut self.ctx.stats.sent, t);
                 }

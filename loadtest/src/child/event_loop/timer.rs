@@ -51,7 +51,10 @@ impl EventLoop {
             Phase::WaitGo => {}
             Phase::Run => {
                 next = next.min(self.t_end);
-                if let Some((k, _)) = self.cursor.peek() {
+                if cfg.inflight > 0 {
+                    // Closed loop: sends are due when acknowledgements (reads) free a slot,
+                    // and the publish step after each turn takes them.
+                } else if let Some((k, _)) = self.cursor.peek() {
                     let due = due_ns(self.ctx.t0, k, cfg.rate);
                     if due <= next {
                         next = due;

@@ -27,6 +27,49 @@ pub fn latency_json(h: &Histogram<u64>) -> Value {
     Value::Object(m)
 }
 
+/// `[[percentile, µs], …]`: the whole distribution at HdrHistogram's usual steps (what
+/// `.hgrm` lists and the HTML report plots on a log percentile axis).
+pub fn distribution_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!([]);
+    }
+    let points: Vec<Value> = h
+        .iter_quantiles(5)
+        .map(|v| json!([v.quantile_iterated_to() * 100.0, us(v.value_iterated_to())]))
+        .collect();
+    Value::Array(points)
+}
+
+/// The run second by second (see [`super::Sample`]).
+fn series_json(series: &super::Series) -> Value {
+    let samples: Vec<Value> = series
+        .samples
+        .iter()
+        .map(|s| {
+            json!({
+                "t_s": (s.t_s * 1000.0).round() / 1000.0,
+                "phase": s.phase,
+                "open": s.open,
+                "sent": s.sent,
+                "received": s.received,
+                "duplicates": s.duplicates,
+                "out_of_order": s.out_of_order,
+                "errors": s.errors,
+                "p50_us": s.p50_us,
+                "p99_us": s.p99_us,
+                "max_us": s.max_us,
+                "server_cpu_ns": s.server_cpu_ns,
+                "server_ns_per_delivery": s.server_cpu_ns.filter(|_| s.received > 0)
+                    .map(|c| (c as f64 / s.received as f64 * 10.0).round() / 10.0),
+            })
+        })
+        .collect();
+    json!({
+        "window_start_s": series.window_start_s.map(|w| (w * 1000.0).round() / 1000.0),
+        "samples": samples,
+    })
+}
+
 impl Run<'_> {
     /// The `--json` object.
     pub fn json(&self) -> Value {
@@ -56,7 +99,8 @@ impl Run<'_> {
             "connections_attempted": st.attempted,
             "subscribers": st.receivers.iter().sum::<u64>(),
             "publishers": cfg.publishers,
-            "rate": cfg.rate,
+            "rate": (cfg.inflight == 0).then_some(cfg.rate),
+            "inflight": (cfg.inflight > 0).then_some(cfg.inflight),
             "size": cfg.size,
             "warmup_s": cfg.warmup_ns as f64 / 1e9,
             "duration_s": cfg.duration_ns as f64 / 1e9,
@@ -83,6 +127,9 @@ impl Run<'_> {
             "wall_s": (self.wall_secs * 1000.0).round() / 1000.0,
             "server_cpu_pct": cpu_pct,
             "server_ns_per_delivery": ns_per,
+            "latency_distribution_us": distribution_json(&st.latency),
+            "connect_latency_distribution_us": distribution_json(&st.connect_latency),
+            "series": series_json(&self.series),
         })
     }
 }

@@ -3,13 +3,16 @@
 //! (`--json`) and `hgrm.rs` (`--hgrm`).
 
 mod hgrm;
+mod html;
 mod json;
+mod series;
 mod text;
 
 use crate::cli::{Config, Mode};
 use crate::plan::Plan;
 use crate::stats::Stats;
 pub use hgrm::hgrm;
+pub use series::{Sample, Series};
 
 /// Server CPU use over the measured window (from `--server-pid`).
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +111,8 @@ pub struct Run<'a> {
     pub server: Option<ServerCpu>,
     /// Wall time of the whole run, seconds.
     pub wall_secs: f64,
+    /// The run second by second.
+    pub series: Series,
 }
 
 /// How the run used TLS: `off` (ws:// only), `verified` or `insecure` (`--insecure`).
@@ -188,6 +193,7 @@ mod tests {
             stats: all,
             server: None,
             wall_secs: 3.0,
+            series: Series::default(),
         };
         let j = run.json();
         for key in [

@@ -15,11 +15,15 @@ impl Run<'_> {
         let mut s = String::new();
         let what = match cfg.mode {
             Mode::Fanout => format!(
-                "fan-out: {} subscribers + {} publisher(s), {} msg/s of {} B, {:.1} s measured \
+                "fan-out: {} subscribers + {} publisher(s), {} of {} B, {:.1} s measured \
                  after {:.1} s warmup",
                 cfg.subscribers,
                 cfg.publishers,
-                cfg.rate,
+                if cfg.inflight > 0 {
+                    format!("closed loop, {} in flight per publisher", cfg.inflight)
+                } else {
+                    format!("{} msg/s", cfg.rate)
+                },
                 cfg.size,
                 cfg.duration_ns as f64 / 1e9,
                 cfg.warmup_ns as f64 / 1e9
