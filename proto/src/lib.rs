@@ -7,11 +7,13 @@
 //! - `http`: the HTTP/1.1 request head, refusals and responses;
 //! - `sse`: Server-Sent Events: event encoding and `Last-Event-ID`;
 //! - `v1`: the `herald.v1` subprotocol (requests, replies, envelopes, error codes);
-//! - `topic`: topic names and where a subscription starts.
+//! - `topic`: topic names and where a subscription starts;
+//! - `pattern`: topic patterns (`prices/*`, `prices/**`) for wildcard subscriptions and flags.
 
 pub mod deflate;
 pub mod frame;
 pub mod http;
+pub mod pattern;
 pub mod sse;
 pub mod topic;
 pub mod v1;
