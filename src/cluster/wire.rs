@@ -11,12 +11,16 @@
 //!   command was not run, so sending it again numbers nothing twice.
 //! - `ASK` (the slot is being migrated): `ASKING` then the command, on the named node, once.
 //! - `TRYAGAIN` (keys split across a migration): a short pause, then again.
-//! - `NOSCRIPT` (a promoted replica without the scripts): `SCRIPT LOAD`, then again.
+//! - `NOSCRIPT` (a promoted replica without the scripts): `SCRIPT LOAD`, then again. A
+//!   pipeline never meets it: the script is loaded on each command connection before the
+//!   connection's first pipeline. Otherwise a `SCRIPT LOAD` by another client between two
+//!   calls of one topic in one pipeline would fail the first (`NOSCRIPT`, run again later)
+//!   and number the second: the topic's messages out of their send order.
 //! - A broken connection: the command's outcome is unknown, so it is never retried here;
 //!   the caller reports "unavailable" (publishes) or starts over (the listener, which then
 //!   fills any hole from the topic's log).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, Value};
@@ -104,6 +108,9 @@ pub struct Wire {
     slots: SlotMap,
     /// Command connections, by node (`HOST:PORT`; the URL itself for [`Layout::One`]).
     commands: HashMap<String, Connection>,
+    /// Nodes whose current command connection has loaded the pipeline's script (forgotten
+    /// with the connection: a new one may reach another process).
+    scripted: HashSet<String>,
     /// Pub/sub connections, by node, and the nodes in the order they are polled.
     feeds: HashMap<String, Feed>,
     polled: Vec<String>,
@@ -125,6 +132,7 @@ impl Wire {
             layout,
             slots: SlotMap::default(),
             commands: HashMap::new(),
+            scripted: HashSet::new(),
             feeds: HashMap::new(),
             polled: Vec::new(),
             subscribed: HashMap::new(),
@@ -247,6 +255,7 @@ impl Wire {
                     // Connections to nodes that are no longer masters go.
                     let masters = self.slots.masters();
                     self.commands.retain(|a, _| masters.contains(a));
+                    self.scripted.retain(|a| masters.contains(a));
                     return Ok(());
                 }
                 Ok(_) => why.push(format!("{addr}: not a cluster slot table")),
@@ -322,7 +331,22 @@ impl Wire {
     /// A connection failed: drop it, and relearn the layout before the next use.
     fn lost(&mut self, node: &str) {
         self.commands.remove(node);
+        self.scripted.remove(node);
         self.stale |= matches!(self.layout, Layout::Cluster(_));
+    }
+
+    /// The command connection to `node`, with `script` loaded on it (once per connection),
+    /// so that no call of a pipeline can meet `NOSCRIPT` (see the module's doc).
+    fn load_script(&mut self, node: &str, script: &str) -> Result<&mut Connection, RedisError> {
+        if !self.scripted.contains(node) {
+            let conn = self.conn(node)?;
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script)
+                .query::<String>(conn)?;
+            self.scripted.insert(node.to_owned());
+        }
+        self.conn(node)
     }
 
     /// Run `op` on the node that owns `topic`, following redirections. `script` is loaded
@@ -420,7 +444,7 @@ impl Wire {
             }
             let packed = pipe.get_packed_pipeline();
             match self
-                .conn(&node)
+                .load_script(&node, script)
                 .and_then(|c| c.send_packed_command(&packed))
             {
                 Ok(()) => sent.push((node, indexes)),

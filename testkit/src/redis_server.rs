@@ -64,11 +64,16 @@ impl Redis {
     }
 
     /// A client connection, or `None` while it is down.
+    /// Its reads and writes time out (5 s), so a Redis that hangs fails the test instead of
+    /// blocking it forever.
     pub fn try_client(&self) -> Option<redis::Connection> {
-        redis::Client::open(self.url())
+        let conn = redis::Client::open(self.url())
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(2))
-            .ok()
+            .ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        conn.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+        Some(conn)
     }
 
     /// A client connection (the test fails if Redis is down).
