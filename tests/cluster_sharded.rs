@@ -696,3 +696,61 @@ fn sharded_broker_values_are_validated() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_slot_resharded_mid_stream_loses_nothing_and_changes_no_epoch() {
+    let Some(cluster) = RedisCluster::start_or_skip("the Redis Cluster tests") else {
+        return;
+    };
+    let MidStream {
+        mut a,
+        b: _b,
+        spread,
+        topics,
+        mut f,
+        publisher,
+    } = mid_stream(&cluster);
+    let (topic, from) = spread[0].clone();
+    let to = *cluster
+        .masters()
+        .iter()
+        .find(|&&m| m != from)
+        .expect("another master");
+    let slot = cluster.keyslot(&topic);
+    let epochs: HashMap<String, String> = f
+        .state
+        .iter()
+        .map(|(t, st)| (t.clone(), st.0.clone()))
+        .collect();
+    // While the publisher goes on: ASK for the keys already moved, TRYAGAIN for a numbering
+    // script whose keys are split across the two masters, then MOVED, and Redis ends the
+    // node's sharded subscription of the topic's channel.
+    cluster.migrate_slot(slot, from, to, Duration::from_millis(60));
+    assert_eq!(cluster.master_of_slot(slot), to, "the slot moved");
+    follow_to_the_end(&mut f, TOTAL);
+    publisher.join().unwrap();
+    for t in &topics {
+        let (epoch, _, data, gaps) = &f.state[t];
+        assert_eq!(*gaps, 0, "{t}: a planned move is no failover");
+        assert_eq!(epoch, &epochs[t], "{t}");
+        assert_eq!(data, &(1..=TOTAL).collect::<Vec<_>>(), "{t}");
+    }
+    // The path under test was taken: Redis ended the subscription and the listener
+    // resubscribed where the topic lives now, filling what it missed from the log.
+    let down = a
+        .line_starting("broker: down", Duration::from_secs(5))
+        .expect("node a's listener saw the slot move");
+    assert!(down.contains("ended the subscription"), "{down}");
+    // The topic's log moved with it: a late subscriber recovers from the new master.
+    let last = f.state[&topic].1;
+    let mut late = V1::connect(a.addr);
+    let s = late.subscribe(
+        9,
+        json!([{"topic": topic, "since": {"epoch": epochs[&topic], "seq": last - 3}}]),
+    );
+    assert_eq!(s["type"], "subscribed", "{s}");
+    for k in 0..3 {
+        let m = late.expect("message");
+        assert_eq!(m["seq"].as_u64(), Some(last - 2 + k), "{m}");
+    }
+}

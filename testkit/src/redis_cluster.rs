@@ -289,6 +289,69 @@ impl RedisCluster {
             .expect("a node of this cluster")
     }
 
+    /// The cluster id of the node on `port` (`CLUSTER MYID`).
+    pub fn node_id(&self, port: u16) -> String {
+        let mut c = try_client(port).expect("the node");
+        redis::cmd("CLUSTER").arg("MYID").query(&mut c).unwrap()
+    }
+
+    /// Live resharding, as `redis-cli --cluster reshard` does it: move `slot` from the
+    /// master on `from` to the master on `to` while clients keep using it. The slot is
+    /// marked importing on `to` and migrating on `from` (from then on clients get `ASK`
+    /// for keys already moved, `TRYAGAIN` for a script whose keys are split), its keys are
+    /// moved with `MIGRATE` a few at a time, pausing `pause` between batches so the test's
+    /// clients run across the migration, and then every master is told the slot's new owner
+    /// (clients get `MOVED`; sharded subscribers of the slot are unsubscribed by Redis).
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, pause: Duration) {
+        let (from_id, to_id) = (self.node_id(from), self.node_id(to));
+        let mut dst = try_client(to).expect("the importing master");
+        let mut src = try_client(from).expect("the migrating master");
+        let setslot = |c: &mut redis::Connection, state: &str, id: &str| {
+            let ok: String = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id)
+                .query(c)
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {state}: {e}"));
+            assert_eq!(ok, "OK");
+        };
+        setslot(&mut dst, "IMPORTING", &from_id);
+        setslot(&mut src, "MIGRATING", &to_id);
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1)
+                .query(&mut src)
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let moved: String = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut src)
+                .unwrap_or_else(|e| panic!("MIGRATE {keys:?}: {e}"));
+            assert!(moved == "OK" || moved == "NOKEY", "MIGRATE: {moved}");
+            std::thread::sleep(pause);
+        }
+        // The new owner first, then the old one, then the rest (the order redis-cli uses).
+        setslot(&mut dst, "NODE", &to_id);
+        setslot(&mut src, "NODE", &to_id);
+        for port in self.masters() {
+            if port != from && port != to {
+                let mut c = try_client(port).expect("a master");
+                setslot(&mut c, "NODE", &to_id);
+            }
+        }
+    }
+
     /// SIGKILL the node on `port`, like a crash (no persistence: its data is gone).
     pub fn kill(&mut self, port: u16) {
         let i = self.index(port);
