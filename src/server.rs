@@ -20,8 +20,10 @@ use crate::hooks;
 use crate::ops::config::Config;
 use crate::ops::os;
 use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::ops::topic_stats::{TopicBoard, TopicSelector};
 use crate::policy::auth::{Auth, AuthSetupError};
 use crate::policy::guard::Gate;
+use crate::proto::pattern::PatternList;
 use crate::site::{Site, SiteError};
 use crate::worker::tls;
 use crate::worker::{Listener, Worker, WorkerParts, WorkerReport, WAKER};
@@ -132,6 +134,13 @@ impl Server {
         let wakers: Vec<Arc<Waker>> = links.iter().map(|(_, w)| w.clone()).collect();
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
         let everyone: Arc<[Arc<SharedCounters>]> = shared.clone().into();
+        let topic_board = Arc::new(TopicBoard::new(
+            TopicSelector::new(
+                PatternList::new(config.metrics_topics.clone()),
+                config.metrics_topics_max,
+            ),
+            count,
+        ));
 
         let boot = boot_id();
         let cluster = match &config.broker {
@@ -178,6 +187,7 @@ impl Server {
                 config: config.clone(),
                 shared: shared[index].clone(),
                 everyone: everyone.clone(),
+                topic_board: topic_board.clone(),
                 shutdown: shutdown.clone(),
                 boot,
                 auth: auth.clone(),
