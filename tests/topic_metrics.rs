@@ -215,3 +215,59 @@ fn a_bad_pattern_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics-topics"), "{err}");
 }
+
+/// The stats line names the busiest topics (over all topics, flag or not), busiest first,
+/// with subscribers, deliveries per second and bucketed p50 ≤ p99; the final report too.
+#[test]
+fn the_stats_line_lists_the_busiest_topics_first() {
+    let mut server = Server::start(&["--threads", "2", "--stats-interval", "1"]);
+    let addr = server.addr;
+    // hot: 4 subscribers (the publisher among them); cold: 2.
+    let mut hot: Vec<Ws> = (0..4).map(|_| connect(addr, "hot")).collect();
+    let mut cold: Vec<Ws> = (0..2).map(|_| connect(addr, "cold")).collect();
+    for (i, ws) in hot.iter_mut().chain(cold.iter_mut()).enumerate() {
+        sync(ws, &i.to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found = None;
+    let mut round = 0;
+    while found.is_none() && Instant::now() < deadline && round < 600 {
+        round += 1;
+        for n in 0..20 {
+            send_text(&mut hot[0], &format!("h{n}"));
+        }
+        send_text(&mut cold[0], "c");
+        for ws in hot.iter_mut() {
+            for n in 0..20 {
+                assert_eq!(recv_text_after_sync(ws), format!("h{n}"));
+            }
+        }
+        for ws in cold.iter_mut() {
+            assert_eq!(recv_text_after_sync(ws), "c");
+        }
+        found = server.wait_line(Duration::from_millis(20), |l| {
+            l.starts_with("stats:")
+                && parse_busiest(l)
+                    .is_some_and(|b| b.len() >= 2 && b[0].topic == "hot" && b[0].p99.is_some())
+        });
+    }
+    let line = found.unwrap_or_else(|| {
+        panic!(
+            "no stats line with hot first and measured; lines:\n{}",
+            server.stdout().join("\n")
+        )
+    });
+    let busiest = parse_busiest(&line).expect("busiest field");
+    let (h, c) = (&busiest[0], &busiest[1]);
+    assert_eq!((h.topic.as_str(), h.subscribers), ("hot", 4), "{line}");
+    assert_eq!((c.topic.as_str(), c.subscribers), ("cold", 2), "{line}");
+    assert!(h.deliveries_per_sec > c.deliveries_per_sec, "{line}");
+    let (p50, p99) = (h.p50.expect("p50"), h.p99.expect("p99"));
+    assert!(0 < p50 && p50 <= p99 && p99 <= 5_000_000, "{line}");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    let report = server
+        .wait_prefix("busiest topics:", Duration::from_secs(20))
+        .expect("a final busiest-topics line");
+    assert!(parse_busiest(&report).is_some(), "{report}");
+}

@@ -63,6 +63,14 @@ pub struct LocalTopic {
     /// Slot of the topic's per-topic counters (`--metrics-topics`), resolved once when this
     /// state is created; `None`: not counted per topic.
     pub stats: Option<u32>,
+    /// Deliveries handed out here (written or queued; busiest-topics ranking, approximate:
+    /// partial replays to joining subscribers are left out).
+    pub delivered: u64,
+    /// `delivered` at the last busiest-topics pick (the difference is this interval's).
+    pub delivered_at_pick: u64,
+    /// Slot of the topic's latency buckets while it is one of this worker's busiest topics
+    /// (allocated only for those, chosen once per stats interval); `None` otherwise.
+    pub busy: Option<u32>,
 }
 
 /// Per-worker topic tables.

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 
 use crate::ops::metrics::LE;
-use crate::ops::stats::LatencyBuckets;
+use crate::ops::stats::{LatencyBuckets, LATENCY_BOUNDS_MICROS};
 use crate::proto::pattern::PatternList;
 
 /// The label of the bucket shared by matching topics past the cap.
@@ -131,11 +131,95 @@ impl TopicTally {
     }
 }
 
-/// Every worker's last published tally, and the selector, for `GET /metrics`.
+/// How many busiest topics each worker picks and the stats line shows.
+pub const BUSIEST: usize = 5;
+
+/// One of the busiest topics over a stats interval (per worker, or merged over workers).
+/// Workers rank their topics by deliveries once per `--stats-interval` (a pass over their
+/// topic table off the message path); latency is bucketed only for the topics that were a
+/// worker's busiest at its previous pick, so a topic's first busy interval has no
+/// percentiles yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusyTopic {
+    pub topic: String,
+    /// Deliveries per second over the worker's pick interval.
+    pub deliveries_per_sec: f64,
+    /// Subscribers at the pick.
+    pub subscribers: u64,
+    /// Fan-out latency over the interval (empty when the topic was not yet a candidate).
+    pub latency: LatencyBuckets,
+}
+
+/// Merge the workers' busiest topics (the same topic on several workers adds up) and keep
+/// the `BUSIEST` with most deliveries per second, busiest first.
+pub fn merge_busiest(workers: &[Vec<BusyTopic>]) -> Vec<BusyTopic> {
+    let mut merged: Vec<BusyTopic> = Vec::new();
+    for busy in workers.iter().flatten() {
+        match merged.iter_mut().find(|m| m.topic == busy.topic) {
+            Some(m) => {
+                m.deliveries_per_sec += busy.deliveries_per_sec;
+                m.subscribers += busy.subscribers;
+                for (a, b) in m.latency.counts.iter_mut().zip(busy.latency.counts) {
+                    *a += b;
+                }
+                m.latency.sum_micros = m.latency.sum_micros.wrapping_add(busy.latency.sum_micros);
+            }
+            None => merged.push(busy.clone()),
+        }
+    }
+    merged.sort_by(|a, b| b.deliveries_per_sec.total_cmp(&a.deliveries_per_sec));
+    merged.truncate(BUSIEST);
+    merged
+}
+
+/// The `q` quantile of `buckets`, as the upper bound (µs) of the bucket it falls in: an
+/// over-estimate by at most one bucket step (1-2.5-5). `None` without samples; values past
+/// the last bound read as that bound.
+pub fn quantile_micros(buckets: &LatencyBuckets, q: f64) -> Option<u64> {
+    let total = buckets.count();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64 * q).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, count) in buckets.counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            let last = LATENCY_BOUNDS_MICROS.len() - 1;
+            return Some(LATENCY_BOUNDS_MICROS[i.min(last)]);
+        }
+    }
+    None
+}
+
+/// The busiest topics for the stats line: ` busiest=[TOPIC deliveries/s=N subs=N
+/// p50<=Nus p99<=Nus; …]` (`-` for percentiles not measured yet), ` busiest=[]` if none.
+pub fn busiest_field(busy: &[BusyTopic]) -> String {
+    let mut out = String::from(" busiest=[");
+    for (i, b) in busy.iter().enumerate() {
+        let q = |q| quantile_micros(&b.latency, q).map_or("-".to_string(), |v| v.to_string());
+        let _ = write!(
+            out,
+            "{}{} deliveries/s={} subs={} p50<={}us p99<={}us",
+            if i > 0 { "; " } else { "" },
+            b.topic,
+            b.deliveries_per_sec.round() as u64,
+            b.subscribers,
+            q(0.5),
+            q(0.99)
+        );
+    }
+    out.push(']');
+    out
+}
+
+/// Every worker's last published tally, and the selector, for `GET /metrics`; and every
+/// worker's last busiest-topics pick, for the stats line and the dashboard.
 #[derive(Debug)]
 pub struct TopicBoard {
     pub selector: TopicSelector,
     cells: Vec<Mutex<Vec<TopicCounts>>>,
+    busiest: Vec<Mutex<Vec<BusyTopic>>>,
 }
 
 impl TopicBoard {
@@ -149,7 +233,29 @@ impl TopicBoard {
         let cells = (0..workers)
             .map(|_| Mutex::new(vec![TopicCounts::default(); slots]))
             .collect();
-        TopicBoard { selector, cells }
+        let busiest = (0..workers).map(|_| Mutex::new(Vec::new())).collect();
+        TopicBoard {
+            selector,
+            cells,
+            busiest,
+        }
+    }
+
+    /// Worker `worker` publishes its busiest topics (once per stats interval).
+    pub fn publish_busiest(&self, worker: usize, busy: Vec<BusyTopic>) {
+        if let Some(cell) = self.busiest.get(worker) {
+            *cell.lock().unwrap_or_else(PoisonError::into_inner) = busy;
+        }
+    }
+
+    /// The busiest topics over all workers (each worker's last pick), busiest first.
+    pub fn busiest(&self) -> Vec<BusyTopic> {
+        let all: Vec<Vec<BusyTopic>> = self
+            .busiest
+            .iter()
+            .map(|c| c.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .collect();
+        merge_busiest(&all)
     }
 
     /// Worker `worker` publishes its tally (off the message path: once per interval).
@@ -284,6 +390,35 @@ mod tests {
         assert_eq!(s.resolve("prices/a"), Some(0), "a topic keeps its slot");
         assert_eq!(s.resolve("prices/c"), Some(2), "past the cap: other");
         assert_eq!(s.admitted(), vec!["prices/a", "prices/b"]);
+    }
+
+    #[test]
+    fn busiest_merge_over_workers_and_percentiles_come_from_buckets() {
+        let busy = |topic: &str, rate: f64, micros: u64| {
+            let mut latency = LatencyBuckets::default();
+            latency.record_n(micros, 10);
+            BusyTopic {
+                topic: topic.into(),
+                deliveries_per_sec: rate,
+                subscribers: 1,
+                latency,
+            }
+        };
+        let merged = merge_busiest(&[
+            vec![busy("a", 10.0, 70), busy("b", 30.0, 70)],
+            vec![busy("a", 25.0, 3_000)],
+        ]);
+        assert_eq!(merged[0].topic, "a");
+        assert_eq!(merged[0].deliveries_per_sec, 35.0);
+        assert_eq!(merged[0].subscribers, 2);
+        assert_eq!(quantile_micros(&merged[0].latency, 0.5), Some(100));
+        assert_eq!(quantile_micros(&merged[0].latency, 0.99), Some(5_000));
+        assert_eq!(quantile_micros(&LatencyBuckets::default(), 0.5), None);
+        let field = busiest_field(&merged);
+        assert_eq!(
+            field,
+            " busiest=[a deliveries/s=35 subs=2 p50<=100us p99<=5000us; b deliveries/s=30 subs=1 p50<=100us p99<=100us]"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `lifecycle` (closing and timers).
 
 mod access;
+mod busiest;
 mod cluster;
 pub mod conn;
 mod dashboard;
@@ -34,7 +35,7 @@ use crate::feed::owned::{HistoryLimits, Owned};
 use crate::hooks::HookLink;
 use crate::ops::config::Config;
 use crate::ops::os;
-use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::ops::stats::{self, Counters, LatencyBuckets, SharedCounters};
 use crate::ops::topic_stats::{TopicBoard, TopicTally};
 use crate::policy::auth::Auth;
 use crate::policy::guard::Gate;
@@ -67,6 +68,10 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often a worker publishes its per-topic counts (`--metrics-topics`) when they changed:
 /// a lock per interval, not per message (a scrape also publishes the scraping worker's).
 const TOPIC_PUBLISH: Duration = Duration::from_millis(100);
+
+/// How often the busiest topics are picked when no stats line is printed (the dashboard
+/// still shows them).
+const BUSY_PICK_WITHOUT_STATS: Duration = Duration::from_secs(1);
 
 const FD_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -134,6 +139,10 @@ pub struct Worker {
     topic_tally: TopicTally,
     /// When `topic_tally` was last published.
     topic_published: Instant,
+    /// Latency buckets of this worker's busiest topics (`LocalTopic::busy` indexes them).
+    busy_latency: Vec<LatencyBuckets>,
+    /// When the busiest topics were last picked (`busiest.rs`).
+    busy_picked: Instant,
     latency: Histogram<u64>,
     started: Instant,
     now: Instant,
@@ -257,6 +266,8 @@ impl Worker {
             }),
             topic_board,
             topic_published: now,
+            busy_latency: Vec::new(),
+            busy_picked: now,
             latency: stats::new_latency_histogram(),
             started: now,
             now,
@@ -511,6 +522,14 @@ impl Worker {
             self.sweep();
             self.topics.owned.expire(self.now);
             self.dashboard_timer();
+        }
+        let pick_every = if self.config.stats_interval.is_zero() {
+            BUSY_PICK_WITHOUT_STATS
+        } else {
+            self.config.stats_interval
+        };
+        if self.now.saturating_duration_since(self.busy_picked) >= pick_every {
+            self.pick_busiest();
         }
     }
 

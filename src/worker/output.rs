@@ -261,6 +261,7 @@ impl Worker {
             let stats_slot = topic.stats;
             let messages = batch.len() as u32;
             let mut complete: u64 = 0;
+            let mut handed: u64 = 0;
             for sub in &topic.subscribers {
                 let key = sub.key as usize;
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -273,6 +274,7 @@ impl Worker {
                 match plan::delivery(&view, &batch, sub, own) {
                     Delivery::Nothing => continue,
                     Delivery::Whole => {
+                        handed += 1;
                         let events;
                         let corked = if sub.sse {
                             events = sse.events(name, &batch, conn, None);
@@ -354,6 +356,10 @@ impl Worker {
             }
             self.counters.frames_out += complete * messages as u64;
             let now = Instant::now();
+            topic.delivered += handed * messages as u64;
+            let mut busy = topic
+                .busy
+                .and_then(|s| self.busy_latency.get_mut(s as usize));
             let mut per_topic = topic.stats.and_then(|s| self.topic_tally.at(s));
             if complete > 0 {
                 if let Some(counts) = per_topic.as_deref_mut() {
@@ -365,6 +371,9 @@ impl Worker {
                     self.counters.latency.record_n(micros.max(1), complete);
                     if let Some(counts) = per_topic.as_deref_mut() {
                         counts.latency.record_n(micros.max(1), complete);
+                    }
+                    if let Some(buckets) = busy.as_deref_mut() {
+                        buckets.record_n(micros.max(1), complete);
                     }
                 }
             }
