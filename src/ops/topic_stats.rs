@@ -289,6 +289,14 @@ impl TopicBoard {
     }
 }
 
+/// One plain per-topic series: name, type, help, and how to read it from the counts.
+type Scalar = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&TopicCounts) -> u64,
+);
+
 /// Render the per-topic series: `labels[i]` names slot `i`; the slot after the last label
 /// is `other` (printed only once a topic fell into it).
 pub fn render(labels: &[String], totals: &[TopicCounts]) -> String {
@@ -304,7 +312,7 @@ pub fn render(labels: &[String], totals: &[TopicCounts]) -> String {
         rows.push((OTHER.to_string(), other));
     }
     let mut out = String::new();
-    let scalars: [(&str, &str, &str, fn(&TopicCounts) -> u64); 3] = [
+    let scalars: [Scalar; 3] = [
         (
             "herald_topic_messages_total",
             "counter",

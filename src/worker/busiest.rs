@@ -27,7 +27,7 @@ impl Worker {
                 ranked.push((delta, name));
             }
         }
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_unstable_by_key(|&(delta, _)| std::cmp::Reverse(delta));
         ranked.truncate(BUSIEST);
         let chosen: Vec<(u64, String)> = ranked.iter().map(|&(d, t)| (d, t.to_string())).collect();
         let mut busy = Vec::with_capacity(chosen.len());
