@@ -38,6 +38,7 @@ fn bench(c: &mut Criterion) {
                         data: frame.clone(),
                         received,
                         messages: 1,
+                        topic_stats: None,
                     });
                 }
                 for q in queues.iter_mut() {

@@ -20,8 +20,10 @@ use crate::hooks;
 use crate::ops::config::Config;
 use crate::ops::os;
 use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::ops::topic_stats::{self, TopicBoard, TopicSelector};
 use crate::policy::auth::{Auth, AuthSetupError};
 use crate::policy::guard::Gate;
+use crate::proto::pattern::PatternList;
 use crate::site::{Site, SiteError};
 use crate::worker::tls;
 use crate::worker::{Listener, Worker, WorkerParts, WorkerReport, WAKER};
@@ -39,6 +41,8 @@ pub struct Server {
     signals: Signals,
     /// Cluster mode: broker health and counters, appended to the stats line.
     broker: Option<Arc<cluster::BrokerStats>>,
+    /// Per-topic counts and every worker's busiest topics (stats line, final report).
+    topic_board: Arc<TopicBoard>,
 }
 
 /// Why the server could not start; each is a clear message for the operator.
@@ -132,6 +136,13 @@ impl Server {
         let wakers: Vec<Arc<Waker>> = links.iter().map(|(_, w)| w.clone()).collect();
         let shared: Vec<Arc<SharedCounters>> = (0..count).map(|_| Arc::default()).collect();
         let everyone: Arc<[Arc<SharedCounters>]> = shared.clone().into();
+        let topic_board = Arc::new(TopicBoard::new(
+            TopicSelector::new(
+                PatternList::new(config.metrics_topics.clone()),
+                config.metrics_topics_max,
+            ),
+            count,
+        ));
 
         let boot = boot_id();
         let cluster = match &config.broker {
@@ -178,6 +189,7 @@ impl Server {
                 config: config.clone(),
                 shared: shared[index].clone(),
                 everyone: everyone.clone(),
+                topic_board: topic_board.clone(),
                 shutdown: shutdown.clone(),
                 boot,
                 auth: auth.clone(),
@@ -211,6 +223,7 @@ impl Server {
             config,
             signals,
             broker: broker_stats,
+            topic_board,
         })
     }
 
@@ -237,6 +250,7 @@ impl Server {
             if !interval.is_zero() && last.0.elapsed() >= interval {
                 let now = (Instant::now(), self.snapshot());
                 let mut line = stats::stats_line(&last.1, &now.1, now.0 - last.0);
+                line.push_str(&topic_stats::busiest_field(&self.topic_board.busiest()));
                 if let Some(broker) = &self.broker {
                     line.push(' ');
                     line.push_str(&broker.fields());
@@ -287,6 +301,11 @@ impl Server {
         );
         println!("{}", stats::totals_line(&total));
         println!("{}", stats::latency_line(&latency));
+        // Each worker's last pick (over its last interval, or since start if shorter).
+        println!(
+            "busiest topics:{}",
+            topic_stats::busiest_field(&self.topic_board.busiest())
+        );
     }
 
     fn snapshot(&self) -> Vec<Counters> {

@@ -259,3 +259,47 @@ const SERIES: [(&str, &str); 4] = [
     ("herald_bytes_out_total", "fig-bytes-out"),
     ("herald_accepted_total", "fig-accepted"),
 ];
+
+#[test]
+fn the_feed_shows_the_busiest_topics_with_subscribers_and_deliveries_per_second() {
+    let server = Server::start(&["--dashboard", "--threads", "2"]);
+    // busy: 3 subscribers (the publisher among them); quiet: 2.
+    let mut busy: Vec<_> = (0..3)
+        .map(|_| testkit::connect(server.addr, "busy"))
+        .collect();
+    let mut quiet: Vec<_> = (0..2)
+        .map(|_| testkit::connect(server.addr, "quiet"))
+        .collect();
+    for (i, ws) in busy.iter_mut().chain(quiet.iter_mut()).enumerate() {
+        testkit::sync(ws, &i.to_string());
+    }
+    let mut feed = open_feed(server.addr, "");
+    let mut last = Value::Null;
+    for _ in 0..30 {
+        for n in 0..50 {
+            testkit::send_text(&mut busy[0], &format!("b{n}"));
+        }
+        testkit::send_text(&mut quiet[0], "q");
+        for ws in busy.iter_mut() {
+            for n in 0..50 {
+                assert_eq!(testkit::recv_text_after_sync(ws), format!("b{n}"));
+            }
+        }
+        for ws in quiet.iter_mut() {
+            assert_eq!(testkit::recv_text_after_sync(ws), "q");
+        }
+        last = next_event(&mut feed);
+        let topics = &last["topics"];
+        if topics[0]["topic"] == "busy" && topics[1]["topic"] == "quiet" {
+            assert_eq!(topics[0]["subscribers"], 3, "{last}");
+            assert_eq!(topics[1]["subscribers"], 2, "{last}");
+            let (b, q) = (
+                topics[0]["deliveries_per_s"].as_u64().unwrap_or(0),
+                topics[1]["deliveries_per_s"].as_u64().unwrap_or(0),
+            );
+            assert!(b > 0 && b >= q, "{last}");
+            return;
+        }
+    }
+    panic!("no event listed busy then quiet; last: {last}");
+}

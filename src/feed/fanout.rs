@@ -60,6 +60,17 @@ pub struct LocalTopic {
     pub batch: Vec<Staged>,
     /// Whether the batch is written this turn or held a little (`--batch-window`).
     pub pace: Pace,
+    /// Slot of the topic's per-topic counters (`--metrics-topics`), resolved once when this
+    /// state is created; `None`: not counted per topic.
+    pub stats: Option<u32>,
+    /// Deliveries handed out here (written or queued; busiest-topics ranking, approximate:
+    /// partial replays to joining subscribers are left out).
+    pub delivered: u64,
+    /// `delivered` at the last busiest-topics pick (the difference is this interval's).
+    pub delivered_at_pick: u64,
+    /// Slot of the topic's latency buckets while it is one of this worker's busiest topics
+    /// (allocated only for those, chosen once per stats interval); `None` otherwise.
+    pub busy: Option<u32>,
 }
 
 /// Per-worker topic tables.
@@ -143,6 +154,11 @@ impl Topics {
             entry.subscribers.shrink_to(keep);
         }
         Unsubscribed { moved, last_here }
+    }
+
+    /// The per-topic counter slot of `topic` here (`--metrics-topics`), if it has one.
+    pub fn stats_slot(&self, topic: &TopicName) -> Option<u32> {
+        self.local.get(topic)?.stats
     }
 
     /// Stage a numbered message for this worker's subscribers of its topic (dropped if none

@@ -39,6 +39,9 @@ pub struct OwnedTopic {
     /// This life of the topic, unique per server start and owner (see the module doc).
     epoch: u64,
     ring: Ring,
+    /// Per-topic counter slot (`--metrics-topics`): `None` until first asked, then resolved
+    /// once for this life of the topic.
+    stats: Option<Option<u32>>,
 }
 
 /// What a subscriber gets when it joins a topic: where the live stream starts and the kept
@@ -109,6 +112,7 @@ impl Owned {
             interested: Vec::new(),
             epoch,
             ring: Ring::default(),
+            stats: None,
         })
     }
 
@@ -150,6 +154,17 @@ impl Owned {
         self.topics
             .get(topic)
             .map_or(&[], |t| t.interested.as_slice())
+    }
+
+    /// The per-topic counter slot of `topic` (`--metrics-topics`), resolved by `resolve` the
+    /// first time and kept on the topic: one table lookup, asked only when the flag is set.
+    pub fn stats_slot(
+        &mut self,
+        topic: &TopicName,
+        resolve: impl FnOnce(&str) -> Option<u32>,
+    ) -> Option<u32> {
+        let owned = self.topics.get_mut(topic)?;
+        *owned.stats.get_or_insert_with(|| resolve(topic))
     }
 
     /// Record that `worker` gained or lost its subscribers for `topic`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::ops::log::{LogFormat, LogLevel};
+use crate::proto::pattern::Pattern;
 
 /// Herald's settings. Defaults are chosen for a feed server on the open internet:
 /// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
@@ -224,6 +225,16 @@ pub struct Config {
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub hook_cache: Duration,
 
+    /// Topics that get per-topic series on `GET /metrics` (`herald_topic_*{topic=...}`):
+    /// a topic pattern (`prices/*` one segment, `prices/**` any depth); repeatable.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_pattern)]
+    pub metrics_topics: Vec<Pattern>,
+
+    /// Most topics with a label of their own under `--metrics-topics`; later matching topics
+    /// are counted together under `topic="other"` (the label set stays bounded).
+    #[arg(long, default_value_t = 100)]
+    pub metrics_topics_max: usize,
+
     /// How often to print a stats line on stdout (0 turns it off).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -434,6 +445,11 @@ pub fn parse_batch_window(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `5`, `5s`, `1.5s`, `500ms` or `2m` into a duration (a bare number is seconds).
+/// A `--metrics-topics` pattern (`proto::pattern` grammar).
+pub fn parse_pattern(s: &str) -> Result<Pattern, String> {
+    Pattern::parse(s).map_err(|e| e.to_string())
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s

@@ -8,8 +8,9 @@
 //! percentile. A page that misses an event loses nothing: the next one still adds up.
 //!
 //! The JSON shape (`herald.dashboard.v1`) is documented in docs/operations.md. `topics` is
-//! the busiest-topics table: a list of `{topic, subscribers, deliveries}` (deliveries
-//! cumulative), empty until the workers publish per-topic counters.
+//! the busiest-topics table: a list of `{topic, subscribers, deliveries_per_s}` from the
+//! workers' busiest-topics picks (`ops::topic_stats`, once per stats interval or second),
+//! empty while nothing is delivered.
 
 use serde_json::{json, Map, Value};
 
@@ -50,14 +51,14 @@ pub struct Broker {
     pub nodes: Value,
 }
 
-/// One busiest-topics row (filled in when per-topic counters exist).
+/// One busiest-topics row (from the workers' last busiest-topics picks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRow {
     pub topic: String,
     /// Subscribers now, over all workers.
     pub subscribers: u64,
-    /// Deliveries to them since start (the page turns it into a rate).
-    pub deliveries: u64,
+    /// Deliveries per second over the workers' last pick interval.
+    pub deliveries_per_s: u64,
 }
 
 /// Everything one event shows.
@@ -99,7 +100,7 @@ impl Snapshot<'_> {
         let topics: Vec<Value> = self
             .topics
             .iter()
-            .map(|t| json!({"topic": t.topic, "subscribers": t.subscribers, "deliveries": t.deliveries}))
+            .map(|t| json!({"topic": t.topic, "subscribers": t.subscribers, "deliveries_per_s": t.deliveries_per_s}))
             .collect();
         let broker = self.broker.map(|b| {
             let figures: Map<String, Value> = b
@@ -187,7 +188,7 @@ mod tests {
         let topics = [TopicRow {
             topic: "chat".into(),
             subscribers: 4,
-            deliveries: 9,
+            deliveries_per_s: 9,
         }];
         let snap = Snapshot {
             unix_ms: 1_700_000_000_000,
@@ -215,6 +216,7 @@ mod tests {
         assert_eq!(v["broker"]["figures"]["heard"], 7);
         assert_eq!(v["broker"]["nodes"]["nodes"][0]["node"], "0000000a");
         assert_eq!(v["topics"][0]["subscribers"], 4);
+        assert_eq!(v["topics"][0]["deliveries_per_s"], 9);
         let single = Snapshot {
             broker: None,
             topics: &[],

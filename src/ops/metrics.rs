@@ -19,7 +19,7 @@ pub fn response(body: &str) -> Vec<u8> {
 }
 
 /// The `le` labels of the latency buckets, in seconds (`LATENCY_BOUNDS_MICROS`, then `+Inf`).
-const LE: [&str; LATENCY_BOUNDS_MICROS.len() + 1] = [
+pub(crate) const LE: [&str; LATENCY_BOUNDS_MICROS.len() + 1] = [
     "5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05",
     "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf",
 ];

@@ -8,3 +8,4 @@ pub mod log;
 pub mod metrics;
 pub mod os;
 pub mod stats;
+pub mod topic_stats;

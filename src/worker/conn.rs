@@ -288,6 +288,8 @@ pub struct OutChunk {
     pub data: Bytes,
     pub received: Instant,
     pub messages: u32,
+    /// The per-topic counter slot its deliveries count to (`--metrics-topics`), if any.
+    pub topic_stats: Option<u32>,
 }
 
 /// Output the kernel has not accepted yet, in order. Empty (and allocation-free) for the vast

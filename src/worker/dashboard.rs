@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::Worker;
-use crate::ops::dashboard::{self, Broker, Snapshot};
+use crate::ops::dashboard::{self, Broker, Snapshot, TopicRow};
 use crate::ops::stats::Counters;
 use crate::proto::http::HttpError;
 use crate::worker::conn::{Ending, Phase};
@@ -139,6 +139,17 @@ impl Worker {
                 nodes: c.roster.get().as_ref().clone(),
             }
         });
+        // The workers' last busiest-topics picks (a lock per worker, once a second).
+        let topics: Vec<TopicRow> = self
+            .topic_board
+            .busiest()
+            .into_iter()
+            .map(|b| TopicRow {
+                topic: b.topic,
+                subscribers: b.subscribers,
+                deliveries_per_s: b.deliveries_per_sec.round() as u64,
+            })
+            .collect();
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -147,7 +158,7 @@ impl Worker {
             uptime_s: self.now.duration_since(self.started).as_secs(),
             workers: &workers,
             broker: broker.as_ref(),
-            topics: &[],
+            topics: &topics,
         }
         .event()
         .into()

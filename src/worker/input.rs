@@ -478,6 +478,7 @@ impl Worker {
             data,
             received: self.now,
             messages,
+            topic_stats: None,
         });
         if conn.out.bytes() > limit && matches!(conn.phase, Phase::Open { .. }) {
             self.doomed.push((key, conn.id, Doom::SlowConsumer));

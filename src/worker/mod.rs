@@ -4,6 +4,7 @@
 //! `lifecycle` (closing and timers).
 
 mod access;
+mod busiest;
 mod cluster;
 pub mod conn;
 mod dashboard;
@@ -34,7 +35,8 @@ use crate::feed::owned::{HistoryLimits, Owned};
 use crate::hooks::HookLink;
 use crate::ops::config::Config;
 use crate::ops::os;
-use crate::ops::stats::{self, Counters, SharedCounters};
+use crate::ops::stats::{self, Counters, LatencyBuckets, SharedCounters};
+use crate::ops::topic_stats::{TopicBoard, TopicTally};
 use crate::policy::auth::Auth;
 use crate::policy::guard::Gate;
 use crate::proto::deflate::Codec;
@@ -63,6 +65,14 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Back-off when the process is out of file descriptors: accepting again sooner would only
 /// spin on `EMFILE`; existing connections are served meanwhile.
+/// How often a worker publishes its per-topic counts (`--metrics-topics`) when they changed:
+/// a lock per interval, not per message (a scrape also publishes the scraping worker's).
+const TOPIC_PUBLISH: Duration = Duration::from_millis(100);
+
+/// How often the busiest topics are picked when no stats line is printed (the dashboard
+/// still shows them).
+const BUSY_PICK_WITHOUT_STATS: Duration = Duration::from_secs(1);
+
 const FD_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Socket reads per readiness event before yielding to other connections (fairness: one
@@ -123,6 +133,16 @@ pub struct Worker {
     shared: Arc<SharedCounters>,
     /// Every worker's published counters (ours included), read to answer `GET /metrics`.
     everyone: Arc<[Arc<SharedCounters>]>,
+    /// `--metrics-topics`: which topics are counted, and every worker's published counts.
+    topic_board: Arc<TopicBoard>,
+    /// This worker's per-topic counts (plain integers; empty when the flag is not set).
+    topic_tally: TopicTally,
+    /// When `topic_tally` was last published.
+    topic_published: Instant,
+    /// Latency buckets of this worker's busiest topics (`LocalTopic::busy` indexes them).
+    busy_latency: Vec<LatencyBuckets>,
+    /// When the busiest topics were last picked (`busiest.rs`).
+    busy_picked: Instant,
     latency: Histogram<u64>,
     started: Instant,
     now: Instant,
@@ -166,6 +186,8 @@ pub struct WorkerParts {
     pub shared: Arc<SharedCounters>,
     /// Every worker's published counters, in worker order (`GET /metrics` reads them all).
     pub everyone: Arc<[Arc<SharedCounters>]>,
+    /// Per-topic counting (`--metrics-topics`), shared by all workers.
+    pub topic_board: Arc<TopicBoard>,
     pub shutdown: Arc<AtomicBool>,
     /// Differs between server starts: part of every topic epoch.
     pub boot: u32,
@@ -191,6 +213,7 @@ impl Worker {
             config,
             shared,
             everyone,
+            topic_board,
             shutdown,
             boot,
             auth,
@@ -236,6 +259,15 @@ impl Worker {
             counters: Counters::default(),
             shared,
             everyone,
+            topic_tally: TopicTally::new(if topic_board.selector.enabled() {
+                topic_board.selector.slots()
+            } else {
+                0
+            }),
+            topic_board,
+            topic_published: now,
+            busy_latency: Vec::new(),
+            busy_picked: now,
             latency: stats::new_latency_histogram(),
             started: now,
             now,
@@ -491,6 +523,14 @@ impl Worker {
             self.topics.owned.expire(self.now);
             self.dashboard_timer();
         }
+        let pick_every = if self.config.stats_interval.is_zero() {
+            BUSY_PICK_WITHOUT_STATS
+        } else {
+            self.config.stats_interval
+        };
+        if self.now.saturating_duration_since(self.busy_picked) >= pick_every {
+            self.pick_busiest();
+        }
     }
 
     fn publish_counters(&mut self) {
@@ -500,6 +540,17 @@ impl Worker {
         self.counters.history_msgs = kept as u64;
         self.counters.history_bytes = kept_bytes as u64;
         self.shared.publish(&self.counters);
+        if self.topic_tally.dirty
+            && self.now.saturating_duration_since(self.topic_published) >= TOPIC_PUBLISH
+        {
+            self.publish_topic_tally();
+        }
+    }
+
+    /// Copy this worker's per-topic counts to the board (a lock: once per interval or scrape).
+    fn publish_topic_tally(&mut self) {
+        self.topic_published = self.now;
+        self.topic_board.publish(self.index, &mut self.topic_tally);
     }
 
     /// Start draining when the shutdown flag is up; report true once drained or out of time.
@@ -517,6 +568,10 @@ impl Worker {
         self.publish_counters();
         let snapshot: Vec<Counters> = self.everyone.iter().map(|s| s.read()).collect();
         let mut body = crate::ops::metrics::render(&snapshot);
+        if self.topic_board.selector.enabled() {
+            self.publish_topic_tally();
+            body.push_str(&self.topic_board.prometheus());
+        }
         if let Some(cluster) = &self.cluster {
             body.push_str(&cluster.stats.prometheus());
         }

@@ -80,6 +80,18 @@ impl Worker {
     /// in numbering order (a `Deliver` to each peer; staged here if this worker is one).
     pub(super) fn hand_to_workers(&mut self, seq: u64, publication: Publication) {
         let me = self.bus.me() as u16;
+        if self.topic_board.selector.enabled() {
+            // Counted here, by the owner, once per message (cluster mode too: Remote
+            // messages come through here on their owner only).
+            let selector = &self.topic_board.selector;
+            let slot = self
+                .topics
+                .owned
+                .stats_slot(&publication.topic, |t| selector.resolve(t));
+            if let Some(counts) = slot.and_then(|s| self.topic_tally.at(s)) {
+                counts.messages += 1;
+            }
+        }
         let mut local = false;
         for &worker in self.topics.owned.interested(&publication.topic) {
             if worker == me {
@@ -131,7 +143,18 @@ impl Worker {
     pub(super) fn add_subscriber(&mut self, topic: &TopicName, subscriber: Subscriber) -> u32 {
         let subscribed = self.topics.subscribe(topic, subscriber);
         if subscribed.first_here {
+            if self.topic_board.selector.enabled() {
+                let slot = self.topic_board.selector.resolve(topic);
+                if let Some(local) = self.topics.local.get_mut(topic) {
+                    local.stats = slot;
+                }
+            }
             self.send_interest(topic, true);
+        }
+        if let Some(slot) = self.topics.stats_slot(topic) {
+            if let Some(counts) = self.topic_tally.at(slot) {
+                counts.subscribers += 1;
+            }
         }
         subscribed.slot
     }
@@ -139,6 +162,11 @@ impl Worker {
     /// Remove a connection's subscriber entry (it unsubscribes or closes); the last one here
     /// tells the owner.
     pub(super) fn unsubscribe(&mut self, topic: &TopicName, slot: u32) {
+        if let Some(stats) = self.topics.stats_slot(topic) {
+            if let Some(counts) = self.topic_tally.at(stats) {
+                counts.subscribers = counts.subscribers.saturating_sub(1);
+            }
+        }
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {
             if let Some(Phase::Open { feed, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
@@ -230,8 +258,10 @@ impl Worker {
             let mut frames = TurnFrames::new(name, &batch, topic.envelope_subscribers > 0);
             let mut sse = SseBatch::default();
             let oldest = batch[0].received;
+            let stats_slot = topic.stats;
             let messages = batch.len() as u32;
             let mut complete: u64 = 0;
+            let mut handed: u64 = 0;
             for sub in &topic.subscribers {
                 let key = sub.key as usize;
                 let Some(conn) = self.conns.get_mut(key) else {
@@ -244,6 +274,7 @@ impl Worker {
                 match plan::delivery(&view, &batch, sub, own) {
                     Delivery::Nothing => continue,
                     Delivery::Whole => {
+                        handed += 1;
                         let events;
                         let corked = if sub.sse {
                             events = sse.events(name, &batch, conn, None);
@@ -257,6 +288,7 @@ impl Worker {
                                 data: corked.clone(),
                                 received: oldest,
                                 messages,
+                                topic_stats: stats_slot,
                             });
                         } else {
                             match write_once(&mut conn.output(), corked) {
@@ -270,6 +302,7 @@ impl Worker {
                                             data: corked.slice(n..),
                                             received: oldest,
                                             messages,
+                                            topic_stats: stats_slot,
                                         });
                                     }
                                 }
@@ -285,6 +318,7 @@ impl Worker {
                                 data: events,
                                 received: first.received,
                                 messages: included.count() as u32,
+                                topic_stats: stats_slot,
                             });
                         }
                         if !conn.out.is_empty() && !conn.queued_for_flush {
@@ -306,6 +340,7 @@ impl Worker {
                                     data,
                                     received: staged.received,
                                     messages: 1,
+                                    topic_stats: stats_slot,
                                 });
                             }
                         }
@@ -321,11 +356,25 @@ impl Worker {
             }
             self.counters.frames_out += complete * messages as u64;
             let now = Instant::now();
+            topic.delivered += handed * messages as u64;
+            let mut busy = topic
+                .busy
+                .and_then(|s| self.busy_latency.get_mut(s as usize));
+            let mut per_topic = topic.stats.and_then(|s| self.topic_tally.at(s));
             if complete > 0 {
+                if let Some(counts) = per_topic.as_deref_mut() {
+                    counts.deliveries += complete * messages as u64;
+                }
                 for staged in &batch {
                     let micros = now.saturating_duration_since(staged.received).as_micros() as u64;
                     let _ = self.latency.record_n(micros.max(1), complete);
                     self.counters.latency.record_n(micros.max(1), complete);
+                    if let Some(counts) = per_topic.as_deref_mut() {
+                        counts.latency.record_n(micros.max(1), complete);
+                    }
+                    if let Some(buckets) = busy.as_deref_mut() {
+                        buckets.record_n(micros.max(1), complete);
+                    }
                 }
             }
             // Give the (now empty) batch vector back to the topic to reuse its allocation.
@@ -371,6 +420,7 @@ impl Worker {
         };
         let latency = &mut self.latency;
         let counters = &mut self.counters;
+        let tally = &mut self.topic_tally;
         let now = Instant::now();
         // TLS records encrypted earlier go first: they precede anything still queued.
         if conn.flush_tls().is_err() {
@@ -385,6 +435,12 @@ impl Worker {
                 counters
                     .latency
                     .record_n(micros.max(1), chunk.messages as u64);
+                if let Some(per_topic) = chunk.topic_stats.and_then(|s| tally.at(s)) {
+                    per_topic.deliveries += chunk.messages as u64;
+                    per_topic
+                        .latency
+                        .record_n(micros.max(1), chunk.messages as u64);
+                }
             }
         });
         match result {

@@ -340,3 +340,44 @@ pub fn stat_field(line: &str, name: &str) -> Option<u64> {
         })
         .and_then(|digits| digits.parse().ok())
 }
+
+/// One entry of a stats line's `busiest=[…]` field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Busy {
+    pub topic: String,
+    pub deliveries_per_sec: u64,
+    pub subscribers: u64,
+    /// Fan-out p50 and p99 upper bounds, µs (`None`: not measured yet, printed `-`).
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+}
+
+/// Parses `busiest=[TOPIC deliveries/s=N subs=N p50<=Nus p99<=Nus; …]` from a stats line or
+/// the final report (`None` without the field or when an entry is malformed).
+pub fn parse_busiest(line: &str) -> Option<Vec<Busy>> {
+    let start = line.find("busiest=[")? + "busiest=[".len();
+    let inner = &line[start..start + line[start..].find(']')?];
+    let mut out = Vec::new();
+    for entry in inner.split("; ").filter(|e| !e.is_empty()) {
+        let words: Vec<&str> = entry.split(' ').collect();
+        let [topic, rate, subs, p50, p99] = words.as_slice() else {
+            return None;
+        };
+        let micros = |w: &str, key: &str| -> Option<Option<u64>> {
+            let v = w.strip_prefix(key)?.strip_suffix("us")?;
+            Some(if v == "-" {
+                None
+            } else {
+                Some(v.parse().ok()?)
+            })
+        };
+        out.push(Busy {
+            topic: topic.to_string(),
+            deliveries_per_sec: rate.strip_prefix("deliveries/s=")?.parse().ok()?,
+            subscribers: subs.strip_prefix("subs=")?.parse().ok()?,
+            p50: micros(p50, "p50<=")?,
+            p99: micros(p99, "p99<=")?,
+        });
+    }
+    Some(out)
+}
