@@ -251,6 +251,9 @@ impl Worker {
                 Phase::AwaitingAck { since, .. } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::NoAck)
                 }
+                Phase::AwaitingCount { since } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::NoAck)
+                }
                 Phase::AwaitingHook { since, .. } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::NoHookAnswer)
                 }

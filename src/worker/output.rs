@@ -133,12 +133,16 @@ impl Worker {
         if subscribed.first_here {
             self.send_interest(topic, true);
         }
+        self.presence_joined(topic, subscriber.key as usize);
         subscribed.slot
     }
 
     /// Remove a connection's subscriber entry (it unsubscribes or closes); the last one here
     /// tells the owner.
     pub(super) fn unsubscribe(&mut self, topic: &TopicName, slot: u32) {
+        if let Some(key) = self.topics.subscriber_mut(topic, slot).map(|s| s.key) {
+            self.presence_left(topic, key as usize);
+        }
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {
             if let Some(Phase::Open { feed, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
