@@ -23,7 +23,7 @@ fn presence(client: &mut V1, id: u64, topic: &str) -> Value {
     reply
 }
 
-/// The worker of each anonymous member (`"<worker>.<conn>"`).
+/// The worker of each anonymous member (`"<node>.<worker>.<conn>"`).
 fn workers_of(reply: &Value) -> BTreeSet<String> {
     reply["members"]
         .as_array()
@@ -31,7 +31,7 @@ fn workers_of(reply: &Value) -> BTreeSet<String> {
         .iter()
         .map(|m| {
             let conn = m["conn"].as_str().expect("anonymous member has a conn id");
-            conn.split('.').next().unwrap().to_string()
+            conn.split('.').nth(1).unwrap().to_string()
         })
         .collect()
 }

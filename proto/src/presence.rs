@@ -4,20 +4,21 @@
 //! spells them.
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::frame;
 
 /// Who a subscriber is, as presence shows it: its token's `sub` claim, or (anonymous) a
-/// connection id unique in the node (`"<worker>.<connection>"`), and when it connected.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// connection id unique in the cluster (`"<node>.<worker>.<connection>"`, the node being the
+/// process's start id in hex), and when it connected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// The JWT `sub` claim; absent for an anonymous connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// The anonymous connection's id; absent when `sub` is given.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<String>,
     /// When the connection was accepted, in milliseconds since the Unix epoch.
     pub since_ms: u64,
@@ -25,7 +26,7 @@ pub struct Member {
 
 impl Member {
     /// A member known by its token's `sub`, or else by its connection.
-    pub fn new(sub: Option<String>, worker: u16, conn: u64, since_ms: u64) -> Self {
+    pub fn new(sub: Option<String>, node: u32, worker: u16, conn: u64, since_ms: u64) -> Self {
         match sub {
             Some(sub) => Member {
                 sub: Some(sub),
@@ -34,7 +35,7 @@ impl Member {
             },
             None => Member {
                 sub: None,
-                conn: Some(format!("{worker}.{conn}")),
+                conn: Some(format!("{node:08x}.{worker}.{conn}")),
                 since_ms,
             },
         }
@@ -149,7 +150,7 @@ mod tests {
     }
 
     fn member(i: u64) -> Member {
-        Member::new(None, 0, i, 1000 + i)
+        Member::new(None, 10, 0, i, 1000 + i)
     }
 
     #[test]
@@ -183,7 +184,10 @@ mod tests {
     fn replies_and_events_spell_members() {
         let tally = Tally {
             count: 2,
-            members: Some(vec![Member::new(Some("alice".into()), 1, 7, 5), member(3)]),
+            members: Some(vec![
+                Member::new(Some("alice".into()), 10, 1, 7, 5),
+                member(3),
+            ]),
             truncated: false,
         };
         let v = json(&reply(9, "room", &tally));
@@ -191,7 +195,7 @@ mod tests {
         assert_eq!(v["count"], 2);
         assert_eq!(v["members"][0]["sub"], "alice");
         assert!(v["members"][0].get("conn").is_none());
-        assert_eq!(v["members"][1]["conn"], "0.3");
+        assert_eq!(v["members"][1]["conn"], "0000000a.0.3");
         assert!(v.get("truncated").is_none());
         let counted = json(&reply(
             1,

@@ -131,8 +131,9 @@ pub enum BusMsg {
         ticket: u64,
         members: bool,
     },
-    /// Back to the asking worker: this worker's share of presence query `ticket`.
-    PresenceShare { ticket: u64, tally: Tally },
+    /// Back to the asking worker: this worker's (or, from the cluster's presence thread,
+    /// the other nodes') share of presence query `ticket`; `None`: Redis could not be asked.
+    PresenceShare { ticket: u64, tally: Option<Tally> },
     /// To the owner of a `--presence` topic: a subscriber joined (`joined`) or left. The
     /// owner turns it into a `join` / `leave` event in the topic's order.
     PresenceChange {

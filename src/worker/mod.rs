@@ -216,7 +216,7 @@ impl Worker {
             )?;
         }
         let now = Instant::now();
-        let presence = presence::Presence::new(&config);
+        let presence = presence::Presence::new(&config, boot);
         Ok(Worker {
             index,
             poll,
@@ -508,6 +508,7 @@ impl Worker {
             self.sweep();
             self.topics.owned.expire(self.now);
             self.dashboard_timer();
+            self.presence_timer();
         }
     }
 

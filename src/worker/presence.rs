@@ -16,13 +16,23 @@
 //! topic's messages and events in one order. A worker first writes out the topic's staged
 //! messages (they came before the event), then queues the event for the topic's presence
 //! subscribers (`herald.v1` subscriptions with `"presence":true`) whose join is answered.
+//!
+//! **Cluster mode** (`--broker`, `cluster::presence`): each worker marks the topics whose
+//! local subscribers changed (a set insert) and, once a second, reports their figures to the
+//! node's presence thread, which keeps the node's figures in Redis. A query also asks that
+//! thread for the other nodes' share (one more share to wait for); the node's own share is
+//! gathered from its workers as above. Join/leave events stay on one node, so
+//! `"presence":true` is refused in cluster mode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use bytes::Bytes;
+use crossbeam_channel::TrySendError;
 
 use super::conn::{Feed, Phase};
 use super::Worker;
+use crate::cluster::presence::{PresenceReq, PERIOD};
 use crate::feed::bus::BusMsg;
 use crate::feed::owned::owner_of;
 use crate::ops::config::Config;
@@ -52,6 +62,8 @@ struct Query {
     topic: TopicName,
     waiting: usize,
     tally: Tally,
+    /// The cluster's share could not be had (Redis unreachable, or its queue full).
+    failed: bool,
 }
 
 /// One worker's presence state: its open queries and its presence subscribers.
@@ -61,20 +73,29 @@ pub struct Presence {
     topics: PatternList,
     /// `--presence-max-members`.
     cap: usize,
+    /// This process's start id (the cluster's node id): part of anonymous member ids.
+    node: u32,
     next_ticket: u64,
     queries: HashMap<u64, Query>,
     /// Per topic, the connections here (slab key, id) that asked for its events.
     watchers: HashMap<TopicName, Vec<(usize, u64)>>,
+    /// Cluster mode: topics whose local subscribers changed since the last report.
+    changed: HashSet<TopicName>,
+    /// Cluster mode: when the next report is due.
+    next_report: Option<Instant>,
 }
 
 impl Presence {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, node: u32) -> Self {
         Presence {
             topics: PatternList::new(config.presence.clone()),
             cap: config.presence_max_members,
+            node,
             next_ticket: 0,
             queries: HashMap::new(),
             watchers: HashMap::new(),
+            changed: HashSet::new(),
+            next_report: config.broker.as_ref().map(|_| Instant::now() + PERIOD),
         }
     }
 
@@ -113,6 +134,8 @@ impl Worker {
         let members = self.presence.keeps_members(&topic);
         let tally = self.local_tally(&topic, members);
         let workers = self.bus.workers();
+        self.presence.next_ticket += 1;
+        let ticket = self.presence.next_ticket;
         let mut query = Query {
             asker,
             topic,
@@ -121,14 +144,32 @@ impl Worker {
                 members: members.then(Vec::new),
                 ..Tally::default()
             },
+            failed: false,
         };
         query.tally.merge(tally, self.presence.cap);
+        if let Some(cluster) = &self.cluster {
+            let ask = PresenceReq::Query {
+                topic: query.topic.clone(),
+                members,
+                worker: self.index as u16,
+                ticket,
+                cap: self.presence.cap,
+            };
+            match cluster.presence.try_send(ask) {
+                Ok(()) => query.waiting += 1,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    cluster
+                        .stats
+                        .unavailable
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
         if query.waiting == 0 {
             self.answer_presence(query);
             return true;
         }
-        self.presence.next_ticket += 1;
-        let ticket = self.presence.next_ticket;
         let me = self.bus.me();
         for peer in (0..workers).filter(|&w| w != me) {
             let ask = BusMsg::PresenceAsk {
@@ -171,7 +212,13 @@ impl Worker {
     fn member(&self, key: usize) -> Option<Member> {
         let conn = self.conns.get(key)?;
         let sub = self.identity(key);
-        Some(Member::new(sub, self.index as u16, conn.id, conn.since_ms))
+        Some(Member::new(
+            sub,
+            self.presence.node,
+            self.index as u16,
+            conn.id,
+            conn.since_ms,
+        ))
     }
 
     /// A peer asks for our share of its query.
@@ -182,18 +229,21 @@ impl Worker {
         ticket: u64,
         members: bool,
     ) {
-        let tally = self.local_tally(&topic, members);
+        let tally = Some(self.local_tally(&topic, members));
         self.bus
             .send(worker as usize, BusMsg::PresenceShare { ticket, tally });
     }
 
     /// A peer's share of one of our queries; the last one answers it.
-    pub(super) fn on_presence_share(&mut self, ticket: u64, tally: Tally) {
+    pub(super) fn on_presence_share(&mut self, ticket: u64, tally: Option<Tally>) {
         let cap = self.presence.cap;
         let Some(query) = self.presence.queries.get_mut(&ticket) else {
             return;
         };
-        query.tally.merge(tally, cap);
+        match tally {
+            Some(tally) => query.tally.merge(tally, cap),
+            None => query.failed = true,
+        }
         query.waiting -= 1;
         if query.waiting == 0 {
             if let Some(query) = self.presence.queries.remove(&ticket) {
@@ -216,7 +266,9 @@ impl Worker {
                             }
                         )
                 });
-                if open {
+                if open && query.failed {
+                    self.v1_refuse(key, Some(id), Some(&query.topic), &Refusal::Unavailable);
+                } else if open {
                     let reply = presence::reply(id, &query.topic, &query.tally);
                     self.queue_output(key, reply, 0);
                 }
@@ -225,7 +277,9 @@ impl Worker {
                 let waiting = self.conns.get(key).is_some_and(|c| {
                     c.id == conn && matches!(c.phase, Phase::AwaitingCount { .. })
                 });
-                if waiting {
+                if waiting && query.failed {
+                    self.refuse(key, HttpError::Unavailable);
+                } else if waiting {
                     self.reply_and_close(key, presence::count_response(query.tally.count));
                 }
             }
@@ -234,10 +288,48 @@ impl Worker {
 
     /// `"presence":true` in a subscribe: `Err` when the topic has no events.
     pub(super) fn presence_events_allowed(&self, topic: &str) -> Result<(), Refusal> {
-        if self.presence.keeps_members(topic) {
-            Ok(())
-        } else {
+        if !self.presence.keeps_members(topic) {
             Err(Refusal::PresenceOff)
+        } else if self.cluster.is_some() {
+            Err(Refusal::PresenceOffInCluster)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Cluster mode, once a [`PERIOD`]: report the figures of the topics that changed here to
+    /// the node's presence thread. A full queue keeps them marked for the next period.
+    pub(super) fn presence_timer(&mut self) {
+        let Some(due) = self.presence.next_report else {
+            return;
+        };
+        if self.now < due {
+            return;
+        }
+        self.presence.next_report = Some(self.now + PERIOD);
+        if self.presence.changed.is_empty() {
+            return;
+        }
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let changes: Vec<(TopicName, Tally)> = (self.presence.changed.iter())
+            .map(|topic| {
+                let members = self.presence.keeps_members(topic);
+                (topic.clone(), self.local_tally(topic, members))
+            })
+            .collect();
+        let report = PresenceReq::Report {
+            worker: self.index as u16,
+            changes,
+        };
+        if cluster.presence.try_send(report).is_ok() {
+            self.presence.changed.clear();
+        } else {
+            cluster
+                .stats
+                .unavailable
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -250,6 +342,7 @@ impl Worker {
 
     /// A subscriber was added to `topic` here (called by `add_subscriber`).
     pub(super) fn presence_joined(&mut self, topic: &TopicName, key: usize) {
+        self.presence_mark(topic);
         if !self.presence.keeps_members(topic) {
             return;
         }
@@ -261,6 +354,7 @@ impl Worker {
     /// A subscriber is leaving `topic` here (called by `unsubscribe`, before the owner hears
     /// of the last one leaving, so the event still finds the topic's place in its order).
     pub(super) fn presence_left(&mut self, topic: &TopicName, key: usize) {
+        self.presence_mark(topic);
         if !self.presence.keeps_members(topic) {
             return;
         }
@@ -272,6 +366,13 @@ impl Worker {
         }
         if let Some(member) = self.member(key) {
             self.send_presence_change(topic, false, member);
+        }
+    }
+
+    /// Cluster mode: `topic`'s local figures changed; report them with the next period's.
+    fn presence_mark(&mut self, topic: &TopicName) {
+        if self.presence.next_report.is_some() && !self.presence.changed.contains(topic) {
+            self.presence.changed.insert(topic.clone());
         }
     }
 
