@@ -85,7 +85,7 @@ fn three_nodes_count_together_and_a_killed_nodes_members_expire() {
     let Some(redis) = Redis::start_or_skip("the presence cluster test") else {
         return;
     };
-    let mut nodes: Vec<Server> = (0..3).map(|_| node(&redis)).collect();
+    let nodes: Vec<Server> = (0..3).map(|_| node(&redis)).collect();
     let mut clients: Vec<Vec<V1>> = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let mut here = Vec::new();

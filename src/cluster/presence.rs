@@ -65,6 +65,10 @@ pub fn index_key() -> String {
     format!("herald:presence-nodes:{{{TAG}}}")
 }
 
+/// One topic's figure as a node writes it: the count and the member list's JSON (`None`:
+/// the count fell to 0, so both fields go).
+type Figure = Option<(u64, Option<String>)>;
+
 /// What workers ask of the presence thread.
 #[derive(Debug)]
 pub enum PresenceReq {
@@ -187,7 +191,7 @@ impl PresenceThread {
         let key = node_key(&self.node);
         let node = self.node.clone();
         let ttl_ms = TTL.as_millis() as u64;
-        let mut writes: Vec<(String, Option<(u64, Option<String>)>)> = Vec::new();
+        let mut writes: Vec<(String, Figure)> = Vec::new();
         let mut whole = false;
         // Is our hash still there? (One PEXPIRE: 0 means it is not.)
         let alive = self.wire.command(TAG, None, &mut |conn| {
