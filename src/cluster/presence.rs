@@ -13,8 +13,8 @@
 //!   set). A hash found missing (Redis restarted, or the key expired during an outage) is
 //!   written again whole;
 //! - answers a query (`PresenceReq::Query`) with the other live nodes' share: `ZRANGE` of
-//!   the index, then `HGET` of the topic's fields in every other node's hash, in one
-//!   pipeline. The asking worker adds its own node's exact share (gathered from the workers
+//!   the index (newest first), then `HMGET` of the topic's fields in every other node's
+//!   hash, in one pipeline; nodes whose hash has expired are dropped from the index. The asking worker adds its own node's exact share (gathered from the workers
 //!   as on one node).
 //!
 //! A node that dies stops refreshing its hash, which expires at most [`TTL`] after its last
@@ -254,6 +254,13 @@ impl PresenceThread {
                 .arg(now_ms)
                 .arg(&node)
                 .ignore();
+            // Nodes silent for a minute (dead, restarted under a new id) leave the index.
+            let stale = now_ms.saturating_sub(INDEX_TTL_S * 1000);
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(index_key())
+                .arg("-inf")
+                .arg(format!("({stale}"))
+                .ignore();
             pipe.cmd("EXPIRE")
                 .arg(index_key())
                 .arg(INDEX_TTL_S)
@@ -286,12 +293,14 @@ impl PresenceThread {
     fn others(&mut self, topic: &TopicName, members: bool, cap: usize) -> Option<Tally> {
         let own = self.node.clone();
         let (c, m) = (format!("c:{topic}"), format!("m:{topic}"));
-        let mut found: Vec<(Option<u64>, Option<String>)> = Vec::new();
+        let mut found: Vec<(Option<u64>, Option<String>, Option<String>)> = Vec::new();
         let result = self.wire.command(TAG, None, &mut |conn| {
+            // Newest first, so dead nodes' leftovers never crowd out live ones.
             let nodes: Vec<String> = redis::cmd("ZRANGE")
                 .arg(index_key())
                 .arg(0)
                 .arg(MAX_NODES - 1)
+                .arg("REV")
                 .query(conn)?;
             let others: Vec<&String> = nodes.iter().filter(|n| **n != own).collect();
             if others.is_empty() {
@@ -300,9 +309,24 @@ impl PresenceThread {
             }
             let mut pipe = redis::pipe();
             for node in &others {
-                pipe.cmd("HMGET").arg(node_key(node)).arg(&c).arg(&m);
+                pipe.cmd("HMGET")
+                    .arg(node_key(node))
+                    .arg(&c)
+                    .arg(&m)
+                    .arg("node");
             }
             found = pipe.query(conn)?;
+            // A node whose hash expired is gone: drop it from the index.
+            let gone: Vec<&String> = (others.iter().zip(&found))
+                .filter(|(_, f)| f.2.is_none())
+                .map(|(n, _)| *n)
+                .collect();
+            if !gone.is_empty() {
+                redis::cmd("ZREM")
+                    .arg(index_key())
+                    .arg(gone)
+                    .query::<()>(conn)?;
+            }
             Ok(Reply::Nil)
         });
         if let Err(e) = result {
@@ -313,7 +337,7 @@ impl PresenceThread {
             members: members.then(Vec::new),
             ..Tally::default()
         };
-        for (count, list) in found {
+        for (count, list, _) in found {
             let Some(count) = count else {
                 continue; // the node has none, or its hash expired (it is gone)
             };
