@@ -110,7 +110,9 @@ impl Worker {
             );
         }
         if let Phase::Open { feed, .. } = &conn.phase {
+            self.presence_hang_up(key, &conn);
             self.leave_feed(feed);
+            self.presence_gone();
         }
         self.release_guard(conn.guard.as_deref());
     }

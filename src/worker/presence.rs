@@ -30,7 +30,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::TrySendError;
 
-use super::conn::{Feed, Phase};
+use super::conn::{Conn, Feed, Phase};
 use super::Worker;
 use crate::cluster::presence::{PresenceReq, PERIOD};
 use crate::feed::bus::BusMsg;
@@ -83,6 +83,9 @@ pub struct Presence {
     changed: HashSet<TopicName>,
     /// Cluster mode: when the next report is due.
     next_report: Option<Instant>,
+    /// The connection being hung up (already out of the slab while it leaves its topics):
+    /// its slab key and who it was, for its `leave` events.
+    leaving: Option<(usize, Member)>,
 }
 
 impl Presence {
@@ -95,6 +98,7 @@ impl Presence {
             queries: HashMap::new(),
             watchers: HashMap::new(),
             changed: HashSet::new(),
+            leaving: None,
             next_report: config.broker.as_ref().map(|_| Instant::now() + PERIOD),
         }
     }
@@ -208,9 +212,13 @@ impl Worker {
         }
     }
 
-    /// Who the connection at `key` is, as presence shows it.
+    /// Who the connection at `key` is, as presence shows it (also while it is being hung
+    /// up, see [`Worker::presence_hang_up`]).
     fn member(&self, key: usize) -> Option<Member> {
-        let conn = self.conns.get(key)?;
+        let Some(conn) = self.conns.get(key) else {
+            let (k, member) = self.presence.leaving.as_ref()?;
+            return (*k == key).then(|| member.clone());
+        };
         let sub = self.identity(key);
         Some(Member::new(
             sub,
@@ -338,6 +346,30 @@ impl Worker {
         let conn = self.conns[key].id;
         let watchers = self.presence.watchers.entry(topic.clone()).or_default();
         watchers.push((key, conn));
+    }
+
+    /// A connection taken out of the slab is about to leave its topics (`hang_up`): keep who
+    /// it was for the `leave` events (`gone` ends it). Nothing unless `--presence` is set.
+    pub(super) fn presence_hang_up(&mut self, key: usize, conn: &Conn) {
+        if self.presence.topics.is_empty() {
+            return;
+        }
+        let sub = (conn.guard.as_ref())
+            .and_then(|g| g.grants.as_ref())
+            .and_then(|g| g.sub.clone());
+        let member = Member::new(
+            sub,
+            self.presence.node,
+            self.index as u16,
+            conn.id,
+            conn.since_ms,
+        );
+        self.presence.leaving = Some((key, member));
+    }
+
+    /// The hung-up connection has left its topics.
+    pub(super) fn presence_gone(&mut self) {
+        self.presence.leaving = None;
     }
 
     /// A subscriber was added to `topic` here (called by `add_subscriber`).
