@@ -151,6 +151,7 @@ impl Server {
                     url: url.clone(),
                     history: config.broker_history,
                     node: boot,
+                    presence_cap: config.presence_max_members,
                 };
                 let peers = peer_links(&links);
                 println!(

@@ -381,17 +381,30 @@ fn v1_request() -> impl Strategy<Value = (serde_json::Value, Request)> {
         (".{0,12}", any::<u64>()).prop_map(|(epoch, seq)| Start::Since { epoch, seq }),
         any::<u64>().prop_map(Start::Rewind),
     ];
-    let wanted = (topic(), start, any::<bool>()).prop_map(|(topic, start, plain)| {
-        let value = match &start {
-            Start::Now if plain => json!(topic),
-            Start::Now => json!({ "topic": topic }),
-            Start::Since { epoch, seq } => {
-                json!({ "topic": topic, "since": { "epoch": epoch, "seq": seq } })
+    let wanted =
+        (topic(), start, any::<bool>(), any::<bool>()).prop_map(|(topic, start, plain, events)| {
+            let mut value = match &start {
+                Start::Now if plain => json!(topic),
+                Start::Now => json!({ "topic": topic }),
+                Start::Since { epoch, seq } => {
+                    json!({ "topic": topic, "since": { "epoch": epoch, "seq": seq } })
+                }
+                Start::Rewind(n) => json!({ "topic": topic, "rewind": n }),
+            };
+            // `"presence":true` (join/leave events) is said in the object form only.
+            let presence = events && value.is_object();
+            if presence {
+                value["presence"] = json!(true);
             }
-            Start::Rewind(n) => json!({ "topic": topic, "rewind": n }),
-        };
-        (value, Wanted { topic, start })
-    });
+            (
+                value,
+                Wanted {
+                    topic,
+                    start,
+                    presence,
+                },
+            )
+        });
     prop_oneof![
         (any::<u64>(), prop::collection::vec(wanted, 0..5)).prop_map(|(id, topics)| {
             let (values, wanted): (Vec<_>, Vec<_>) = topics.into_iter().unzip();

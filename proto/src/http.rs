@@ -52,7 +52,17 @@ pub enum Request {
         /// The `Authorization: Bearer` value: the publish key or a JWT.
         bearer: Option<String>,
     },
+    /// `GET /topics/<topic>` (not as an event stream): how many subscribe to the topic, for
+    /// backends and dashboards; allowed to whoever may publish to it (`bearer` as for
+    /// `Publish`).
+    TopicCount {
+        topic: String,
+        bearer: Option<String>,
+    },
 }
+
+/// The path prefix of `GET /topics/<topic>` (subscriber counts).
+pub const TOPICS_PATH: &str = "/topics/";
 
 /// What a request presents to prove who it is (checked by `auth`, not here).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -270,6 +280,13 @@ fn route(req: &httparse::Request, max_body: usize) -> Result<Request, HttpError>
         });
         if path == SSE_PATH || (wants_events && !is_reserved_get(path)) {
             return route_events(target, path, &header);
+        }
+        if let Some(name) = path.strip_prefix(TOPICS_PATH) {
+            topic::validate(name).map_err(HttpError::BadTopic)?;
+            return Ok(Request::TopicCount {
+                topic: name.to_owned(),
+                bearer: header("authorization").and_then(bearer_token),
+            });
         }
         return match path {
             "/health" => Ok(Request::Health),
@@ -504,6 +521,26 @@ mod tests {
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
         )
+    }
+
+    #[test]
+    fn topic_count_requests() {
+        let get = |target: &str, extra: &str| {
+            let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+            parse_head(req.as_bytes(), 1024).map(|h| h.map(|h| h.request))
+        };
+        assert_eq!(
+            get("/topics/prices/BTC?x=1", "Authorization: Bearer k\r\n"),
+            Ok(Some(Request::TopicCount {
+                topic: "prices/BTC".into(),
+                bearer: Some("k".into())
+            }))
+        );
+        assert!(matches!(get("/topics/", ""), Err(HttpError::BadTopic(_))));
+        assert!(matches!(
+            get("/topics/a%20b", ""),
+            Err(HttpError::BadTopic(_))
+        ));
     }
 
     #[test]

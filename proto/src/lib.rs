@@ -8,12 +8,14 @@
 //! - `sse`: Server-Sent Events: event encoding and `Last-Event-ID`;
 //! - `v1`: the `herald.v1` subprotocol (requests, replies, envelopes, error codes);
 //! - `topic`: topic names and where a subscription starts;
+//! - `presence`: who subscribes (the `presence` reply, `join`/`leave`, `GET /topics/`);
 //! - `pattern`: topic patterns (`prices/*`, `prices/**`) for wildcard subscriptions and flags.
 
 pub mod deflate;
 pub mod frame;
 pub mod http;
 pub mod pattern;
+pub mod presence;
 pub mod sse;
 pub mod topic;
 pub mod v1;

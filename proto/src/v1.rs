@@ -31,6 +31,11 @@ pub enum Request {
         data: Data,
         payload: Vec<u8>,
     },
+    /// How many subscribe to `topic` (and who, where the topic keeps member lists).
+    Presence {
+        id: u64,
+        topic: String,
+    },
 }
 
 /// A topic a client subscribes to, and from where it wants the stream to start.
@@ -38,6 +43,8 @@ pub enum Request {
 pub struct Wanted {
     pub topic: String,
     pub start: Start,
+    /// Also deliver the topic's `join` / `leave` events (`"presence":true`).
+    pub presence: bool,
 }
 
 /// Why a request (or one topic of it) was not done; `code` is what a client program matches
@@ -70,6 +77,15 @@ pub enum Refusal {
     /// A backend hook gave no decision (code `unavailable`).
     #[error("the application backend is unavailable: {0}")]
     HookUnavailable(String),
+    /// `presence:true` on a topic that keeps no member list (`--presence` does not match it).
+    #[error("this topic has no presence events (the server's --presence does not list it)")]
+    PresenceOff,
+    /// `presence:true` in cluster mode, where join/leave events are not carried across
+    /// nodes (code `presence_off`).
+    #[error(
+        "join/leave events are not available in cluster mode (--broker); ask with presence instead"
+    )]
+    PresenceOffInCluster,
 }
 
 impl Refusal {
@@ -86,6 +102,7 @@ impl Refusal {
             Refusal::SinceAhead { .. } => "since_ahead",
             Refusal::Forbidden | Refusal::DeniedByHook(_) => "forbidden",
             Refusal::Unavailable | Refusal::HookUnavailable(_) => "unavailable",
+            Refusal::PresenceOff | Refusal::PresenceOffInCluster => "presence_off",
         }
     }
 }
@@ -108,6 +125,10 @@ enum RawRequest {
         data: Option<String>,
         data_b64: Option<String>,
     },
+    Presence {
+        id: u64,
+        topic: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -123,6 +144,8 @@ struct RawWantedFull {
     topic: String,
     since: Option<RawSince>,
     rewind: Option<u64>,
+    #[serde(default)]
+    presence: bool,
 }
 
 #[derive(Deserialize)]
@@ -178,26 +201,39 @@ pub fn decode(text: &[u8]) -> Result<Request, (Option<u64>, Refusal)> {
                 payload,
             })
         }
+        RawRequest::Presence { id, topic } => {
+            topic::validate(&topic).map_err(|e| (Some(id), Refusal::BadTopic(e)))?;
+            Ok(Request::Presence { id, topic })
+        }
     }
 }
 
 fn wanted(raw: RawWanted) -> Result<Wanted, Refusal> {
+    let mut presence = false;
     let (topic, start) = match raw {
         RawWanted::Name(topic) => (topic, Start::Now),
         RawWanted::Full(RawWantedFull {
             topic,
             since,
             rewind,
-        }) => match (since, rewind) {
-            (None, None) => (topic, Start::Now),
-            (Some(RawSince { epoch, seq }), None) => (topic, Start::Since { epoch, seq }),
-            (None, Some(n)) => (topic, Start::Rewind(n)),
-            (Some(_), Some(_)) => {
-                return Err(Refusal::BadRequest("give since or rewind, not both".into()))
+            presence: events,
+        }) => {
+            presence = events;
+            match (since, rewind) {
+                (None, None) => (topic, Start::Now),
+                (Some(RawSince { epoch, seq }), None) => (topic, Start::Since { epoch, seq }),
+                (None, Some(n)) => (topic, Start::Rewind(n)),
+                (Some(_), Some(_)) => {
+                    return Err(Refusal::BadRequest("give since or rewind, not both".into()))
+                }
             }
-        },
+        }
     };
-    Ok(Wanted { topic, start })
+    Ok(Wanted {
+        topic,
+        start,
+        presence,
+    })
 }
 
 /// Server → client messages other than envelopes, in the order of the spec.
@@ -320,18 +356,21 @@ mod tests {
                 topics: vec![
                     Wanted {
                         topic: "a".into(),
-                        start: Start::Now
+                        start: Start::Now,
+                        presence: false
                     },
                     Wanted {
                         topic: "b".into(),
                         start: Start::Since {
                             epoch: "e".into(),
                             seq: 4
-                        }
+                        },
+                        presence: false
                     },
                     Wanted {
                         topic: "c".into(),
-                        start: Start::Rewind(3)
+                        start: Start::Rewind(3),
+                        presence: false
                     },
                 ]
             }

@@ -27,6 +27,7 @@
 
 pub mod bridge;
 pub mod feed;
+pub mod presence;
 pub mod roster;
 pub mod script;
 pub mod shard;
@@ -316,6 +317,9 @@ pub struct ClusterLink {
     pub route: Route,
     /// The cluster's nodes for the dashboard (filled by [`roster::start`] with `--dashboard`).
     pub roster: Arc<roster::Roster>,
+    /// Reports and queries for the `herald-presence` thread (bounded: `presence::QUEUE`;
+    /// workers only `try_send`).
+    pub presence: Sender<presence::PresenceReq>,
 }
 
 /// Cluster settings taken from the command line.
@@ -329,6 +333,8 @@ pub struct BrokerConfig {
     /// This node's id (differs per process start): part of epochs it creates and of the
     /// origin it stamps on its messages.
     pub node: u32,
+    /// `--presence-max-members`: the longest member list a node writes to Redis per topic.
+    pub presence_cap: usize,
 }
 
 /// The broker URL for logs: credentials (`redis://user:password@…`) are never printed.
@@ -364,6 +370,7 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         shard::Broker::Cluster(_) => Route::new(Vec::new()),
     };
     let stats = Arc::new(BrokerStats::new(bridges.len()));
+    let raw_url = config.url.clone();
     let config = BrokerConfig {
         url: redacted(&config.url),
         ..config
@@ -397,7 +404,16 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         publish.push(to_publisher);
         listen.push(to_listener);
     }
+    let (to_presence, presence_rx) = crossbeam_channel::bounded(presence::QUEUE);
+    presence::start(
+        &raw_url,
+        config.node,
+        links(),
+        presence_rx,
+        config.presence_cap,
+    )?;
     Ok(ClusterLink {
+        presence: to_presence,
         publish: ToShards {
             route: route.clone(),
             queues: publish,

@@ -122,7 +122,7 @@ pub fn own_snapshot(node: &str, unix_ms: u64, workers: &[Counters], broker: &Bro
 }
 
 /// The Redis the roster lives on: the first instance, or the Redis Cluster.
-fn layout_of(url: &str) -> Result<Layout, String> {
+pub(super) fn layout_of(url: &str) -> Result<Layout, String> {
     match shard::Broker::parse(url)? {
         shard::Broker::Instances(urls) => urls
             .into_iter()

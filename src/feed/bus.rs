@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::Joined;
+use crate::proto::presence::{Member, Tally};
 use crate::proto::topic::{Start, TopicName};
 
 /// Capacity of each worker's inbox, in messages. Large enough to absorb bursts from every
@@ -122,6 +123,28 @@ pub enum BusMsg {
     /// Cluster mode, from the broker bridge to a publisher's worker: Redis could not number
     /// the message (unreachable), so the publisher is told "unavailable", never "published".
     PublishFailed { to: AckTo, conn: u64 },
+    /// To every other worker: count (and, with `members`, list) your subscribers of
+    /// `topic` for presence query `ticket` of `worker` (`worker::presence`).
+    PresenceAsk {
+        topic: TopicName,
+        worker: u16,
+        ticket: u64,
+        members: bool,
+    },
+    /// Back to the asking worker: this worker's (or, from the cluster's presence thread,
+    /// the other nodes') share of presence query `ticket`; `None`: Redis could not be asked.
+    PresenceShare { ticket: u64, tally: Option<Tally> },
+    /// To the owner of a `--presence` topic: a subscriber joined (`joined`) or left. The
+    /// owner turns it into a `join` / `leave` event in the topic's order.
+    PresenceChange {
+        topic: TopicName,
+        joined: bool,
+        member: Member,
+    },
+    /// From the owner to each interested worker, on the channel its messages take: a
+    /// `join` / `leave` event (an encoded `herald.v1` frame) for the topic's presence
+    /// subscribers. It takes no sequence number; it says after which message it happened.
+    PresenceEvent { topic: TopicName, frame: Bytes },
 }
 
 impl BusMsg {

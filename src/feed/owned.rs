@@ -148,6 +148,12 @@ impl Owned {
         Some(seq)
     }
 
+    /// The number of `topic`'s last message (0: none yet, or the topic is not known here):
+    /// where a presence event falls in the topic's order.
+    pub fn last_seq(&self, topic: &TopicName) -> u64 {
+        self.topics.get(topic).map_or(0, |t| t.last_seq)
+    }
+
     /// The workers with subscribers of `topic` (cluster mode: where a message numbered by
     /// Redis goes).
     pub fn interested(&self, topic: &TopicName) -> &[u16] {

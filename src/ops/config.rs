@@ -9,6 +9,9 @@ use clap::Parser;
 use crate::ops::log::{LogFormat, LogLevel};
 use crate::proto::pattern::Pattern;
 
+/// Ceiling of `--presence-max-members`: one answer stays a few megabytes at most.
+pub const MAX_PRESENCE_MEMBERS: usize = 100_000;
+
 /// Herald's settings. Defaults are chosen for a feed server on the open internet:
 /// bounded memory per connection, short handshake deadlines, and keep-alive that notices dead peers.
 #[derive(Debug, Clone, Parser)]
@@ -150,6 +153,18 @@ pub struct Config {
     /// Most topics one `herald.v1` connection may subscribe to at once.
     #[arg(long, default_value_t = 1000)]
     pub max_topics_per_conn: usize,
+
+    /// Topics (patterns such as `rooms/*`; repeatable) whose `herald.v1` presence answers
+    /// list the members and whose subscribers may ask for `join` / `leave` events. Counts are
+    /// answered for every topic; member lists cost a walk of the topic's subscribers per
+    /// query, so only topics that need them pay.
+    #[arg(long = "presence", value_name = "PATTERN")]
+    pub presence: Vec<crate::proto::pattern::Pattern>,
+
+    /// Most members one presence answer lists. Past it the count stays exact, the list is
+    /// cut and the answer says `"truncated":true`.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub presence_max_members: usize,
 
     /// Messages kept per topic for recovery (`since`) and `rewind` (0: no history). Kept by
     /// the topic's owner worker, so a topic with history is numbered even with no subscriber.
@@ -342,6 +357,11 @@ impl Config {
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return Err("--jwt-secret must be at least 32 bytes (HS256 keys shorter than the hash are weak)".into());
+        }
+        if self.presence_max_members > MAX_PRESENCE_MEMBERS {
+            return Err(format!(
+                "--presence-max-members must be at most {MAX_PRESENCE_MEMBERS}"
+            ));
         }
         if self.max_topics_per_conn == 0 {
             return Err("--max-topics-per-conn must be at least 1".into());

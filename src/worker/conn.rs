@@ -25,6 +25,9 @@ pub enum Phase {
     /// An HTTP publish was handed to its topic's owner; the response waits for the sequence
     /// number. Further (pipelined) requests wait in `inbound`.
     AwaitingAck { since: u32, keep_alive: bool },
+    /// `GET /topics/<topic>`: the count was asked of every worker; the response waits for
+    /// their shares (`worker::presence`). Bytes the peer sends meanwhile are discarded.
+    AwaitingCount { since: u32 },
     /// The dashboard's event stream (`GET /dashboard/feed`): the response head is sent and an
     /// event follows every second until the peer leaves (see `worker::dashboard`). Bytes the
     /// peer sends are discarded.
@@ -56,12 +59,19 @@ impl Phase {
             // 101 (raw path or herald.v1), an HTTP publish, an answer that ends it.
             (
                 Handshake { .. },
-                Open { .. } | AwaitingAck { .. } | AwaitingHook { .. } | Flushing { .. } | Streaming
+                Open { .. }
+                    | AwaitingAck { .. }
+                    | AwaitingCount { .. }
+                    | AwaitingHook { .. }
+                    | Flushing { .. }
+                    | Streaming
             )
                 // The hooks answered: opened, or refused.
                 | (AwaitingHook { .. }, Open { .. } | Flushing { .. })
                 // The publish's 202: kept alive for the next request, or closing after it.
                 | (AwaitingAck { .. }, Handshake { .. } | Flushing { .. })
+                // The count's 200 (or 503 when the shares are late); it closes after it.
+                | (AwaitingCount { .. }, Flushing { .. })
                 // Our close (shutdown) waits for the peer's; an error or its close ends it now.
                 | (Open { .. }, Closing { .. } | Flushing { .. })
                 | (Closing { .. }, Flushing { .. })
@@ -421,6 +431,8 @@ pub struct Conn {
     pub ending: Ending,
     /// Messages waiting for `--publish-hook` (`None` when none ever did).
     pub held: Option<Box<HeldPublishes>>,
+    /// When it was accepted, in milliseconds since the Unix epoch (presence shows it).
+    pub since_ms: u64,
 }
 
 /// Where a connection's plaintext output goes: the socket, or the TLS session in front of it.
@@ -475,6 +487,9 @@ impl Conn {
             guard: None,
             ending: Ending::Unset,
             held: None,
+            since_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
 
@@ -566,6 +581,7 @@ mod tests {
                 since: 0,
                 keep_alive: true,
             },
+            "count" => Phase::AwaitingCount { since: 0 },
             "hook" => Phase::AwaitingHook {
                 since: 0,
                 pending: Box::new(PendingOpen {
@@ -593,6 +609,8 @@ mod tests {
             ("handshake", "streaming"),
             ("ack", "handshake"),
             ("ack", "flushing"),
+            ("handshake", "count"),
+            ("count", "flushing"),
             ("open", "closing"),
             ("open", "flushing"),
             ("closing", "flushing"),
@@ -602,6 +620,7 @@ mod tests {
             "handshake",
             "open",
             "ack",
+            "count",
             "hook",
             "closing",
             "flushing",

@@ -45,7 +45,7 @@ impl Worker {
 
     /// The identity the connection goes by (its token's `sub`, or what a connect hook
     /// attached); `None` when anonymous.
-    fn identity(&self, key: usize) -> Option<String> {
+    pub(super) fn identity(&self, key: usize) -> Option<String> {
         self.conns
             .get(key)?
             .guard

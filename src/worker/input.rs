@@ -111,6 +111,7 @@ impl Worker {
             Phase::AwaitingAck { .. } | Phase::AwaitingHook { .. } => {
                 self.hold_request_bytes(key, n)
             }
+            Phase::AwaitingCount { .. } => true, // discarded: it closes after the answer
             // An SSE client has nothing more to say after its request.
             Phase::Open { ref feed, .. } if feed.is_sse() => true,
             Phase::Open { .. } | Phase::Closing { .. } => self.on_frame_bytes(key, n),
@@ -209,6 +210,12 @@ impl Worker {
                 }
                 match self.open_events(key, topics, last_event_id.as_deref(), &credentials) {
                     Ok(()) => true,
+                    Err(e) => self.refuse(key, e),
+                }
+            }
+            Request::TopicCount { topic, bearer } => {
+                match self.check_http_publish(&topic, bearer.as_deref()) {
+                    Ok(()) => self.http_topic_count(key, &topic),
                     Err(e) => self.refuse(key, e),
                 }
             }

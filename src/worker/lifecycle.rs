@@ -110,7 +110,9 @@ impl Worker {
             );
         }
         if let Phase::Open { feed, .. } = &conn.phase {
+            self.presence_hang_up(key, &conn);
             self.leave_feed(feed);
+            self.presence_gone();
         }
         self.release_guard(conn.guard.as_deref());
     }
@@ -249,6 +251,9 @@ impl Worker {
                     Some(Expired::HandshakeTimeout)
                 }
                 Phase::AwaitingAck { since, .. } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::NoAck)
+                }
+                Phase::AwaitingCount { since } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::NoAck)
                 }
                 Phase::AwaitingHook { since, .. } if now.saturating_sub(since) >= handshake => {

@@ -12,6 +12,7 @@ mod hooks;
 mod input;
 mod lifecycle;
 mod output;
+mod presence;
 mod sse;
 mod subscriptions;
 pub mod tls;
@@ -165,6 +166,8 @@ pub struct Worker {
     hooks: Option<HookLink>,
     /// Numbers this worker's hook questions that wait on an open connection.
     hook_ticket: u64,
+    /// Presence queries waiting for shares, and the presence subscribers here.
+    presence: presence::Presence,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -236,6 +239,7 @@ impl Worker {
             )?;
         }
         let now = Instant::now();
+        let presence = presence::Presence::new(&config, boot);
         Ok(Worker {
             index,
             poll,
@@ -282,6 +286,7 @@ impl Worker {
             streams: dashboard::Streams::new(now),
             hooks,
             hook_ticket: 0,
+            presence,
         })
     }
 
@@ -505,6 +510,19 @@ impl Worker {
                     forwarded,
                 } => self.on_broker_gap(topic, refusal, forwarded),
                 BusMsg::PublishFailed { to, conn } => self.on_publish_failed(to, conn),
+                BusMsg::PresenceAsk {
+                    topic,
+                    worker,
+                    ticket,
+                    members,
+                } => self.on_presence_ask(topic, worker, ticket, members),
+                BusMsg::PresenceShare { ticket, tally } => self.on_presence_share(ticket, tally),
+                BusMsg::PresenceChange {
+                    topic,
+                    joined,
+                    member,
+                } => self.on_presence_change(topic, joined, member),
+                BusMsg::PresenceEvent { topic, frame } => self.on_presence_event(&topic, frame),
             }
         }
     }
@@ -522,6 +540,7 @@ impl Worker {
             self.sweep();
             self.topics.owned.expire(self.now);
             self.dashboard_timer();
+            self.presence_timer();
         }
         let pick_every = if self.config.stats_interval.is_zero() {
             BUSY_PICK_WITHOUT_STATS

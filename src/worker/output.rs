@@ -156,6 +156,7 @@ impl Worker {
                 counts.subscribers += 1;
             }
         }
+        self.presence_joined(topic, subscriber.key as usize);
         subscribed.slot
     }
 
@@ -166,6 +167,9 @@ impl Worker {
             if let Some(counts) = self.topic_tally.at(stats) {
                 counts.subscribers = counts.subscribers.saturating_sub(1);
             }
+        }
+        if let Some(key) = self.topics.subscriber_mut(topic, slot).map(|s| s.key) {
+            self.presence_left(topic, key as usize);
         }
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {

@@ -91,6 +91,12 @@ impl Worker {
                 };
                 self.publish_hooked(key, topic, frame, Some(ack));
             }
+            Ok(Request::Presence { id, topic }) => {
+                match self.v1_topic_check(key, &topic, Use::Subscribe) {
+                    Ok(()) => self.v1_presence(key, id, &topic),
+                    Err(e) => self.v1_refuse(key, Some(id), Some(&topic), &e),
+                }
+            }
         }
     }
 
@@ -145,6 +151,9 @@ impl Worker {
     /// Subscribe to one topic that passed every check (and the subscribe hook, if any).
     pub(super) fn v1_subscribe_now(&mut self, key: usize, id: u64, wanted: Wanted) {
         let max = self.config.max_topics_per_conn;
+        let events_refused = (wanted.presence)
+            .then(|| self.presence_events_allowed(&wanted.topic).err())
+            .flatten();
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
@@ -155,6 +164,7 @@ impl Worker {
         } else {
             None
         };
+        let refusal = refusal.or(events_refused);
         if let Some(refusal) = refusal {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
         }
@@ -175,6 +185,9 @@ impl Worker {
                 slot,
                 joining: Some((join, id)),
             });
+        }
+        if wanted.presence {
+            self.watch_presence(key, &topic);
         }
         let me = self.bus.me();
         let request = JoinRequest {
