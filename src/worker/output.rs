@@ -168,8 +168,10 @@ impl Worker {
                 counts.subscribers = counts.subscribers.saturating_sub(1);
             }
         }
-        if let Some(key) = self.topics.subscriber_mut(topic, slot).map(|s| s.key) {
-            self.presence_left(topic, key as usize);
+        if self.presence.follows_subscribers() {
+            if let Some(key) = self.topics.subscriber_mut(topic, slot).map(|s| s.key) {
+                self.presence_left(topic, key as usize);
+            }
         }
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {

@@ -103,6 +103,12 @@ impl Presence {
         }
     }
 
+    /// Whether subscribes and unsubscribes concern presence at all (`--presence` is set, or
+    /// cluster mode reports figures): without, the hot path skips it with this one check.
+    pub fn follows_subscribers(&self) -> bool {
+        !self.topics.is_empty() || self.next_report.is_some()
+    }
+
     /// Whether `topic` keeps member lists and events (`--presence` matches it).
     pub fn keeps_members(&self, topic: &str) -> bool {
         !self.topics.is_empty() && self.topics.matches(topic)
