@@ -8,4 +8,5 @@ pub mod fanout;
 pub mod history;
 pub mod owned;
 pub mod pace;
+pub mod patterns;
 pub mod plan;
