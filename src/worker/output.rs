@@ -151,9 +151,11 @@ impl Worker {
             }
             self.send_interest(topic, true);
         }
-        if let Some(slot) = self.topics.stats_slot(topic) {
-            if let Some(counts) = self.topic_tally.at(slot) {
-                counts.subscribers += 1;
+        if self.topic_board.selector.enabled() {
+            if let Some(slot) = self.topics.stats_slot(topic) {
+                if let Some(counts) = self.topic_tally.at(slot) {
+                    counts.subscribers += 1;
+                }
             }
         }
         self.presence_joined(topic, subscriber.key as usize);
@@ -163,9 +165,11 @@ impl Worker {
     /// Remove a connection's subscriber entry (it unsubscribes or closes); the last one here
     /// tells the owner.
     pub(super) fn unsubscribe(&mut self, topic: &TopicName, slot: u32) {
-        if let Some(stats) = self.topics.stats_slot(topic) {
-            if let Some(counts) = self.topic_tally.at(stats) {
-                counts.subscribers = counts.subscribers.saturating_sub(1);
+        if self.topic_board.selector.enabled() {
+            if let Some(stats) = self.topics.stats_slot(topic) {
+                if let Some(counts) = self.topic_tally.at(stats) {
+                    counts.subscribers = counts.subscribers.saturating_sub(1);
+                }
             }
         }
         if self.presence.follows_subscribers() {
