@@ -81,7 +81,8 @@ impl Worker {
     /// cluster mode, the node's first and last subscriber also (un)subscribe it in Redis.
     pub(super) fn owner_interest(&mut self, topic: &TopicName, worker: u16, active: bool) {
         let Some(cluster) = &self.cluster else {
-            return self.topics.owned.set_interest(topic, worker, active);
+            self.topics.owned.set_interest(topic, worker, active);
+            return self.send_attaches();
         };
         let before = self.topics.owned.interested(topic).is_empty();
         self.topics.owned.set_interest(topic, worker, active);

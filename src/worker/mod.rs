@@ -12,6 +12,7 @@ mod hooks;
 mod input;
 mod lifecycle;
 mod output;
+mod patterns;
 mod presence;
 mod sse;
 mod subscriptions;
@@ -168,6 +169,7 @@ pub struct Worker {
     hook_ticket: u64,
     /// Presence queries waiting for shares, and the presence subscribers here.
     presence: presence::Presence,
+    patterns: patterns::LocalPatterns,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -287,6 +289,7 @@ impl Worker {
             hooks,
             hook_ticket: 0,
             presence,
+            patterns: patterns::LocalPatterns::new(),
         })
     }
 
@@ -523,6 +526,13 @@ impl Worker {
                     member,
                 } => self.on_presence_change(topic, joined, member),
                 BusMsg::PresenceEvent { topic, frame } => self.on_presence_event(&topic, frame),
+                BusMsg::PatternJoin(request) => self.on_pattern_join(request),
+                BusMsg::PatternJoined { request, result } => {
+                    self.on_pattern_joined(request, result)
+                }
+                BusMsg::PatternLeave { pattern, worker } => self.on_pattern_leave(&pattern, worker),
+                BusMsg::Attach(matched) => self.on_attach(matched),
+                BusMsg::Decline { topic, worker } => self.topics.owned.decline(&topic, worker),
             }
         }
     }

@@ -1,0 +1,357 @@
+//! Pattern subscriptions over real sockets (`prices/*`, `prices/**`): every matching topic's
+//! messages, each in its topic's order with no gap and no duplicate, on topics owned by
+//! either worker and created before or after the subscription; `since` maps resumed per
+//! topic; JWT grants applied per concrete topic; overlaps, limits and bad patterns refused;
+//! the owners forgetting a pattern when its last subscriber goes.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use testkit::v1::V1;
+use testkit::*;
+use tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "wildcard-secret-wildcard-secret!!";
+
+/// Publishes `data` on `topic` and returns the number the owner gave it (`None`: nobody
+/// got it and it was not numbered).
+fn publish(client: &mut V1, id: u64, topic: &str, data: &str) -> Option<u64> {
+    client.publish(id, topic, data);
+    let reply = client.expect("published");
+    assert_eq!(reply["id"], id);
+    reply["seq"].as_u64()
+}
+
+/// What a pattern subscriber saw, per topic: where each topic started (`subscribed`
+/// seq) and the seqs of the messages after it.
+#[derive(Default, Debug)]
+struct Seen {
+    start: BTreeMap<String, u64>,
+    messages: BTreeMap<String, Vec<u64>>,
+}
+
+impl Seen {
+    fn take(&mut self, v: &Value) {
+        let topic = v["topic"].as_str().unwrap_or_default().to_string();
+        match v["type"].as_str() {
+            Some("subscribed") => {
+                let seq = v["seq"].as_u64().expect("a topic's subscribed has seq");
+                assert!(self.start.insert(topic.clone(), seq).is_none(), "{v}");
+                assert!(
+                    !self.messages.contains_key(&topic),
+                    "subscribed after a message: {v}"
+                );
+            }
+            Some("message") => {
+                assert!(
+                    self.start.contains_key(&topic),
+                    "a message before its topic's subscribed: {v}"
+                );
+                let seq = v["seq"].as_u64().unwrap();
+                self.messages.entry(topic).or_default().push(seq);
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+/// Reads until the message `data` on `topic` arrives.
+fn read_until(client: &mut V1, seen: &mut Seen, topic: &str, data: &str) {
+    loop {
+        let v = client.recv();
+        seen.take(&v);
+        if v["type"] == "message" && v["topic"] == topic && v["data"] == data {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_pattern_gets_every_matching_topic_in_order_on_both_workers() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut publisher = V1::connect(server.addr);
+    // Topics that exist before the pattern (someone subscribes to them) and topics that
+    // are created after it; with 8 names, both workers own some.
+    let mut holder = V1::connect(server.addr);
+    let old: Vec<String> = (0..4).map(|i| format!("prices/old{i}")).collect();
+    let new: Vec<String> = (0..4).map(|i| format!("prices/new{i}")).collect();
+    for (i, t) in old.iter().enumerate() {
+        holder.subscribe(i as u64, json!([t]));
+    }
+    for (i, t) in old.iter().enumerate() {
+        publish(&mut publisher, 1000 + i as u64, t, "before");
+    }
+    let mut sub = V1::connect(server.addr);
+    let reply = sub.subscribe(1, json!(["prices/*"]));
+    assert_eq!(
+        reply,
+        json!({"type":"subscribed","id":1,"pattern":"prices/*"})
+    );
+
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut id = 2000;
+    for round in 0..20 {
+        for t in old
+            .iter()
+            .chain(&new)
+            .chain(["prices/x/deep".to_string(), "news/a".to_string()].iter())
+        {
+            id += 1;
+            if let Some(seq) = publish(&mut publisher, id, t, &format!("m{round}")) {
+                last.insert(t.clone(), seq);
+            }
+        }
+    }
+    publish(&mut publisher, 1, "prices/end", "end");
+    let mut seen = Seen::default();
+    read_until(&mut sub, &mut seen, "prices/end", "end");
+
+    for t in old.iter().chain(&new) {
+        let start = seen.start[t];
+        let got = seen.messages.get(t).cloned().unwrap_or_default();
+        let want: Vec<u64> = (start + 1..=last[t]).collect();
+        assert_eq!(
+            got, want,
+            "{t}: from {start}, every later message once, in order"
+        );
+    }
+    // The new topics were created after the pattern: every message, from 1.
+    for t in &new {
+        assert_eq!(seen.start[t], 0, "{t}");
+    }
+    assert!(
+        !seen.start.contains_key("prices/x/deep"),
+        "* is one segment"
+    );
+    assert!(!seen.start.contains_key("news/a"));
+    assert!(seen.messages.values().flatten().count() >= 8 * 19);
+}
+
+#[test]
+fn a_deep_pattern_resumes_its_since_map_per_topic_and_follows_the_rest_live() {
+    let server = Server::start(&["--threads", "2", "--history", "100"]);
+    let mut publisher = V1::connect(server.addr);
+    for i in 1..=5 {
+        publish(&mut publisher, i, "feed/a/1", &format!("a{i}"));
+        publish(&mut publisher, 100 + i, "feed/b", &format!("b{i}"));
+        publish(&mut publisher, 200 + i, "feed/c", &format!("c{i}"));
+    }
+    // The epoch of feed/a/1, as a client would have it from an earlier session.
+    let mut probe = V1::connect(server.addr);
+    let epoch = probe.subscribe(1, json!(["feed/a/1"]))["epoch"].clone();
+
+    let mut sub = V1::connect(server.addr);
+    sub.send_subscribe(
+        7,
+        json!([{"topic": "feed/**", "since": {
+            "feed/a/1": {"epoch": epoch, "seq": 2},
+            "feed/b": {"epoch": "not-this-life", "seq": 1},
+        }}]),
+    );
+    let first = sub.expect("subscribed");
+    assert_eq!(first["pattern"], "feed/**");
+    let mut replay = Vec::new();
+    let mut starts = BTreeMap::new();
+    let mut refused = Vec::new();
+    while starts.len() < 3 {
+        let v = sub.recv();
+        match v["type"].as_str() {
+            Some("subscribed") => {
+                assert_eq!(v["id"], 7);
+                assert_eq!(v["pattern"], "feed/**");
+                let topic = v["topic"].as_str().unwrap().to_string();
+                starts.insert(topic, (v["seq"].as_u64().unwrap(), v["replayed"].clone()));
+            }
+            Some("message") => replay.push((v["topic"].clone(), v["data"].clone())),
+            Some("error") => refused.push((v["topic"].clone(), v["code"].clone())),
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(starts["feed/a/1"], (5, json!(3)), "resumed after seq 2");
+    assert_eq!(
+        replay,
+        vec![
+            (json!("feed/a/1"), json!("a3")),
+            (json!("feed/a/1"), json!("a4")),
+            (json!("feed/a/1"), json!("a5")),
+        ]
+    );
+    assert_eq!(refused, vec![(json!("feed/b"), json!("epoch_changed"))]);
+    assert_eq!(starts["feed/b"], (5, json!(0)), "then followed from now");
+    assert_eq!(starts["feed/c"], (5, json!(0)));
+    // Live messages continue on every topic, and a deeper topic created now is followed.
+    publish(&mut publisher, 300, "feed/b", "b6");
+    publish(&mut publisher, 301, "feed/x/y/z", "deep");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let v = sub.recv();
+        if v["type"] == "message" {
+            seen.push((v["topic"].clone(), v["seq"].clone(), v["data"].clone()));
+        } else {
+            assert_eq!(v["type"], "subscribed", "{v}");
+            assert_eq!(
+                (v["topic"].as_str(), v["seq"].as_u64()),
+                (Some("feed/x/y/z"), Some(0))
+            );
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (json!("feed/b"), json!(6), json!("b6")),
+            (json!("feed/x/y/z"), json!(1), json!("deep")),
+        ]
+    );
+}
+
+fn token(subscribe: &[&str]) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = json!({"sub": "w", "exp": exp, "subscribe": subscribe, "publish": ["*"]});
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn connect_with(addr: SocketAddr, token: &str) -> V1 {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut request = format!("ws://{addr}/?token={token}")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
+    let (ws, _) = tungstenite::client(request, stream).expect("handshake");
+    V1 { ws }
+}
+
+#[test]
+fn grants_apply_to_each_concrete_topic_so_no_ungranted_message_arrives() {
+    let server = Server::start(&["--threads", "2", "--jwt-secret", SECRET]);
+    let mut publisher = connect_with(server.addr, &token(&["*"]));
+    let mut sub = connect_with(server.addr, &token(&["room/open*"]));
+    let reply = sub.subscribe(1, json!(["room/*"]));
+    assert_eq!(reply["pattern"], "room/*");
+    let mut id = 10;
+    for round in 0..10 {
+        for t in ["room/open1", "room/secret", "room/open2", "room/secret2"] {
+            id += 1;
+            publish(&mut publisher, id, t, &format!("{t}-{round}"));
+        }
+    }
+    publish(&mut publisher, 99, "room/open1", "end");
+    let mut seen = Seen::default();
+    read_until(&mut sub, &mut seen, "room/open1", "end");
+    let topics: Vec<&String> = seen.start.keys().collect();
+    assert_eq!(topics, vec!["room/open1", "room/open2"]);
+    assert_eq!(seen.messages["room/open2"].len(), 10);
+    assert_eq!(seen.messages["room/open1"].len(), 11);
+}
+
+#[test]
+fn overlaps_bad_patterns_and_the_topic_limit_are_refused_with_codes() {
+    let server = Server::start(&["--threads", "2", "--max-topics-per-conn", "3"]);
+    let mut c = V1::connect(server.addr);
+    let error = |c: &mut V1, id: u64, topics: Value| {
+        c.send_subscribe(id, topics);
+        let v = c.expect("error");
+        assert_eq!(v["id"], id);
+        v["code"].as_str().unwrap().to_string()
+    };
+    assert_eq!(error(&mut c, 1, json!(["a/x*"])), "bad_topic");
+    assert_eq!(error(&mut c, 2, json!(["a/**/b"])), "bad_topic");
+    assert_eq!(
+        error(&mut c, 3, json!([{"topic":"a/*","rewind":2}])),
+        "bad_request"
+    );
+    assert_eq!(
+        error(
+            &mut c,
+            4,
+            json!([{"topic":"a/*","since":{"b/x":{"epoch":"e","seq":1}}}])
+        ),
+        "bad_request"
+    );
+    c.subscribe(5, json!(["a/one"]));
+    assert_eq!(error(&mut c, 6, json!(["a/*"])), "already_subscribed");
+    assert_eq!(c.subscribe(7, json!(["b/*"]))["pattern"], "b/*");
+    assert_eq!(error(&mut c, 8, json!(["*/x"])), "already_subscribed");
+    assert_eq!(error(&mut c, 9, json!(["b/x"])), "already_subscribed");
+    // a/one and b/* take 2 of the 3 places: b/* follows one topic, then is told.
+    let mut publisher = V1::connect(server.addr);
+    publish(&mut publisher, 1, "b/1", "x");
+    publish(&mut publisher, 2, "b/2", "y");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let v = c.recv();
+        got.push((v["type"].clone(), v["topic"].clone(), v["code"].clone()));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (json!("subscribed"), json!("b/1"), Value::Null),
+            (json!("message"), json!("b/1"), Value::Null),
+            (json!("error"), json!("b/2"), json!("too_many_topics")),
+        ]
+    );
+    // A topic followed through a pattern is not unsubscribed on its own.
+    c.send(json!({"op":"unsubscribe","id":10,"topics":["b/1"]}));
+    assert_eq!(c.expect("error")["code"], "not_subscribed");
+    c.send(json!({"op":"unsubscribe","id":11,"topics":["b/*"]}));
+    assert_eq!(c.expect("unsubscribed")["topic"], "b/*");
+    publish(&mut publisher, 3, "b/1", "after");
+    publish(&mut publisher, 4, "a/one", "sentinel");
+    let v = c.expect("message");
+    assert_eq!(
+        (v["topic"].as_str(), v["data"].as_str()),
+        (Some("a/one"), Some("sentinel"))
+    );
+}
+
+#[test]
+fn the_owners_forget_a_pattern_when_its_last_subscriber_leaves() {
+    let server = Server::start(&["--threads", "2"]);
+    let mut publisher = V1::connect(server.addr);
+    let mut sub = V1::connect(server.addr);
+    sub.subscribe(1, json!(["gone/*"]));
+    // Without history, only a subscriber makes a topic numbered: here, the pattern.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    while publish(&mut publisher, 100 + n, &format!("gone/{n}"), "x").is_none() {
+        assert!(Instant::now() < deadline, "the pattern never took effect");
+        n += 1;
+    }
+    drop(sub);
+    let mut id = 1000;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            id += 1;
+            publish(&mut publisher, id, &format!("gone/after{id}"), "x").is_none()
+        }),
+        "topics matching a pattern nobody holds are still numbered"
+    );
+}
+
+#[test]
+fn cluster_mode_refuses_patterns_explicitly() {
+    let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+        return;
+    };
+    let broker = redis.url();
+    let server = Server::start(&["--broker", &broker]);
+    let mut c = V1::connect(server.addr);
+    c.send_subscribe(1, json!(["x/*"]));
+    let v = c.expect("error");
+    assert_eq!(v["code"], "patterns_off");
+    assert_eq!(v["topic"], "x/*");
+}
