@@ -272,6 +272,9 @@ pub struct PatternSubscription {
     pub join: u32,
     /// The subscribe request's id, repeated in every `subscribed` it causes.
     pub request: u64,
+    /// Owners that have not answered yet; the pattern's own `subscribed` goes out when
+    /// the last one has (from then on every newly numbered matching message reaches it).
+    pub unanswered: u32,
 }
 
 impl Feed {

@@ -41,7 +41,11 @@ pub(super) struct LocalPatterns {
     index: PatternIndex<(u32, u32)>,
     /// Per pattern: its subscribers here and the owners' answers still on their way.
     registry: HashMap<Pattern, Registered>,
+    /// The patterns with answers on their way (`pending > 0`), so `awaiting` is one trie
+    /// walk, not a scan of every pattern here.
+    awaited: PatternIndex<()>,
     scratch: Vec<(u32, u32)>,
+    scratch_awaited: Vec<()>,
 }
 
 struct Registered {
@@ -54,16 +58,43 @@ impl LocalPatterns {
         LocalPatterns {
             index: PatternIndex::new(MAX_PATTERN_SUBSCRIBERS),
             registry: HashMap::new(),
+            awaited: PatternIndex::new(MAX_PATTERN_SUBSCRIBERS),
             scratch: Vec::new(),
+            scratch_awaited: Vec::new(),
         }
     }
 
     /// Whether an owner's answer for a pattern matching `topic` is still on its way (so
     /// the topic's routing must not be declined yet).
-    fn awaiting(&self, topic: &str) -> bool {
-        self.registry
-            .iter()
-            .any(|(p, r)| r.pending > 0 && p.matches(topic))
+    fn awaiting(&mut self, topic: &str) -> bool {
+        self.awaited.matching(topic, &mut self.scratch_awaited);
+        !self.scratch_awaited.is_empty()
+    }
+
+    /// One more subscriber of `pattern` here, whose `owners` answers are now awaited.
+    fn register(&mut self, pattern: &Pattern, owners: u32) {
+        let registered = self.registry.entry(pattern.clone()).or_insert(Registered {
+            subscribers: 0,
+            pending: 0,
+        });
+        registered.subscribers += 1;
+        registered.pending += owners;
+        // Bounded like the index: one entry per distinct pattern here.
+        let _ = self.awaited.insert(pattern, ());
+    }
+
+    /// One owner's answer for `pattern` is in.
+    fn answered(&mut self, pattern: &Pattern) {
+        let Some(registered) = self.registry.get_mut(pattern) else {
+            return;
+        };
+        registered.pending = registered.pending.saturating_sub(1);
+        if registered.pending == 0 {
+            self.awaited.remove(pattern, ());
+            if registered.subscribers == 0 {
+                self.registry.remove(pattern);
+            }
+        }
     }
 }
 
@@ -102,6 +133,7 @@ impl Worker {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
         }
         let join = feed.next_join;
+        let workers = self.bus.workers();
         if self
             .patterns
             .index
@@ -118,8 +150,8 @@ impl Worker {
             pattern: pattern.clone(),
             join,
             request: id,
+            unanswered: workers as u32,
         });
-        self.queue_output(key, v1::pattern_subscribed(id, pattern.as_str()), 0);
         for (topic, start) in wanted.since_each {
             if !self.may_subscribe(key, &topic) {
                 self.counters.auth_failures += 1;
@@ -129,14 +161,7 @@ impl Worker {
             let topic = self.shared_topic_name(&topic);
             self.start_join(key, id, topic, start, Some(join), false);
         }
-        let workers = self.bus.workers();
-        let entry = self.patterns.registry.entry(pattern.clone());
-        let registered = entry.or_insert(Registered {
-            subscribers: 0,
-            pending: 0,
-        });
-        registered.subscribers += 1;
-        registered.pending += workers as u32;
+        self.patterns.register(&pattern, workers as u32);
         let request = PatternRequest {
             pattern,
             worker: self.bus.me() as u16,
@@ -245,12 +270,7 @@ impl Worker {
         request: PatternRequest,
         result: Result<Vec<Matched>, IndexError>,
     ) {
-        if let Some(registered) = self.patterns.registry.get_mut(&request.pattern) {
-            registered.pending = registered.pending.saturating_sub(1);
-            if registered.pending == 0 && registered.subscribers == 0 {
-                self.patterns.registry.remove(&request.pattern);
-            }
-        }
+        self.patterns.answered(&request.pattern);
         let alive = self
             .conns
             .get(request.key)
@@ -263,9 +283,28 @@ impl Worker {
                     }
                     self.decline_when_settled(&m.topic);
                 }
+                if alive {
+                    self.count_answer(request.key, request.join);
+                }
             }
             Err(_) if alive => self.pattern_refused(request.key, request.join),
             Err(_) => {}
+        }
+    }
+
+    /// One more owner has answered pattern subscription `join`; after the last, the
+    /// pattern's own `subscribed`: it is live on every owner.
+    fn count_answer(&mut self, key: usize, join: u32) {
+        let Some(feed) = self.v1_feed(key) else {
+            return;
+        };
+        let Some(sub) = feed.patterns.iter_mut().find(|p| p.join == join) else {
+            return;
+        };
+        sub.unanswered = sub.unanswered.saturating_sub(1);
+        if sub.unanswered == 0 {
+            let reply = v1::pattern_subscribed(sub.request, sub.pattern.as_str());
+            self.queue_output(key, reply, 0);
         }
     }
 
