@@ -30,6 +30,7 @@ fn publish(client: &mut V1, id: u64, topic: &str, data: &str) -> Option<u64> {
 #[derive(Default, Debug)]
 struct Seen {
     start: BTreeMap<String, u64>,
+    epochs: BTreeMap<String, Value>,
     messages: BTreeMap<String, Vec<u64>>,
 }
 
@@ -40,6 +41,7 @@ impl Seen {
             Some("subscribed") => {
                 let seq = v["seq"].as_u64().expect("a topic's subscribed has seq");
                 assert!(self.start.insert(topic.clone(), seq).is_none(), "{v}");
+                self.epochs.insert(topic.clone(), v["epoch"].clone());
                 assert!(
                     !self.messages.contains_key(&topic),
                     "subscribed after a message: {v}"
@@ -364,18 +366,116 @@ fn the_owners_forget_a_pattern_when_its_last_subscriber_leaves() {
     );
 }
 
+/// A cluster node on `brokers` (`redis://A,redis://B`), connected to every instance.
+fn node(brokers: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--threads", "2", "--broker", brokers];
+    args.extend_from_slice(extra);
+    let mut server = Server::start(&args);
+    assert!(
+        server
+            .wait_prefix("broker: up", Duration::from_secs(10))
+            .is_some(),
+        "node did not reach Redis: {}",
+        server.stderr_text()
+    );
+    server
+}
+
 #[test]
-fn cluster_mode_refuses_patterns_explicitly() {
-    let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_resumes() {
+    let Some(a) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
         return;
     };
-    let broker = redis.url();
-    let server = Server::start(&["--broker", &broker]);
-    let mut c = V1::connect(server.addr);
-    c.send_subscribe(1, json!(["x/*"]));
-    let v = c.expect("error");
-    assert_eq!(v["code"], "patterns_off");
-    assert_eq!(v["topic"], "x/*");
+    let b = redis_server::Redis::start_or_skip("wildcards in cluster mode").unwrap();
+    let brokers = format!("{},{}", a.url(), b.url());
+    let history = ["--broker-history", "1000"];
+    let (one, two) = (node(&brokers, &history), node(&brokers, &history));
+    // Topics with subscribers on node two before the pattern (joined through Redis), and
+    // topics node two has never heard of (found through PSUBSCRIBE on both instances).
+    let old: Vec<String> = (0..4).map(|i| format!("px/old{i}")).collect();
+    let new: Vec<String> = (0..6).map(|i| format!("px/new{i}")).collect();
+    let mut holder = V1::connect(two.addr);
+    for (i, t) in old.iter().enumerate() {
+        holder.subscribe(i as u64, json!([t]));
+    }
+    let mut publisher = V1::connect(one.addr);
+    for (i, t) in old.iter().enumerate() {
+        publish(&mut publisher, 1000 + i as u64, t, "before");
+    }
+    let mut sub = V1::connect(two.addr);
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut sub, 1, "px/*", &mut seen);
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut id = 2000;
+    let mut all: Vec<String> = old.iter().chain(&new).cloned().collect();
+    all.push("px/a/deep".into());
+    all.push("other/x".into());
+    for round in 0..15 {
+        for t in &all {
+            id += 1;
+            let seq = publish(&mut publisher, id, t, &format!("m{round}")).expect("numbered");
+            last.insert(t.clone(), seq);
+        }
+    }
+    publish(&mut publisher, 1, "px/end", "end");
+    read_until(&mut sub, &mut seen, "px/end", "end");
+    for t in old.iter().chain(&new) {
+        let start = seen.start[t];
+        let got = seen.messages.get(t).cloned().unwrap_or_default();
+        assert_eq!(
+            got,
+            (start + 1..=last[t]).collect::<Vec<_>>(),
+            "{t} from {start}"
+        );
+    }
+    for t in &old {
+        assert_eq!(
+            seen.start[t], 1,
+            "{t}: joined after its one earlier message"
+        );
+    }
+    for t in &new {
+        assert_eq!(seen.start[t], 0, "{t}: every message");
+    }
+    assert!(!seen.start.contains_key("px/a/deep"));
+    assert!(!seen.start.contains_key("other/x"));
+
+    // Reconnect on the other node with a since map: exactly the missed messages.
+    let mut since = serde_json::Map::new();
+    let epochs = seen.epochs.clone();
+    for t in old.iter().chain(&new) {
+        let seq = *seen.messages[t].last().unwrap();
+        since.insert(t.clone(), json!({"epoch": epochs[t], "seq": seq}));
+    }
+    drop(sub);
+    for t in old.iter().chain(&new) {
+        id += 1;
+        let seq = publish(&mut publisher, id, t, "missed").expect("numbered");
+        last.insert(t.clone(), seq);
+    }
+    let mut again = V1::connect(one.addr);
+    again.send_subscribe(9, json!([{"topic": "px/*", "since": since}]));
+    let mut resumed = Seen::default();
+    let mut live = false;
+    let mut replayed = 0;
+    while !live || resumed.start.len() < old.len() + new.len() {
+        let v = again.recv();
+        if v["type"] == "subscribed" && v.get("topic").is_none() {
+            live = true;
+            continue;
+        }
+        if v["type"] == "subscribed" {
+            replayed += v["replayed"].as_u64().unwrap();
+        }
+        resumed.take(&v);
+    }
+    publish(&mut publisher, 2, "px/end", "end2");
+    read_until(&mut again, &mut resumed, "px/end", "end2");
+    assert_eq!(replayed, (old.len() + new.len()) as u64);
+    for t in old.iter().chain(&new) {
+        let got = resumed.messages.get(t).cloned().unwrap_or_default();
+        assert_eq!(got, vec![last[t]], "{t}: the one missed message, once");
+    }
 }
 
 #[test]
@@ -436,4 +536,64 @@ fn subscribers_arriving_mid_stream_each_get_a_whole_tail_of_every_topic() {
             assert_eq!(got, want, "subscriber {n}, {t}: from {start}");
         }
     }
+}
+
+#[test]
+fn after_redis_restarts_empty_a_pattern_says_so_per_topic_and_follows_the_new_life() {
+    let Some(mut redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+        return;
+    };
+    let mut one = node(&redis.url(), &[]);
+    let mut sub = V1::connect(one.addr);
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut sub, 1, "g/*", &mut seen);
+    let mut publisher = V1::connect(one.addr);
+    for k in 1..=3 {
+        assert_eq!(publish(&mut publisher, k, "g/a", "x"), Some(k));
+    }
+    read_until(&mut sub, &mut seen, "g/a", "x");
+    read_until(&mut sub, &mut seen, "g/a", "x");
+    read_until(&mut sub, &mut seen, "g/a", "x");
+    let old_epoch = seen.epochs["g/a"].clone();
+    assert_eq!(seen.messages["g/a"], vec![1, 2, 3]);
+
+    redis.kill();
+    assert!(one
+        .wait_prefix("broker: down", Duration::from_secs(5))
+        .is_some());
+    let _redis = redis_server::Redis::start_on(redis.port);
+    assert!(one
+        .wait_prefix("broker: up again", Duration::from_secs(15))
+        .is_some());
+    // The topic's old life ended: told with the pattern's request id, then followed anew.
+    let notice = sub.expect("error");
+    assert_eq!(
+        (&notice["id"], &notice["topic"], &notice["code"]),
+        (&json!(1), &json!("g/a"), &json!("epoch_changed")),
+        "{notice}"
+    );
+    let again = sub.expect("subscribed");
+    assert_eq!(
+        (again["topic"].as_str(), again["pattern"].as_str()),
+        (Some("g/a"), Some("g/*"))
+    );
+    assert_ne!(again["epoch"], old_epoch);
+    let mut id = 10;
+    let seq = loop {
+        id += 1;
+        // Publishes may be refused for a moment while the publishing side reconnects.
+        publisher.publish(id, "g/a", "new");
+        let v = publisher.recv();
+        if v["type"] == "published" {
+            break v["seq"].as_u64().unwrap();
+        }
+        assert_eq!(v["code"], "unavailable", "{v}");
+        assert!(id < 200, "publishing never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v = sub.expect("message");
+    assert_eq!(
+        (v["topic"].as_str(), v["seq"].as_u64(), v["data"].as_str()),
+        (Some("g/a"), Some(seq), Some("new"))
+    );
 }

@@ -72,8 +72,9 @@ pub enum Refusal {
     /// reaches a connection once, so the second is refused (code `already_subscribed`).
     #[error("overlaps this connection's subscription {0}: a topic would arrive twice")]
     Overlaps(String),
-    /// Pattern subscriptions in cluster mode (code `patterns_off`).
-    #[error("pattern subscriptions are not available in cluster mode (--broker)")]
+    /// Pattern subscriptions with a Redis Cluster broker, whose sharded pub/sub has no
+    /// pattern form (code `patterns_off`).
+    #[error("pattern subscriptions are not available with a Redis Cluster broker (redis+cluster://); use redis:// instances")]
     PatternsOffInCluster,
     #[error("at most {0} topics per connection")]
     TooManyTopics(usize),

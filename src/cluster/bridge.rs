@@ -27,9 +27,13 @@ use redis::{RedisError, Value};
 use super::script::{self, Keys};
 use super::wire::{Layout, Served, Wire};
 use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
-use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
+use crate::feed::bus::{
+    BusMsg, JoinError, JoinRequest, Origin, PatternRequest, PeerLink, Publication,
+};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
+use crate::feed::patterns::PatternIndex;
+use crate::proto::pattern::Pattern;
 use crate::proto::topic::{Start, TopicName};
 
 /// How long the listener waits on the pub/sub socket before serving its request queue
@@ -301,6 +305,11 @@ pub struct Listener {
     served: Served,
     /// Topics whose epoch must be retired at their next catch-up (their shard failed over).
     retire: std::collections::HashSet<TopicName>,
+    /// Patterns this node's subscribers hold (PSUBSCRIBEd), with how many hold each.
+    patterns: HashMap<Pattern, u32>,
+    /// The same patterns, to check a heard topic against them in one walk.
+    pattern_index: PatternIndex<()>,
+    scratch: Vec<()>,
 }
 
 impl Listener {
@@ -326,7 +335,53 @@ impl Listener {
             topics: HashMap::new(),
             served: Served::default(),
             retire: Default::default(),
+            patterns: HashMap::new(),
+            pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Count one more (`true`) or one fewer holder of `pattern`; whether it is the first
+    /// or the last (the moment to PSUBSCRIBE or PUNSUBSCRIBE).
+    fn count_pattern(&mut self, pattern: &Pattern, more: bool) -> bool {
+        if more {
+            let holders = self.patterns.entry(pattern.clone()).or_insert(0);
+            *holders += 1;
+            if *holders == 1 {
+                // Never full: one entry per distinct pattern, bounded by the workers' own.
+                let _ = self.pattern_index.insert(pattern, ());
+                return true;
+            }
+            return false;
+        }
+        match self.patterns.get_mut(pattern) {
+            Some(holders) if *holders > 1 => {
+                *holders -= 1;
+                false
+            }
+            Some(_) => {
+                self.patterns.remove(pattern);
+                self.pattern_index.remove(pattern, ());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tell a pattern subscriber's worker that this listener hears its pattern now.
+    fn pattern_heard(&mut self, request: PatternRequest) {
+        let worker = request.worker as usize;
+        let answer = BusMsg::PatternJoined {
+            request,
+            result: Ok(Vec::new()),
+        };
+        self.out.send(worker, answer);
+    }
+
+    /// Whether a pattern held here matches `topic` (the PSUBSCRIBE glob is wider).
+    fn pattern_wants(&mut self, topic: &str) -> bool {
+        self.pattern_index.matching(topic, &mut self.scratch);
+        !self.scratch.is_empty()
     }
 
     /// Listen until every worker has gone, reconnecting after each fault.
@@ -376,6 +431,14 @@ impl Listener {
                 Ok(SubReq::Join(request)) => {
                     BrokerStats::count(&self.stats.unavailable, 1);
                     self.answer(request, Err(JoinError::Unavailable));
+                }
+                // Kept, and PSUBSCRIBEd when the connection is back (`serve`).
+                Ok(SubReq::PatternJoin(request)) => {
+                    self.count_pattern(&request.pattern, true);
+                    self.pattern_heard(request);
+                }
+                Ok(SubReq::PatternLeave(pattern)) => {
+                    self.count_pattern(&pattern, false);
                 }
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
@@ -439,6 +502,10 @@ impl Listener {
         for topic in &topics {
             wire.subscribe(topic)?;
         }
+        let patterns: Vec<Pattern> = self.patterns.keys().cloned().collect();
+        for pattern in &patterns {
+            wire.psubscribe(pattern)?;
+        }
         let (gaps, recovered) = (
             self.stats.gaps.load(Relaxed),
             self.stats.recovered.load(Relaxed),
@@ -501,6 +568,22 @@ impl Listener {
                     self.health()
                         .topics
                         .store(self.topics.len() as u64, Relaxed);
+                }
+                Ok(())
+            }
+            SubReq::PatternJoin(request) => {
+                // Answered either way: after a fault, the next session PSUBSCRIBEs it.
+                let heard = if self.count_pattern(&request.pattern, true) {
+                    wire.psubscribe(&request.pattern)
+                } else {
+                    Ok(())
+                };
+                self.pattern_heard(request);
+                Ok(heard?)
+            }
+            SubReq::PatternLeave(pattern) => {
+                if self.count_pattern(&pattern, false) {
+                    wire.punsubscribe(&pattern)?;
                 }
                 Ok(())
             }
@@ -647,12 +730,15 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
-        let Some(Some(known)) = self.topics.get(&topic).cloned() else {
-            return Ok(()); // unsubscribed meanwhile, or not yet positioned
-        };
         let Some(heard) = script::parse_heard(payload, self.node) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
+        };
+        let known = match self.topics.get(&topic).cloned() {
+            Some(Some(known)) => known,
+            Some(None) => return Ok(()), // not yet positioned
+            None if self.pattern_wants(&topic) => self.discover(wire, &topic, &heard)?,
+            None => return Ok(()), // unsubscribed meanwhile
         };
         if known.retired.as_ref() == Some(&heard.epoch) {
             return Ok(()); // sent before this node's catch-up moved on to a new epoch
@@ -686,6 +772,36 @@ impl Listener {
             p.last = heard.seq;
         }
         Ok(())
+    }
+
+    /// A topic no subscriber here has, heard through a pattern: SUBSCRIBE to it (so it stays
+    /// heard if the pattern goes while subscribers remain), take this message's number as
+    /// the position, and tell the owner, which attaches the pattern subscribers from there.
+    fn discover(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        heard: &script::Heard,
+    ) -> Result<Position, Stop> {
+        wire.subscribe(topic)?;
+        let last = heard.seq.saturating_sub(1);
+        let position = Position {
+            epoch: heard.epoch.clone(),
+            last,
+            retired: None,
+        };
+        self.topics.insert(topic.clone(), Some(position.clone()));
+        self.health()
+            .topics
+            .store(self.topics.len() as u64, Relaxed);
+        let owner = owner_of(topic, self.workers);
+        let discovered = BusMsg::Discovered {
+            topic: topic.clone(),
+            epoch: heard.epoch.clone(),
+            last,
+        };
+        self.out.send(owner, discovered);
+        Ok(position)
     }
 
     /// Hand a numbered message to the topic's owner worker on this node.

@@ -39,7 +39,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 
-use crate::feed::bus::{AckTo, JoinRequest, Origin, PeerLink};
+use crate::feed::bus::{AckTo, JoinRequest, Origin, PatternRequest, PeerLink};
+use crate::proto::pattern::Pattern;
 use crate::proto::topic::TopicName;
 
 /// Publishes that may wait for the publishing bridge thread; past this, a publish is refused
@@ -65,6 +66,12 @@ pub enum SubReq {
     /// A `herald.v1` subscriber wants the stream from `request.start`: answered (to the
     /// subscriber's worker) consistently with what the bridge forwards live.
     Join(JoinRequest),
+    /// A pattern subscriber arrived on this node: hear every topic the pattern matches
+    /// (PSUBSCRIBE), then answer the subscriber's worker (`BusMsg::PatternJoined`). Sent to
+    /// every instance's listener (`ToShards::send_all`).
+    PatternJoin(PatternRequest),
+    /// One subscriber of `pattern` on this node went.
+    PatternLeave(Pattern),
 }
 
 /// The health of one bridge (one Redis instance, or a whole Redis Cluster).
@@ -246,6 +253,8 @@ impl ForTopic for SubReq {
         match self {
             SubReq::Interest { topic, .. } => topic,
             SubReq::Join(request) => &request.topic,
+            // Not routed by topic: sent to every listener.
+            SubReq::PatternJoin(_) | SubReq::PatternLeave(_) => "",
         }
     }
 }
@@ -305,6 +314,24 @@ impl<T: ForTopic> ToShards<T> {
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
         self.queue(&msg).send(msg)
     }
+
+    /// How many bridges there are (one per Redis instance; one for a Redis Cluster).
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether there is no bridge (never: a link has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Send `make()` to every bridge (a request about every topic, such as a pattern).
+    pub fn send_all(&self, mut make: impl FnMut() -> T) {
+        for queue in &self.queues {
+            // Fails only when the bridge has exited (shutdown).
+            let _ = queue.send(make());
+        }
+    }
 }
 
 /// A worker's handle on the bridges.
@@ -320,6 +347,9 @@ pub struct ClusterLink {
     /// Reports and queries for the `herald-presence` thread (bounded: `presence::QUEUE`;
     /// workers only `try_send`).
     pub presence: Sender<presence::PresenceReq>,
+    /// Pattern subscriptions are possible (independent Redis instances: PSUBSCRIBE on each;
+    /// a Redis Cluster's sharded pub/sub has no pattern form).
+    pub patterns: bool,
 }
 
 /// Cluster settings taken from the command line.
@@ -413,6 +443,7 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         config.presence_cap,
     )?;
     Ok(ClusterLink {
+        patterns: matches!(broker, shard::Broker::Instances(_)),
         presence: to_presence,
         publish: ToShards {
             route: route.clone(),

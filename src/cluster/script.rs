@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::feed::bus::Origin;
 use crate::proto::frame;
+use crate::proto::pattern::{Pattern, Segment};
 use crate::proto::topic::{self, TopicName};
 
 /// The start both scripts share: read the topic's epoch (`epoch`), and if Redis has no
@@ -117,6 +118,25 @@ impl Keys {
 /// The pub/sub channel of `topic`.
 pub fn channel_of(topic: &str) -> String {
     format!("herald:{{{topic}}}")
+}
+
+/// A Redis glob covering the channels of every topic `pattern` matches. Topic names have no
+/// glob character (`*?[]\\` are not allowed in them), and a glob `*` matches across `/`, so
+/// the glob is wider than the pattern (`prices/*` also hears `prices/a/b`): the listener
+/// checks each heard topic against the pattern itself.
+pub fn glob_of(pattern: &Pattern) -> String {
+    let mut glob = String::from("herald:{");
+    for (i, seg) in pattern.segments().iter().enumerate() {
+        if i > 0 {
+            glob.push('/');
+        }
+        match seg {
+            Segment::Literal(text) => glob.push_str(text),
+            Segment::One | Segment::Rest => glob.push('*'),
+        }
+    }
+    glob.push('}');
+    glob
 }
 
 /// The topic a channel name belongs to, if it is a valid Herald channel.

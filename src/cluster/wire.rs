@@ -27,6 +27,7 @@ use redis::{Connection, RedisError, Value};
 
 use super::feed::{Feed, Heard, Kind};
 use super::shard::{self, ClusterSeeds, SlotMap};
+use crate::proto::pattern::Pattern;
 use crate::proto::topic::TopicName;
 
 /// Connecting, and any single command, may take this long before the connection counts as
@@ -515,6 +516,28 @@ impl Wire {
             }
         }
         Err(last.unwrap_or_else(|| error(format!("topic {topic}: too many redirections"))))
+    }
+
+    /// Subscribe to the channels of every topic matching `pattern` (one Redis only: a Redis
+    /// Cluster has no pattern form of sharded pub/sub); returns once confirmed.
+    pub fn psubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
+        let Layout::One(url) = &self.layout else {
+            return Err(error("pattern subscriptions need plain pub/sub".into()));
+        };
+        let url = url.clone();
+        let glob = super::script::glob_of(pattern);
+        self.feed(&url)?.psubscribe(&glob, COMMAND_TIMEOUT)
+    }
+
+    /// Undo a [`Wire::psubscribe`]; returns once confirmed.
+    pub fn punsubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
+        let Layout::One(url) = &self.layout else {
+            return Ok(());
+        };
+        match self.feeds.get_mut(url) {
+            Some(feed) => feed.punsubscribe(&super::script::glob_of(pattern), COMMAND_TIMEOUT),
+            None => Ok(()),
+        }
     }
 
     /// Unsubscribe from `topic`'s channel; returns once confirmed.

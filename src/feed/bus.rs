@@ -177,6 +177,14 @@ pub enum BusMsg {
     /// `topic`; the subscribers it attached hold their interest as ordinary ones, so the
     /// owner stops routing the topic there on the pattern's account.
     Decline { topic: TopicName, worker: u16 },
+    /// Cluster mode, from the listening bridge to a topic's owner: a topic no subscriber
+    /// here had, heard through a pattern subscription; its stream is forwarded from message
+    /// `last + 1` of `epoch` on (the owner attaches the pattern subscribers from there).
+    Discovered {
+        topic: TopicName,
+        epoch: String,
+        last: u64,
+    },
 }
 
 impl BusMsg {

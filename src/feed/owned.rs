@@ -71,7 +71,9 @@ pub struct Joined {
 pub struct Matched {
     pub topic: TopicName,
     pub epoch: String,
-    pub last: u64,
+    /// `None` in cluster mode for a topic already known here: Redis numbers it, so the
+    /// subscriber joins it through the broker like a direct subscriber (from now).
+    pub last: Option<u64>,
 }
 
 impl OwnedTopic {
@@ -118,6 +120,8 @@ pub struct Owned {
     /// be sent as `Attach` before the topic's first message (`take_attaches`).
     attaches: Vec<(u16, Matched)>,
     scratch: Vec<u16>,
+    /// Cluster mode: Redis numbers the topics, so this side's numbers are not theirs.
+    numbered_elsewhere: bool,
 }
 
 impl Owned {
@@ -134,7 +138,36 @@ impl Owned {
             patterns: PatternIndex::new(MAX_PATTERNS_PER_OWNER),
             attaches: Vec::new(),
             scratch: Vec::new(),
+            numbered_elsewhere: false,
         }
+    }
+
+    /// Cluster mode: Redis numbers every topic (pattern answers then say "join it").
+    pub fn numbered_elsewhere(&mut self) {
+        self.numbered_elsewhere = true;
+    }
+
+    /// Cluster mode: the listener heard `topic`, unknown here, through a pattern; its
+    /// stream goes on after `last` of `epoch`. The topic is created (matched against the
+    /// patterns once, as any new topic) and its `Attach` notices carry that position.
+    /// Nothing if the topic is known already (a subscriber got there first).
+    pub fn discover(&mut self, topic: &TopicName, epoch: &str, last: u64) {
+        if self.topics.contains_key(topic) {
+            return;
+        }
+        let from = self.attaches.len();
+        self.create(topic).last_seq = last;
+        for (_, matched) in &mut self.attaches[from..] {
+            matched.epoch = epoch.to_owned();
+            matched.last = Some(last);
+        }
+    }
+
+    /// Whether `topic` goes to no worker (cluster mode: the listener may drop it).
+    pub fn unrouted(&self, topic: &TopicName) -> bool {
+        self.topics
+            .get(topic)
+            .is_none_or(|t| t.interested.is_empty())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -164,7 +197,7 @@ impl Owned {
                 let matched = Matched {
                     topic: topic.clone(),
                     epoch: self.epoch_name(epoch),
-                    last: 0,
+                    last: (!self.numbered_elsewhere).then_some(0),
                 };
                 self.attaches.push((worker, matched));
             }
@@ -216,7 +249,7 @@ impl Owned {
             matched.push(Matched {
                 topic: name.clone(),
                 epoch: format!("{}{}", self.epoch_prefix, owned.epoch),
-                last: owned.last_seq,
+                last: (!self.numbered_elsewhere).then_some(owned.last_seq),
             });
         }
         Ok(matched)
@@ -496,13 +529,16 @@ mod tests {
         let pattern = Pattern::parse("p/*").unwrap();
         let matched = o.register_pattern(&pattern, 1).unwrap();
         assert_eq!(matched.len(), 1);
-        assert_eq!((matched[0].topic.as_ref(), matched[0].last), ("p/a", 0));
+        assert_eq!(
+            (matched[0].topic.as_ref(), matched[0].last),
+            ("p/a", Some(0))
+        );
         assert_eq!(o.interested(&a), &[0, 1]);
         // A topic nobody subscribes to is numbered (and created) for the pattern...
         assert_eq!(o.sequence(&b, &frame(1), now), Some(1));
         let attaches = o.take_attaches();
         assert_eq!(attaches.len(), 1);
-        assert_eq!((attaches[0].0, attaches[0].1.last), (1, 0));
+        assert_eq!((attaches[0].0, attaches[0].1.last), (1, Some(0)));
         assert_eq!(o.interested(&b), &[1]);
         // ...a topic it does not match is not.
         assert!(o.sequence(&other, &frame(1), now).is_none());

@@ -19,7 +19,7 @@ use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest, Publication};
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::owner_of;
 use crate::proto::http::HttpError;
-use crate::proto::topic::TopicName;
+use crate::proto::topic::{Start, TopicName};
 use crate::proto::v1::Refusal;
 
 /// Close code and reason for a raw-mode subscriber whose topic has a hole that cannot be
@@ -163,8 +163,16 @@ impl Worker {
                         continue;
                     };
                     let sub = feed.subs.swap_remove(i);
+                    let pattern = sub.via.and_then(|via| {
+                        let p = feed.patterns.iter().find(|p| p.join == via)?;
+                        Some((via, p.request))
+                    });
                     self.unsubscribe(&sub.topic, sub.slot);
-                    self.v1_refuse(key, None, Some(&topic), &refusal);
+                    self.v1_refuse(key, pattern.map(|p| p.1), Some(&topic), &refusal);
+                    if let Some((via, id)) = pattern {
+                        // A pattern goes on with the topic's new life, from now.
+                        self.start_join(key, id, topic.clone(), Start::Now, Some(via), false);
+                    }
                 }
                 // An SSE stream ends; its client comes back with its Last-Event-ID and gets
                 // what it can of the topic, or a `gap` event.

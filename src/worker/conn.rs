@@ -272,8 +272,10 @@ pub struct PatternSubscription {
     pub join: u32,
     /// The subscribe request's id, repeated in every `subscribed` it causes.
     pub request: u64,
-    /// Owners that have not answered yet; the pattern's own `subscribed` goes out when
-    /// the last one has (from then on every newly numbered matching message reaches it).
+    /// Answers still awaited: every owner's, in cluster mode every listener's, and each
+    /// topic join the pattern started (its `since` map; cluster mode: topics known here).
+    /// The pattern's own `subscribed` goes out after the last: from then on every newly
+    /// numbered matching message reaches it.
     pub unanswered: u32,
 }
 

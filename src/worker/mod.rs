@@ -232,7 +232,10 @@ impl Worker {
             ttl: Some(config.history_ttl).filter(|t| !t.is_zero()),
             max_bytes: config.history_max_bytes / bus.workers().max(1),
         };
-        let owned = Owned::new(boot, index as u16, limits);
+        let mut owned = Owned::new(boot, index as u16, limits);
+        if cluster.is_some() {
+            owned.numbered_elsewhere();
+        }
         for (i, listener) in listeners.iter_mut().take(MAX_LISTENERS).enumerate() {
             poll.registry().register(
                 &mut listener.socket,
@@ -532,7 +535,10 @@ impl Worker {
                 }
                 BusMsg::PatternLeave { pattern, worker } => self.on_pattern_leave(&pattern, worker),
                 BusMsg::Attach(matched) => self.on_attach(matched),
-                BusMsg::Decline { topic, worker } => self.topics.owned.decline(&topic, worker),
+                BusMsg::Decline { topic, worker } => self.on_decline(&topic, worker),
+                BusMsg::Discovered { topic, epoch, last } => {
+                    self.on_discovered(&topic, &epoch, last)
+                }
             }
         }
     }

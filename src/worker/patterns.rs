@@ -23,12 +23,13 @@ use std::collections::HashMap;
 
 use super::conn::{PatternSubscription, Subscription};
 use super::Worker;
+use crate::cluster::SubReq;
 use crate::feed::bus::{BusMsg, PatternRequest};
 use crate::feed::fanout::Subscriber;
 use crate::feed::owned::{owner_of, Matched};
 use crate::feed::patterns::{IndexError, PatternIndex};
 use crate::proto::pattern::Pattern;
-use crate::proto::topic::TopicName;
+use crate::proto::topic::{Start, TopicName};
 use crate::proto::v1::{self, Refusal, Wanted};
 
 /// Pattern subscriptions a worker holds at most, all connections together (a bound on its
@@ -105,7 +106,7 @@ impl Worker {
             return;
         };
         let max = self.config.max_topics_per_conn;
-        let in_cluster = self.cluster.is_some();
+        let no_patterns = self.cluster.as_ref().is_some_and(|c| !c.patterns);
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
@@ -120,7 +121,7 @@ impl Worker {
                 let topic = direct.map(|s| &s.topic).find(|t| pattern.matches(t))?;
                 Some(topic.to_string())
             });
-        let refusal = if in_cluster {
+        let refusal = if no_patterns {
             Some(Refusal::PatternsOffInCluster)
         } else if let Some(other) = clash {
             Some(Refusal::Overlaps(other))
@@ -133,7 +134,9 @@ impl Worker {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
         }
         let join = feed.next_join;
-        let workers = self.bus.workers();
+        // Every owner answers, and in cluster mode every Redis instance's listener.
+        let listeners = self.cluster.as_ref().map_or(0, |c| c.listen.len());
+        let answers = (self.bus.workers() + listeners) as u32;
         if self
             .patterns
             .index
@@ -150,7 +153,7 @@ impl Worker {
             pattern: pattern.clone(),
             join,
             request: id,
-            unanswered: workers as u32,
+            unanswered: answers,
         });
         for (topic, start) in wanted.since_each {
             if !self.may_subscribe(key, &topic) {
@@ -161,7 +164,7 @@ impl Worker {
             let topic = self.shared_topic_name(&topic);
             self.start_join(key, id, topic, start, Some(join), false);
         }
-        self.patterns.register(&pattern, workers as u32);
+        self.patterns.register(&pattern, answers);
         let request = PatternRequest {
             pattern,
             worker: self.bus.me() as u16,
@@ -169,7 +172,12 @@ impl Worker {
             conn: self.conns[key].id,
             join,
         };
-        for owner in 0..workers {
+        if let Some(cluster) = &self.cluster {
+            cluster
+                .listen
+                .send_all(|| SubReq::PatternJoin(request.clone()));
+        }
+        for owner in 0..self.bus.workers() {
             if owner == self.bus.me() {
                 self.on_pattern_join(request.clone());
             } else {
@@ -221,6 +229,12 @@ impl Worker {
         self.patterns
             .index
             .remove(&gone.pattern, (key as u32, gone.join));
+        if let Some(cluster) = &self.cluster {
+            let pattern = &gone.pattern;
+            cluster
+                .listen
+                .send_all(|| SubReq::PatternLeave(pattern.clone()));
+        }
         let Some(registered) = self.patterns.registry.get_mut(&gone.pattern) else {
             return;
         };
@@ -292,16 +306,20 @@ impl Worker {
         }
     }
 
-    /// One more owner has answered pattern subscription `join`; after the last, the
-    /// pattern's own `subscribed`: it is live on every owner.
-    fn count_answer(&mut self, key: usize, join: u32) {
+    /// One more owner (or listener, or topic join the pattern started) has answered
+    /// pattern subscription `join`; after the last, the pattern's own `subscribed`: it is
+    /// live everywhere.
+    pub(super) fn count_answer(&mut self, key: usize, join: u32) {
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
         let Some(sub) = feed.patterns.iter_mut().find(|p| p.join == join) else {
             return;
         };
-        sub.unanswered = sub.unanswered.saturating_sub(1);
+        if sub.unanswered == 0 {
+            return; // the pattern's `subscribed` went out already
+        }
+        sub.unanswered -= 1;
         if sub.unanswered == 0 {
             let reply = v1::pattern_subscribed(sub.request, sub.pattern.as_str());
             self.queue_output(key, reply, 0);
@@ -358,11 +376,16 @@ impl Worker {
         if !self.may_subscribe(key, &matched.topic) {
             return;
         }
+        let Some(last) = matched.last else {
+            // Cluster mode, a topic known already: Redis numbers it, so join it.
+            let topic = matched.topic.clone();
+            return self.start_join(key, id, topic, Start::Now, Some(join), false);
+        };
         let subscriber = Subscriber {
             key: key as u32,
             envelope: true,
             sse: false,
-            after: matched.last,
+            after: last,
         };
         let slot = self.add_subscriber(&matched.topic, subscriber);
         if let Some(feed) = self.v1_feed(key) {
@@ -378,7 +401,7 @@ impl Worker {
             &matched.topic,
             Some(pattern.as_str()),
             &matched.epoch,
-            matched.last,
+            last,
             0,
         );
         self.queue_output(key, reply, 0);
@@ -393,13 +416,45 @@ impl Worker {
         let me = self.bus.me();
         let owner = owner_of(topic, self.bus.workers());
         if owner == me {
-            self.topics.owned.decline(topic, me as u16);
+            self.on_decline(topic, me as u16);
         } else {
             let decline = BusMsg::Decline {
                 topic: topic.clone(),
                 worker: me as u16,
             };
             self.bus.send(owner, decline);
+        }
+    }
+
+    /// Owner side: `worker` took in the topic's start. In cluster mode, a topic left with
+    /// no worker to go to is dropped by the listener too.
+    pub(super) fn on_decline(&mut self, topic: &TopicName, worker: u16) {
+        let routed = !self.topics.owned.unrouted(topic);
+        self.topics.owned.decline(topic, worker);
+        if routed {
+            self.drop_if_unrouted(topic);
+        }
+    }
+
+    /// Owner side, cluster mode: the listener heard `topic` through a pattern; attach the
+    /// pattern subscribers from its position (or, if none wants it after all, let go).
+    pub(super) fn on_discovered(&mut self, topic: &TopicName, epoch: &str, last: u64) {
+        self.topics.owned.discover(topic, epoch, last);
+        self.send_attaches();
+        self.drop_if_unrouted(topic);
+    }
+
+    fn drop_if_unrouted(&mut self, topic: &TopicName) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        if self.topics.owned.unrouted(topic) {
+            let request = SubReq::Interest {
+                topic: topic.clone(),
+                active: false,
+            };
+            // Only fails when the bridge has exited (shutdown).
+            let _ = cluster.listen.send(request);
         }
     }
 

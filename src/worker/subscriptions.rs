@@ -206,6 +206,12 @@ impl Worker {
         };
         let join = feed.next_join;
         feed.next_join = join.wrapping_add(1);
+        if let Some(pattern) = via.and_then(|v| feed.patterns.iter_mut().find(|p| p.join == v)) {
+            if pattern.unanswered > 0 {
+                // The pattern's own `subscribed`, not sent yet, waits for this start too.
+                pattern.unanswered += 1;
+            }
+        }
         let subscriber = Subscriber {
             key: key as u32,
             envelope: true,
@@ -336,8 +342,11 @@ impl Worker {
                     self.queue_output(key, envelope, 1);
                 }
                 self.counters.replayed += joined.replay.len() as u64;
+                if let Some(via) = via {
+                    self.count_answer(key, via);
+                }
             }
-            Err(refusal) if via.is_some() => {
+            Err(JoinError::Unrecoverable(refusal)) if via.is_some() => {
                 // A pattern's topic whose since cannot be served: say why, then follow it
                 // from now on, as the pattern does every topic it did not resume.
                 let join = feed.next_join;
@@ -349,10 +358,15 @@ impl Worker {
                 self.send_join(key, conn, join, id, topic, Start::Now);
             }
             Err(refusal) => {
+                // (For a pattern's topic: the broker is unreachable; the client is told, and
+                // the pattern does not follow this topic until it is subscribed again.)
                 let sub = feed.subs.swap_remove(i);
                 self.unsubscribe(&sub.topic, sub.slot);
                 let refusal = Refusal::from(refusal);
                 self.v1_refuse(key, Some(request.request), Some(&topic), &refusal);
+                if let Some(via) = via {
+                    self.count_answer(key, via);
+                }
             }
         }
     }
