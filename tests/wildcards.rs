@@ -346,24 +346,46 @@ fn overlaps_bad_patterns_and_the_topic_limit_are_refused_with_codes() {
 }
 
 #[test]
-fn the_owners_forget_a_pattern_when_its_last_subscriber_leaves() {
+fn the_owners_forget_a_pattern_and_its_topics_when_its_subscribers_leave() {
     let server = Server::start(&["--threads", "2"]);
     let mut publisher = V1::connect(server.addr);
-    let mut sub = V1::connect(server.addr);
-    subscribe_pattern(&mut sub, 1, "gone/*", &mut Seen::default());
+    // Topics that exist before the pattern (held by a direct subscriber), on both workers.
+    let held: Vec<String> = (0..8).map(|i| format!("gone/held{i}")).collect();
+    let mut holder = V1::connect(server.addr);
+    for (i, t) in held.iter().enumerate() {
+        holder.subscribe(i as u64, json!([t]));
+    }
+    let mut subs = Vec::new();
+    for n in 0..3 {
+        let mut sub = V1::connect(server.addr);
+        subscribe_pattern(&mut sub, n, "gone/*", &mut Seen::default());
+        subs.push(sub);
+    }
     // Without history, only a subscriber makes a topic numbered: here, the pattern.
-    assert_eq!(publish(&mut publisher, 100, "gone/1", "x"), Some(1));
-    assert_eq!(publish(&mut publisher, 101, "gone/2", "x"), Some(1));
-    assert_eq!(sub.expect("subscribed")["topic"], "gone/1");
-    drop(sub);
+    for i in 0..8 {
+        assert_eq!(
+            publish(&mut publisher, 100 + i, &format!("gone/new{i}"), "x"),
+            Some(1)
+        );
+    }
+    drop(subs);
+    drop(holder);
+    // Once they are gone, no topic of theirs is routed anywhere: neither the ones the
+    // pattern followed from the start, nor the ones it found existing, nor new ones.
     let mut id = 1000;
+    let mut all: Vec<String> = held.clone();
+    all.extend((0..8).map(|i| format!("gone/new{i}")));
     assert!(
         wait_until(Duration::from_secs(20), || {
-            id += 1;
-            publish(&mut publisher, id, &format!("gone/after{id}"), "x").is_none()
+            all.iter().all(|t| {
+                id += 1;
+                publish(&mut publisher, id, t, "x").is_none()
+            })
         }),
-        "topics matching a pattern nobody holds are still numbered"
+        "topics of a pattern nobody holds are still numbered"
     );
+    id += 1;
+    assert_eq!(publish(&mut publisher, id, "gone/after", "x"), None);
 }
 
 /// A cluster node on `brokers` (`redis://A,redis://B`), connected to every instance.
@@ -476,6 +498,25 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
         let got = resumed.messages.get(t).cloned().unwrap_or_default();
         assert_eq!(got, vec![last[t]], "{t}: the one missed message, once");
     }
+
+    // When the subscribers go, so do the nodes' pattern and topic subscriptions in Redis.
+    drop((again, holder));
+    let quiet = |r: &redis_server::Redis| {
+        let numpat: u64 = redis::cmd("PUBSUB")
+            .arg("NUMPAT")
+            .query(&mut r.client())
+            .unwrap();
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("herald:{px/*")
+            .query(&mut r.client())
+            .unwrap();
+        numpat == 0 && channels.is_empty()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || quiet(&a) && quiet(&b)),
+        "patterns or topics still subscribed in Redis"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@
 //! Grants are checked per concrete topic when it is attached: a topic the token does not
 //! grant is never attached, so none of its messages reach the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::conn::{PatternSubscription, Subscription};
 use super::Worker;
@@ -45,6 +45,8 @@ pub(super) struct LocalPatterns {
     /// The patterns with answers on their way (`pending > 0`), so `awaiting` is one trie
     /// walk, not a scan of every pattern here.
     awaited: PatternIndex<()>,
+    /// Topics whose decline waits for an answer (`awaited`); tried again after each one.
+    deferred: HashSet<TopicName>,
     scratch: Vec<(u32, u32)>,
     scratch_awaited: Vec<()>,
 }
@@ -60,6 +62,7 @@ impl LocalPatterns {
             index: PatternIndex::new(MAX_PATTERN_SUBSCRIBERS),
             registry: HashMap::new(),
             awaited: PatternIndex::new(MAX_PATTERN_SUBSCRIBERS),
+            deferred: HashSet::new(),
             scratch: Vec::new(),
             scratch_awaited: Vec::new(),
         }
@@ -304,6 +307,12 @@ impl Worker {
             Err(_) if alive => self.pattern_refused(request.key, request.join),
             Err(_) => {}
         }
+        // Declines held back for an answer: this one may have been it.
+        if !self.patterns.deferred.is_empty() {
+            for topic in std::mem::take(&mut self.patterns.deferred) {
+                self.decline_when_settled(&topic);
+            }
+        }
     }
 
     /// One more owner (or listener, or topic join the pattern started) has answered
@@ -411,6 +420,7 @@ impl Worker {
     /// attached hold their own interest. Not while an answer that routes it is awaited.
     fn decline_when_settled(&mut self, topic: &TopicName) {
         if self.patterns.awaiting(topic) {
+            self.patterns.deferred.insert(topic.clone());
             return;
         }
         let me = self.bus.me();
