@@ -638,3 +638,93 @@ fn after_redis_restarts_empty_a_pattern_says_so_per_topic_and_follows_the_new_li
         (Some("g/a"), Some(seq), Some("new"))
     );
 }
+
+/// A small deterministic generator (no dependency), for the churn test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn pattern_churn_keeps_every_live_subscription_whole_and_leaves_nothing_behind() {
+    for seed in [7, 11, 23, 42, 99] {
+        churn(seed);
+    }
+}
+
+fn churn(seed: u64) {
+    let server = Server::start(&["--threads", "2"]);
+    let mut publisher = V1::connect(server.addr);
+    let mut rng = Lcg(seed);
+    let patterns = ["c/*", "c/a/*", "d/**"];
+    let topics = ["c/1", "c/2", "c/a/1", "c/a/2", "d/x", "d/x/y", "d/z"];
+    // (connection, its pattern, what it saw); a connection holds one pattern at a time.
+    let mut live: Vec<(V1, &str, Seen)> = Vec::new();
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut id = 0;
+    for _ in 0..300 {
+        id += 1;
+        match rng.below(10) {
+            0 | 1 if live.len() < 12 => {
+                let mut c = V1::connect(server.addr);
+                let p = patterns[rng.below(3) as usize];
+                let mut seen = Seen::default();
+                subscribe_pattern(&mut c, id, p, &mut seen);
+                live.push((c, p, seen));
+            }
+            2 if !live.is_empty() => {
+                // Leave: closed, or unsubscribed and kept open (then dropped).
+                let (mut c, p, _) = live.swap_remove(rng.below(live.len() as u64) as usize);
+                if rng.below(2) == 0 {
+                    c.send(json!({"op":"unsubscribe","id":id,"topics":[p]}));
+                }
+            }
+            _ => {
+                let t = topics[rng.below(topics.len() as u64) as usize];
+                if let Some(seq) = publish(&mut publisher, id, t, "m") {
+                    last.insert(t.to_string(), seq);
+                } else {
+                    last.remove(t);
+                }
+            }
+        }
+    }
+    publish(&mut publisher, 1, "c/end", "end");
+    publish(&mut publisher, 2, "d/end", "end");
+    for (mut c, p, mut seen) in live {
+        let end = if p.starts_with('c') { "c/end" } else { "d/end" };
+        if p == "c/a/*" {
+            publish(&mut publisher, 3, "c/a/end", "end");
+        }
+        let end = if p == "c/a/*" { "c/a/end" } else { end };
+        read_until(&mut c, &mut seen, end, "end");
+        for (t, start) in &seen.start {
+            if t.ends_with("/end") {
+                continue;
+            }
+            let got = seen.messages.get(t).cloned().unwrap_or_default();
+            let want: Vec<u64> = (start + 1..=last[t]).collect();
+            assert_eq!(got, want, "seed {seed}: {p} on {t} from {start}");
+        }
+    }
+    // Everyone has gone: nothing is routed, nothing numbered.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            topics
+                .iter()
+                .chain(["c/end", "d/end", "c/a/end"].iter())
+                .all(|t| {
+                    id += 1;
+                    publish(&mut publisher, id, t, "x").is_none()
+                })
+        }),
+        "seed {seed}: a topic is still numbered after every subscriber left"
+    );
+}
