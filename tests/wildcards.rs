@@ -5,14 +5,11 @@
 //! the owners forgetting a pattern when its last subscriber goes.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use testkit::v1::V1;
 use testkit::*;
-use tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "wildcard-secret-wildcard-secret!!";
 
@@ -231,38 +228,16 @@ fn a_deep_pattern_resumes_its_since_map_per_topic_and_follows_the_rest_live() {
 }
 
 fn token(subscribe: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let claims = json!({"sub": "w", "exp": exp, "subscribe": subscribe, "publish": ["*"]});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn connect_with(addr: SocketAddr, token: &str) -> V1 {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut request = format!("ws://{addr}/?token={token}")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
-    let (ws, _) = tungstenite::client(request, stream).expect("handshake");
-    V1 { ws }
+    let claims =
+        json!({"sub": "w", "exp": jwt::in_an_hour(), "subscribe": subscribe, "publish": ["*"]});
+    jwt::hs256(SECRET, &claims)
 }
 
 #[test]
 fn grants_apply_to_each_concrete_topic_so_no_ungranted_message_arrives() {
     let server = Server::start(&["--threads", "2", "--jwt-secret", SECRET]);
-    let mut publisher = connect_with(server.addr, &token(&["*"]));
-    let mut sub = connect_with(server.addr, &token(&["room/open*"]));
+    let mut publisher = V1::connect_with_token(server.addr, &token(&["*"]));
+    let mut sub = V1::connect_with_token(server.addr, &token(&["room/open*"]));
     let mut seen = Seen::default();
     subscribe_pattern(&mut sub, 1, "room/*", &mut seen);
     let mut id = 10;
@@ -388,21 +363,6 @@ fn the_owners_forget_a_pattern_and_its_topics_when_its_subscribers_leave() {
     assert_eq!(publish(&mut publisher, id, "gone/after", "x"), None);
 }
 
-/// A cluster node on `brokers` (`redis://A,redis://B`), connected to every instance.
-fn node(brokers: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--threads", "2", "--broker", brokers];
-    args.extend_from_slice(extra);
-    let mut server = Server::start(&args);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node did not reach Redis: {}",
-        server.stderr_text()
-    );
-    server
-}
-
 #[test]
 fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_resumes() {
     let Some(a) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
@@ -411,7 +371,10 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     let b = redis_server::Redis::start_or_skip("wildcards in cluster mode").unwrap();
     let brokers = format!("{},{}", a.url(), b.url());
     let history = ["--broker-history", "1000"];
-    let (one, two) = (node(&brokers, &history), node(&brokers, &history));
+    let (one, two) = (
+        Server::start_node(&brokers, &history),
+        Server::start_node(&brokers, &history),
+    );
     // Topics with subscribers on node two before the pattern (joined through Redis), and
     // topics node two has never heard of (found through PSUBSCRIBE on both instances).
     let old: Vec<String> = (0..4).map(|i| format!("px/old{i}")).collect();
@@ -584,7 +547,7 @@ fn after_redis_restarts_empty_a_pattern_says_so_per_topic_and_follows_the_new_li
     let Some(mut redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
         return;
     };
-    let mut one = node(&redis.url(), &[]);
+    let mut one = Server::start_node(&redis.url(), &[]);
     let mut sub = V1::connect(one.addr);
     let mut seen = Seen::default();
     subscribe_pattern(&mut sub, 1, "g/*", &mut seen);

@@ -16,10 +16,21 @@ pub struct V1 {
 
 impl V1 {
     pub fn connect(addr: SocketAddr) -> V1 {
+        V1::connect_to(addr, "/")
+    }
+
+    /// A connection presenting `token` the way a browser can (`?token=`).
+    pub fn connect_with_token(addr: SocketAddr, token: &str) -> V1 {
+        V1::connect_to(addr, &format!("/?token={token}"))
+    }
+
+    fn connect_to(addr: SocketAddr, target: &str) -> V1 {
         let stream = TcpStream::connect(addr).expect("TCP connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        let mut request = format!("ws://{addr}{target}")
+            .into_client_request()
+            .unwrap();
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
