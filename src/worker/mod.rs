@@ -29,6 +29,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::interest::InterestBacklog;
 use crate::cluster::ClusterLink;
 use crate::feed::bus::{Bus, BusMsg};
 use crate::feed::fanout::{Staged, Topics};
@@ -160,6 +161,9 @@ pub struct Worker {
     peers: HashMap<usize, SocketAddr>,
     /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
     cluster: Option<ClusterLink>,
+    /// Cluster mode: interest changes the listening bridges' full queues could not take yet
+    /// (the latest state per topic), retried every turn (`worker/cluster.rs`).
+    interest_backlog: InterestBacklog,
     /// `--dashboard`: the event streams this worker serves.
     streams: dashboard::Streams,
     /// Backend hooks (`--connect-hook` …): where questions go and answers come from.
@@ -283,6 +287,7 @@ impl Worker {
             serving: Serving::Live,
             peers: HashMap::new(),
             cluster,
+            interest_backlog: InterestBacklog::default(),
             streams: dashboard::Streams::new(now),
             hooks,
             hook_ticket: 0,
@@ -308,6 +313,7 @@ impl Worker {
             if std::mem::take(&mut self.accept_pending) {
                 self.accept_all();
             }
+            self.retry_interest_backlog();
             self.drain_inbox();
             self.drain_hook_answers();
             self.retry_reads();
@@ -384,8 +390,9 @@ impl Worker {
             deadline = deadline.min(t);
         }
         let mut timeout = deadline.saturating_duration_since(now);
-        if self.bus.has_parked() {
-            timeout = timeout.min(Duration::from_millis(1)); // retry a full peer inbox soon
+        if self.bus.has_parked() || !self.interest_backlog.is_empty() {
+            // Retry a full peer inbox, or a full listening bridge queue, soon.
+            timeout = timeout.min(Duration::from_millis(1));
         }
         Some(timeout)
     }
