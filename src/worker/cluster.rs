@@ -92,7 +92,7 @@ impl Worker {
         self.topics.owned.set_interest(topic, worker, active);
         let after = self.topics.owned.interested(topic).is_empty();
         if before != after {
-            (self.interest_backlog).change(topic, !after, &cluster.listen);
+            self.interest_backlog.change(topic, !after, &cluster.listen);
         }
     }
 
