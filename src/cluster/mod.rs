@@ -27,6 +27,7 @@
 
 pub mod bridge;
 pub mod feed;
+pub mod interest;
 pub mod presence;
 pub mod roster;
 pub mod script;
@@ -37,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::feed::bus::{AckTo, JoinRequest, Origin, PatternRequest, PeerLink};
 use crate::proto::pattern::Pattern;
@@ -46,6 +47,12 @@ use crate::proto::topic::TopicName;
 /// Publishes that may wait for the publishing bridge thread; past this, a publish is refused
 /// as unavailable at once (a worker never waits for Redis).
 pub const PUBLISH_QUEUE: usize = 64 * 1024;
+
+/// Interest changes and joins that may wait for the listening bridge thread (per bridge).
+/// Past this, a join is refused as unavailable and an interest change waits in its owner
+/// worker's backlog (`interest::InterestBacklog`, the latest state per topic) until there
+/// is room.
+pub const LISTEN_QUEUE: usize = 64 * 1024;
 
 /// A message for Redis to number, keep and broadcast.
 #[derive(Debug)]
@@ -213,7 +220,7 @@ impl BrokerStats {
             (
                 "herald_broker_unavailable_total",
                 "counter",
-                "Publishes and joins refused while Redis was unreachable.",
+                "Publishes and joins refused while Redis was unreachable (or its queue was full).",
                 self.unavailable.load(Relaxed),
             ),
             (
@@ -283,8 +290,9 @@ impl Route {
     }
 }
 
-/// One queue per bridge; a message goes to the bridge owning its topic. Same calls as a
-/// single `Sender`, so the workers do not know how many Redis there are.
+/// One queue per bridge; a message goes to the bridge owning its topic. Same call as a
+/// single `Sender`, so the workers do not know how many Redis there are. Bounded, and
+/// workers only `try_send`: a worker never waits for a bridge.
 #[derive(Debug)]
 pub struct ToShards<T> {
     route: Route,
@@ -301,18 +309,18 @@ impl<T> Clone for ToShards<T> {
 }
 
 impl<T: ForTopic> ToShards<T> {
+    /// The bridge (queue) `topic` goes to.
+    fn lane(&self, topic: &str) -> usize {
+        self.route.shard_of(topic).min(self.queues.len() - 1)
+    }
+
     fn queue(&self, msg: &T) -> &Sender<T> {
-        &self.queues[self.route.shard_of(msg.topic()).min(self.queues.len() - 1)]
+        &self.queues[self.lane(msg.topic())]
     }
 
     /// Like [`Sender::try_send`], to the owning bridge.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.queue(&msg).try_send(msg)
-    }
-
-    /// Like [`Sender::send`], to the owning bridge.
-    pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
-        self.queue(&msg).send(msg)
     }
 
     /// How many bridges there are (one per Redis instance; one for a Redis Cluster).
@@ -325,12 +333,10 @@ impl<T: ForTopic> ToShards<T> {
         self.queues.is_empty()
     }
 
-    /// Send `make()` to every bridge (a request about every topic, such as a pattern).
-    pub fn send_all(&self, mut make: impl FnMut() -> T) {
-        for queue in &self.queues {
-            // Fails only when the bridge has exited (shutdown).
-            let _ = queue.send(make());
-        }
+    /// Like [`Sender::try_send`], to bridge `lane` (`0..len()`), for a request about every
+    /// topic (a pattern) that each bridge must get.
+    pub fn try_send_to(&self, lane: usize, msg: T) -> Result<(), TrySendError<T>> {
+        self.queues[lane.min(self.queues.len() - 1)].try_send(msg)
     }
 }
 
@@ -419,9 +425,9 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
     for (shard, (layout, url)) in bridges.into_iter().enumerate() {
         let (to_publisher, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
             crossbeam_channel::bounded(PUBLISH_QUEUE);
-        // Interest changes and joins are never dropped (like on the bus): at most one per
-        // first/last subscriber of a topic on this node, or per subscribe request.
-        let (to_listener, listen_rx) = crossbeam_channel::unbounded();
+        // Bounded like every queue: a join that finds it full is refused as unavailable, an
+        // interest change waits in its owner worker's backlog (`interest.rs`), never lost.
+        let (to_listener, listen_rx) = crossbeam_channel::bounded(LISTEN_QUEUE);
         let publisher =
             bridge::Publisher::new(layout.clone(), &config, links(), stats.clone(), shard);
         std::thread::Builder::new()

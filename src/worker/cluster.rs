@@ -6,7 +6,11 @@
 //!   publisher's ack comes back from there. While Redis is down a publish is refused at once
 //!   (HTTP 503, `herald.v1` `unavailable`; raw mode has no acks: counted as unavailable).
 //! - Interest: the owner worker tells the listening bridge thread when the node gains its
-//!   first or loses its last subscriber of a topic (SUBSCRIBE / UNSUBSCRIBE in Redis).
+//!   first or loses its last subscriber of a topic (SUBSCRIBE / UNSUBSCRIBE in Redis). The
+//!   bridge's queue is bounded (`cluster::LISTEN_QUEUE`): a change it cannot take waits in
+//!   the worker's `cluster::interest::InterestBacklog` (the latest state per topic), retried
+//!   every turn; a join that cannot be queued right behind its topic's change is refused
+//!   as unavailable and counted.
 //! - Delivery: the bridge hands each heard message to the topic's owner here, which passes
 //!   it to the interested workers as `Deliver`, exactly like a locally numbered message.
 //! - Gaps: a hole Redis cannot fill ends every subscription to the topic on this node with
@@ -14,7 +18,8 @@
 
 use super::conn::{Feed, Phase};
 use super::Worker;
-use crate::cluster::{BrokerStats, PublishReq, SubReq};
+use crate::cluster::interest::JoinRefused;
+use crate::cluster::{BrokerStats, PublishReq};
 use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest, Publication};
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::owner_of;
@@ -88,12 +93,16 @@ impl Worker {
         self.topics.owned.set_interest(topic, worker, active);
         let after = self.topics.owned.interested(topic).is_empty();
         if before != after {
-            let request = SubReq::Interest {
-                topic: topic.clone(),
-                active: !after,
-            };
-            // Only fails when the bridge has exited (shutdown).
-            let _ = cluster.listen.send(request);
+            self.interest_backlog.change(topic, !after, &cluster.listen);
+        }
+    }
+
+    /// Cluster mode, each turn: hand the listening bridges the interest changes their full
+    /// queues could not take, until they are full again.
+    pub(super) fn retry_interest_backlog(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            self.interest_backlog.retry(&cluster.listen);
+            self.pattern_backlog.retry(&cluster.listen);
         }
     }
 
@@ -103,8 +112,13 @@ impl Worker {
         let Some(cluster) = &self.cluster else {
             return Some(request);
         };
-        if let Err(e) = cluster.listen.send(SubReq::Join(request)) {
-            if let SubReq::Join(request) = e.into_inner() {
+        match self.interest_backlog.join(request, &cluster.listen) {
+            Ok(()) => {}
+            Err(JoinRefused::Full(request)) => {
+                BrokerStats::count(&cluster.stats.unavailable, 1);
+                self.on_joined(request, Err(JoinError::Unavailable));
+            }
+            Err(JoinRefused::Closed(request)) => {
                 self.on_joined(request, Err(JoinError::Unavailable));
             }
         }

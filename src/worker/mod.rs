@@ -30,6 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::interest::{InterestBacklog, PatternBacklog};
 use crate::cluster::ClusterLink;
 use crate::feed::bus::{Bus, BusMsg};
 use crate::feed::fanout::{Staged, Topics};
@@ -161,6 +162,10 @@ pub struct Worker {
     peers: HashMap<usize, SocketAddr>,
     /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
     cluster: Option<ClusterLink>,
+    /// Cluster mode: interest changes the listening bridges' full queues could not take yet
+    /// (the latest state per topic), retried every turn (`worker/cluster.rs`).
+    interest_backlog: InterestBacklog,
+    pattern_backlog: PatternBacklog,
     /// `--dashboard`: the event streams this worker serves.
     streams: dashboard::Streams,
     /// Backend hooks (`--connect-hook` …): where questions go and answers come from.
@@ -288,6 +293,8 @@ impl Worker {
             serving: Serving::Live,
             peers: HashMap::new(),
             cluster,
+            interest_backlog: InterestBacklog::default(),
+            pattern_backlog: PatternBacklog::default(),
             streams: dashboard::Streams::new(now),
             hooks,
             hook_ticket: 0,
@@ -314,6 +321,7 @@ impl Worker {
             if std::mem::take(&mut self.accept_pending) {
                 self.accept_all();
             }
+            self.retry_interest_backlog();
             self.drain_inbox();
             self.drain_hook_answers();
             self.retry_reads();
@@ -390,8 +398,12 @@ impl Worker {
             deadline = deadline.min(t);
         }
         let mut timeout = deadline.saturating_duration_since(now);
-        if self.bus.has_parked() {
-            timeout = timeout.min(Duration::from_millis(1)); // retry a full peer inbox soon
+        if self.bus.has_parked()
+            || !self.interest_backlog.is_empty()
+            || !self.pattern_backlog.is_empty()
+        {
+            // Retry a full peer inbox, or a full listening bridge queue, soon.
+            timeout = timeout.min(Duration::from_millis(1));
         }
         Some(timeout)
     }

@@ -176,9 +176,8 @@ impl Worker {
             join,
         };
         if let Some(cluster) = &self.cluster {
-            cluster
-                .listen
-                .send_all(|| SubReq::PatternJoin(request.clone()));
+            (self.pattern_backlog)
+                .send_all(&cluster.listen, || SubReq::PatternJoin(request.clone()));
         }
         for owner in 0..self.bus.workers() {
             if owner == self.bus.me() {
@@ -234,9 +233,8 @@ impl Worker {
             .remove(&gone.pattern, (key as u32, gone.join));
         if let Some(cluster) = &self.cluster {
             let pattern = &gone.pattern;
-            cluster
-                .listen
-                .send_all(|| SubReq::PatternLeave(pattern.clone()));
+            (self.pattern_backlog)
+                .send_all(&cluster.listen, || SubReq::PatternLeave(pattern.clone()));
         }
         let Some(registered) = self.patterns.registry.get_mut(&gone.pattern) else {
             return;
@@ -459,12 +457,7 @@ impl Worker {
             return;
         };
         if self.topics.owned.unrouted(topic) {
-            let request = SubReq::Interest {
-                topic: topic.clone(),
-                active: false,
-            };
-            // Only fails when the bridge has exited (shutdown).
-            let _ = cluster.listen.send(request);
+            self.interest_backlog.change(topic, false, &cluster.listen);
         }
     }
 
