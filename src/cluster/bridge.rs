@@ -239,10 +239,11 @@ impl Publisher {
                 let keys = Keys::of(&req.topic);
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(&self.sha)
-                    .arg(3)
+                    .arg(4)
                     .arg(&keys.seq)
                     .arg(&keys.log)
                     .arg(&keys.epoch)
+                    .arg(&keys.home)
                     .arg(&epoch)
                     .arg(self.history)
                     .arg(script::origin_arg(self.node, req.origin))
@@ -303,8 +304,6 @@ pub struct Listener {
     topics: HashMap<TopicName, Option<Position>>,
     /// Which process served which slots in the last session (Redis Cluster).
     served: Served,
-    /// Topics whose epoch must be retired at their next catch-up (their shard failed over).
-    retire: std::collections::HashSet<TopicName>,
     /// Patterns this node's subscribers hold (PSUBSCRIBEd), with how many hold each.
     patterns: HashMap<Pattern, u32>,
     /// The same patterns, to check a heard topic against them in one walk.
@@ -334,7 +333,6 @@ impl Listener {
             epochs: EpochNames::new(config.node, 's'),
             topics: HashMap::new(),
             served: Served::default(),
-            retire: Default::default(),
             patterns: HashMap::new(),
             pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
             scratch: Vec::new(),
@@ -468,17 +466,18 @@ impl Listener {
             Err(e) => return e.into(),
         };
         // A shard that failed over may have lost its last messages: its topics start a
-        // new life (told explicitly), so no number is reused within an epoch.
+        // new life. That is decided in Redis, by the first script run on the new master
+        // (`script::settle_home`), before it numbers anything; the catch-up below then
+        // finds the new epoch and tells the subscribers. Here it is only reported.
         let mut checked = HashMap::new();
-        for (topic, position) in &self.topics {
-            if position.is_some() && wire.failed_over(&self.served, &served, topic, &mut checked) {
-                self.retire.insert(topic.clone());
-            }
-        }
-        if checked.values().any(|&lost| lost) {
+        let lost = (self.topics.iter())
+            .filter(|(topic, position)| {
+                position.is_some() && wire.failed_over(&self.served, &served, topic, &mut checked)
+            })
+            .count();
+        if lost > 0 {
             println!(
-                "broker: a Redis Cluster shard failed over; {} topic(s) start a new epoch",
-                self.retire.len()
+                "broker: a Redis Cluster shard failed over; {lost} topic(s) this node serves start a new epoch"
             );
         }
         self.served = served;
@@ -629,21 +628,21 @@ impl Listener {
         let Some(known) = self.topics.get(topic).cloned() else {
             return Ok(());
         };
-        let mut retire = match &known {
-            Some(p) if self.retire.contains(topic) => p.epoch.clone(),
-            _ => String::new(),
-        };
+        let mut retire = String::new();
         let (epoch, current) = loop {
             let fresh = self.epochs.fresh();
             let position = &self.position;
-            let value = wire.command(topic, Some(script::POSITION), &mut |c| {
-                position
-                    .key(&keys.seq)
-                    .key(&keys.log)
+            let value = wire.script_command(topic, Some(script::POSITION), &mut |c, tail| {
+                let mut call = position.key(&keys.seq);
+                call.key(&keys.log)
                     .key(&keys.epoch)
+                    .key(&keys.home)
                     .arg(&fresh)
-                    .arg(&retire)
-                    .invoke(c)
+                    .arg(&retire);
+                for arg in tail {
+                    call.arg(*arg);
+                }
+                call.invoke(c)
             })?;
             let (epoch, current) = script::parse_position(&value)
                 .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
@@ -656,7 +655,6 @@ impl Listener {
                 _ => break (epoch, current),
             }
         };
-        self.retire.remove(topic);
         let retired = match &known {
             Some(p) if p.epoch != epoch => Some(p.epoch.clone()),
             Some(p) => p.retired.clone(),

@@ -41,11 +41,50 @@ end"
     };
 }
 
+/// Where the topic's numbering lives: `home` (KEYS[4]) names the Redis process that numbers
+/// it (`run_id HOST:PORT`, given by the caller: ARGV[$home]). A script run by another process
+/// (the slot's master changed, or Redis restarted) numbers nothing until the caller has
+/// decided (ARGV[$decision]): `adopt <old home>` when the old process handed the topic over
+/// (it is alive: a planned failover, a slot migration), `retire <old home>` when it did not
+/// (it died or restarted, so acknowledged messages may be lost): a new life begins, epoch
+/// ARGV[1], before any number is given, so no number is ever reused within an epoch.
+/// Without a decision the script answers `HOMELESS <old home>`. Both conditional on the old
+/// home: decided once, whichever node asks first.
+macro_rules! settle_home {
+    ($home:literal, $decision:literal) => {
+        concat!(
+            r"
+local home = redis.call('GET', KEYS[4])
+if home ~= ARGV[",
+            $home,
+            r"] then
+  if home then
+    local decision = ARGV[",
+            $decision,
+            r"]
+    if decision == 'retire ' .. home then
+      redis.call('DEL', KEYS[2])
+      redis.call('SET', KEYS[1], 0)
+      epoch = ARGV[1]
+      redis.call('SET', KEYS[3], epoch)
+    elseif decision ~= 'adopt ' .. home then
+      return redis.error_reply('HOMELESS ' .. home)
+    end
+  end
+  redis.call('SET', KEYS[4], ARGV[",
+            $home,
+            r"])
+end"
+        )
+    };
+}
+
 /// The publish script, with the pub/sub command to announce the message with.
 macro_rules! publish_with {
     ($command:literal) => {
         concat!(
             start_topic_if_new!(),
+            settle_home!("6", "7"),
             r"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
@@ -62,8 +101,9 @@ return seq
 /// sees the topic's messages in numbering order, and a message is in the log before anyone
 /// can hear of it.
 ///
-/// KEYS: seq, log, epoch. ARGV: epoch for a new life, log length, origin, body, channel.
-/// Returns the message's number.
+/// KEYS: seq, log, epoch, home. ARGV: epoch for a new life, log length, origin, body,
+/// channel, this process's home, home decision (see `settle_home`; both appended by
+/// `Wire`). Returns the message's number.
 pub const PUBLISH: &str = publish_with!("PUBLISH");
 
 /// [`PUBLISH`] for a Redis Cluster: `SPUBLISH` keeps the message on the shard that owns the
@@ -79,10 +119,11 @@ pub const SPUBLISH: &str = publish_with!("SPUBLISH");
 /// (replication is asynchronous: the promoted replica may lack the last messages, and would
 /// give their numbers to other messages), so no number is ever reused within one epoch.
 ///
-/// KEYS: seq, log, epoch. ARGV: epoch for a new life, epoch to retire (or empty).
-/// Returns `{epoch, seq}`.
+/// KEYS: seq, log, epoch, home. ARGV: epoch for a new life, epoch to retire (or empty),
+/// this process's home, home decision (both appended by `Wire`). Returns `{epoch, seq}`.
 pub const POSITION: &str = concat!(
     start_topic_if_new!(),
+    settle_home!("3", "4"),
     r"
 if ARGV[2] ~= '' and epoch == ARGV[2] then
   redis.call('DEL', KEYS[2])
@@ -100,6 +141,8 @@ pub struct Keys {
     pub seq: String,
     pub log: String,
     pub epoch: String,
+    /// The Redis process that numbers the topic (see `settle_home`).
+    pub home: String,
     pub channel: String,
 }
 
@@ -110,6 +153,7 @@ impl Keys {
             seq: format!("herald:{{{topic}}}:seq"),
             log: format!("herald:{{{topic}}}:log"),
             epoch: format!("herald:{{{topic}}}:epoch"),
+            home: format!("herald:{{{topic}}}:home"),
             channel: channel_of(topic),
         }
     }
