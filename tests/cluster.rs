@@ -29,19 +29,7 @@ fn listeners_of(redis: &Redis, topic: &str) -> u64 {
 
 /// A Herald node of the cluster, started and connected to Redis.
 fn node(redis: &Redis, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec!["--threads", "2", "--broker", &url];
-    args.extend_from_slice(extra);
-    let mut server = Server::start(&args);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
+    Server::start_node(&redis.url(), extra)
 }
 
 fn message(v: &Value) -> (u64, String) {

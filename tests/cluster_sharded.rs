@@ -18,22 +18,6 @@ use testkit::redis_server::Redis;
 use testkit::v1::V1;
 use testkit::*;
 
-/// A Herald node on `broker`, started and connected.
-fn node(broker: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--threads", "2", "--broker", broker];
-    args.extend_from_slice(extra);
-    let mut server = Server::start(&args);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(20))
-            .is_some(),
-        "node did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
-}
-
 /// `per` topics on each master of `cluster`, and the master of each.
 fn topics_on_every_shard(cluster: &RedisCluster, per: usize) -> Vec<(String, u16)> {
     let masters = cluster.masters();
@@ -88,7 +72,7 @@ fn a_redis_cluster_gives_every_node_one_order_per_topic_on_every_shard() {
         return;
     };
     let url = cluster.url();
-    let nodes: Vec<Server> = (0..3).map(|_| node(&url, &[])).collect();
+    let nodes: Vec<Server> = (0..3).map(|_| Server::start_node(&url, &[])).collect();
     let spread = topics_on_every_shard(&cluster, 4);
     let topics: Vec<String> = spread.iter().map(|t| t.0.clone()).collect();
     const PER: usize = 40; // messages per topic per publisher
@@ -435,8 +419,8 @@ struct MidStream {
 
 fn mid_stream(cluster: &RedisCluster) -> MidStream {
     let url = cluster.url();
-    let a = node(&url, &[]);
-    let b = node(&url, &[]);
+    let a = Server::start_node(&url, &[]);
+    let b = Server::start_node(&url, &[]);
     let spread = topics_on_every_shard(cluster, 2);
     let topics: Vec<String> = spread.iter().map(|t| t.0.clone()).collect();
     let mut f = Follower::new(a.addr, &topics);
@@ -559,7 +543,7 @@ fn a_restarted_shard_starts_its_topics_over_and_the_others_go_on() {
         return;
     };
     let url = cluster.url();
-    let a = node(&url, &[]);
+    let a = Server::start_node(&url, &[]);
     let spread = topics_on_every_shard(&cluster, 1);
     let topics: Vec<String> = spread.iter().map(|t| t.0.clone()).collect();
     let victim = spread[0].1;
@@ -641,8 +625,8 @@ fn independent_instances_spread_topics_and_fail_alone() {
         return;
     };
     let broker = format!("{},{}", r1.url(), r2.url());
-    let mut a = node(&broker, &["--stats-interval", "100ms"]);
-    let b = node(&broker, &[]);
+    let mut a = Server::start_node(&broker, &["--stats-interval", "100ms"]);
+    let b = Server::start_node(&broker, &[]);
     assert!(
         b.stdout()
             .iter()

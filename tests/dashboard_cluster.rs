@@ -14,15 +14,7 @@ use testkit::{http_request, Server};
 
 /// A node with the dashboard, connected to Redis; and its id as it printed it.
 fn node(redis: &Redis) -> (Server, String) {
-    let url = redis.url();
-    let mut server = Server::start(&["--threads", "2", "--broker", &url, "--dashboard"]);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node did not reach Redis: {}",
-        server.stderr_text()
-    );
+    let server = Server::start_node(&redis.url(), &["--dashboard"]);
     let id = server
         .stdout()
         .iter()
