@@ -22,12 +22,7 @@ fn now() -> u64 {
 }
 
 fn token(claims: Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    testkit::jwt::hs256(SECRET, &claims)
 }
 
 /// A token for `sub` valid for an hour with these grants.

@@ -6,9 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use testkit::*;
@@ -219,16 +218,8 @@ fn one_stream_of_several_topics_resumes_every_topic() {
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
 fn token(subscribe: &[&str]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": "t", "exp": now + 3600, "subscribe": subscribe}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    let claims = json!({"sub": "t", "exp": testkit::jwt::in_an_hour(), "subscribe": subscribe});
+    testkit::jwt::hs256(SECRET, &claims)
 }
 
 #[test]
