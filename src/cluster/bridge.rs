@@ -30,6 +30,7 @@ use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
 use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
+use crate::proto::presence;
 use crate::proto::topic::{Start, TopicName};
 
 /// How long the listener waits on the pub/sub socket before serving its request queue
@@ -262,6 +263,9 @@ impl Publisher {
 struct Position {
     epoch: String,
     last: u64,
+    /// How many presence events Redis had placed on the topic at the last catch-up (a
+    /// joiner answered now starts after them).
+    events: u64,
     /// The epoch this node left behind at its last catch-up: messages of it still on their
     /// way are stale, not a new life.
     retired: Option<String>,
@@ -287,6 +291,8 @@ pub struct Listener {
     /// Which shard's health this bridge reports (an index into `stats.shards`).
     shard: usize,
     position: redis::Script,
+    /// The presence event script for this layout (`EVENT`, or `SEVENT` on a Redis Cluster).
+    event: (&'static str, redis::Script),
     url: String,
     node: u32,
     history: usize,
@@ -312,10 +318,15 @@ impl Listener {
         stats: Arc<BrokerStats>,
         shard: usize,
     ) -> Self {
+        let event = match layout {
+            Layout::One(_) => script::EVENT,
+            Layout::Cluster(_) => script::SEVENT,
+        };
         Listener {
             layout,
             shard,
             position: redis::Script::new(script::POSITION),
+            event: (event, redis::Script::new(event)),
             url,
             node: config.node,
             history: config.history,
@@ -377,6 +388,7 @@ impl Listener {
                     BrokerStats::count(&self.stats.unavailable, 1);
                     self.answer(request, Err(JoinError::Unavailable));
                 }
+                Ok(SubReq::Event { .. }) => BrokerStats::count(&self.stats.events_dropped, 1),
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
@@ -522,6 +534,47 @@ impl Listener {
                     }
                 }
             }
+            SubReq::Event {
+                topic,
+                joined,
+                member,
+            } => self.place_event(wire, &topic, joined, &member),
+        }
+    }
+
+    /// Have Redis place a presence event among `topic`'s messages (`script::EVENT`); every
+    /// listening node hears it on the topic's channel. A failure loses the event (counted).
+    fn place_event(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        joined: bool,
+        member: &crate::proto::presence::Member,
+    ) -> Result<(), Stop> {
+        let keys = Keys::of(topic);
+        let fresh = self.epochs.fresh();
+        let body = script::event_body(joined, member);
+        let (source, event) = &self.event;
+        let placed = wire.command(topic, Some(*source), &mut |c| {
+            event
+                .key(&keys.seq)
+                .key(&keys.log)
+                .key(&keys.epoch)
+                .key(&keys.events)
+                .arg(&fresh)
+                .arg(&body)
+                .arg(&keys.channel)
+                .invoke(c)
+        });
+        match placed {
+            Ok(_) => {
+                BrokerStats::count(&self.stats.events, 1);
+                Ok(())
+            }
+            Err(e) => {
+                BrokerStats::count(&self.stats.events_dropped, 1);
+                Err(e.into())
+            }
         }
     }
 
@@ -550,7 +603,7 @@ impl Listener {
             Some(p) if self.retire.contains(topic) => p.epoch.clone(),
             _ => String::new(),
         };
-        let (epoch, current) = loop {
+        let (epoch, current, events) = loop {
             let fresh = self.epochs.fresh();
             let position = &self.position;
             let value = wire.command(topic, Some(script::POSITION), &mut |c| {
@@ -558,11 +611,12 @@ impl Listener {
                     .key(&keys.seq)
                     .key(&keys.log)
                     .key(&keys.epoch)
+                    .key(&keys.events)
                     .arg(&fresh)
                     .arg(&retire)
                     .invoke(c)
             })?;
-            let (epoch, current) = script::parse_position(&value)
+            let (epoch, current, events) = script::parse_position(&value)
                 .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
             match &known {
                 // Redis went back in time (an older copy of the data): its next numbers
@@ -570,7 +624,7 @@ impl Listener {
                 Some(p) if p.epoch == epoch && current < p.last && retire.is_empty() => {
                     retire = epoch;
                 }
-                _ => break (epoch, current),
+                _ => break (epoch, current, events),
             }
         };
         self.retire.remove(topic);
@@ -597,6 +651,7 @@ impl Listener {
             Some(Position {
                 epoch,
                 last: current,
+                events,
                 retired,
             }),
         );
@@ -650,6 +705,9 @@ impl Listener {
         let Some(Some(known)) = self.topics.get(&topic).cloned() else {
             return Ok(()); // unsubscribed meanwhile, or not yet positioned
         };
+        if script::is_event(payload) {
+            return self.on_event(&topic, &known, payload, wire);
+        }
         let Some(heard) = script::parse_heard(payload, self.node) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
@@ -668,6 +726,7 @@ impl Listener {
                 Some(Position {
                     epoch: heard.epoch,
                     last: heard.seq - 1,
+                    events: known.events,
                     retired: Some(known.epoch),
                 }),
             );
@@ -685,6 +744,41 @@ impl Listener {
         if let Some(Some(p)) = self.topics.get_mut(&topic) {
             p.last = heard.seq;
         }
+        Ok(())
+    }
+
+    /// A presence event heard on `topic`'s channel: hand it to the topic's owner right after
+    /// message `after`, which this node has forwarded (or forwards now from the log).
+    /// An event that can no longer be put in its place is dropped and counted: one of
+    /// another life of the topic, or one heard after this node took later messages from the
+    /// log (a reconnect, or a join's catch-up while the channel lagged).
+    fn on_event(
+        &mut self,
+        topic: &TopicName,
+        known: &Position,
+        payload: &[u8],
+        wire: &mut Wire,
+    ) -> Result<(), Stop> {
+        let Some(event) = script::parse_event(payload) else {
+            BrokerStats::count(&self.stats.malformed, 1);
+            return Ok(());
+        };
+        if event.epoch != known.epoch || event.after < known.last {
+            BrokerStats::count(&self.stats.events_dropped, 1);
+            return Ok(());
+        }
+        if event.after > known.last {
+            // Messages before the event were missed live: they go first, from the log.
+            self.fill(wire, topic, known.last + 1, event.after)?;
+        }
+        let frame = presence::event(event.joined, topic, event.after, &event.member);
+        let owner = owner_of(topic, self.workers);
+        let event = BusMsg::RemoteEvent {
+            topic: topic.clone(),
+            frame,
+            number: event.number,
+        };
+        self.out.send(owner, event);
         Ok(())
     }
 
@@ -729,7 +823,12 @@ impl Listener {
         let Some(Some(position)) = self.topics.get(topic).cloned() else {
             return Ok(Err(JoinError::Unavailable));
         };
-        let Position { epoch, last, .. } = position;
+        let Position {
+            epoch,
+            last,
+            events,
+            ..
+        } = position;
         let need = match history::decide(start, &epoch, last) {
             Ok(need) => need,
             Err(why) => return Ok(Err(why.into())),
@@ -772,6 +871,7 @@ impl Listener {
         Ok(Ok(Joined {
             epoch,
             last_seq: last,
+            events,
             replay,
         }))
     }
