@@ -44,6 +44,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Publishes sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 512;
 
+/// How long a join waits for the channel to bring what Redis has already numbered before it
+/// takes the rest from the log (where presence events between them are not kept).
+const CHANNEL_LAG: Duration = Duration::from_secs(2);
+
 /// Messages handled from the pub/sub socket before the request queue is looked at again.
 const HEARD_PER_ROUND: usize = 1024;
 
@@ -519,7 +523,7 @@ impl Listener {
             SubReq::Join(request) => {
                 let answered = self
                     .listen_to(&request.topic, wire)
-                    .and_then(|()| self.catch_up(wire, &request.topic))
+                    .and_then(|()| self.catch_up_live(wire, &request.topic))
                     .and_then(|()| self.join_answer(wire, &request.topic, &request.start));
                 match answered {
                     Ok(result) => {
@@ -595,7 +599,6 @@ impl Listener {
     /// Bring this node's position on `topic` up to Redis's current number: forward what was
     /// missed from the log, or tell the topic's subscribers that there is a hole.
     fn catch_up(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
-        let keys = Keys::of(topic);
         let Some(known) = self.topics.get(topic).cloned() else {
             return Ok(());
         };
@@ -604,20 +607,7 @@ impl Listener {
             _ => String::new(),
         };
         let (epoch, current, events) = loop {
-            let fresh = self.epochs.fresh();
-            let position = &self.position;
-            let value = wire.command(topic, Some(script::POSITION), &mut |c| {
-                position
-                    .key(&keys.seq)
-                    .key(&keys.log)
-                    .key(&keys.epoch)
-                    .key(&keys.events)
-                    .arg(&fresh)
-                    .arg(&retire)
-                    .invoke(c)
-            })?;
-            let (epoch, current, events) = script::parse_position(&value)
-                .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
+            let (epoch, current, events) = self.position_of(wire, topic, &retire)?;
             match &known {
                 // Redis went back in time (an older copy of the data): its next numbers
                 // would repeat ones already delivered, so this epoch ends here.
@@ -655,6 +645,69 @@ impl Listener {
                 retired,
             }),
         );
+        Ok(())
+    }
+
+    /// Redis's `{epoch, current number, event count}` of `topic` (`script::POSITION`,
+    /// retiring epoch `retire` if not empty, starting a life if there is none).
+    fn position_of(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        retire: &str,
+    ) -> Result<(String, u64, u64), Stop> {
+        let keys = Keys::of(topic);
+        let fresh = self.epochs.fresh();
+        let position = &self.position;
+        let value = wire.command(topic, Some(script::POSITION), &mut |c| {
+            position
+                .key(&keys.seq)
+                .key(&keys.log)
+                .key(&keys.epoch)
+                .key(&keys.events)
+                .arg(&fresh)
+                .arg(retire)
+                .invoke(c)
+        })?;
+        script::parse_position(&value)
+            .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))
+    }
+
+    /// [`Listener::catch_up`] for a join on a topic this node already follows: messages
+    /// Redis numbered but this node has not heard yet are taken from the channel, not the
+    /// log, for up to [`CHANNEL_LAG`], so presence events between them (which the log does
+    /// not keep) are forwarded in their place too. Past it, or after anything unusual (an
+    /// epoch change, a failover), the ordinary catch-up.
+    fn catch_up_live(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
+        let known = match self.topics.get(topic) {
+            Some(Some(p)) if !self.retire.contains(topic) => p.clone(),
+            _ => return self.catch_up(wire, topic),
+        };
+        let (epoch, current, events) = self.position_of(wire, topic, "")?;
+        if epoch != known.epoch || current < known.last {
+            return self.catch_up(wire, topic);
+        }
+        let deadline = Instant::now() + CHANNEL_LAG;
+        while Instant::now() < deadline {
+            match self.topics.get(topic) {
+                Some(Some(p)) if p.epoch == epoch && p.last < current => {}
+                _ => break,
+            }
+            if let Some((channel, payload)) = wire.next(POLL)? {
+                self.on_heard(&channel, &payload, wire)?;
+                self.out.wake();
+            }
+        }
+        let last = match self.topics.get(topic) {
+            Some(Some(p)) if p.epoch == epoch => p.last,
+            _ => return self.catch_up(wire, topic),
+        };
+        if last < current {
+            self.fill(wire, topic, last + 1, current)?;
+        }
+        if let Some(Some(p)) = self.topics.get_mut(topic) {
+            p.events = events;
+        }
         Ok(())
     }
 
