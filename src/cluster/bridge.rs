@@ -30,7 +30,7 @@ use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
 use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
-use crate::proto::presence;
+use crate::proto::presence::{self, Member};
 use crate::proto::topic::{Start, TopicName};
 
 /// How long the listener waits on the pub/sub socket before serving its request queue
@@ -43,6 +43,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Publishes sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 512;
+
+/// Presence events placed in Redis in one pipeline at most.
+const EVENT_BATCH: usize = 512;
 
 /// How long a join waits for the channel to bring what Redis has already numbered before it
 /// takes the rest from the log (where presence events between them are not kept).
@@ -295,8 +298,9 @@ pub struct Listener {
     /// Which shard's health this bridge reports (an index into `stats.shards`).
     shard: usize,
     position: redis::Script,
-    /// The presence event script for this layout (`EVENT`, or `SEVENT` on a Redis Cluster).
-    event: (&'static str, redis::Script),
+    /// The presence event script for this layout (`EVENT`, or `SEVENT` on a Redis
+    /// Cluster) and its SHA1.
+    event: (&'static str, String),
     url: String,
     node: u32,
     history: usize,
@@ -330,7 +334,7 @@ impl Listener {
             layout,
             shard,
             position: redis::Script::new(script::POSITION),
-            event: (event, redis::Script::new(event)),
+            event: (event, redis::Script::new(event).get_hash().to_owned()),
             url,
             node: config.node,
             history: config.history,
@@ -481,14 +485,31 @@ impl Listener {
             println!("broker: up ({})", self.url);
             *ever_up = true;
         }
+        let mut events = Vec::new();
         loop {
             loop {
+                // Events are placed in pipelined batches; anything else waits for the ones
+                // before it (a subscriber's own join is placed before its start is read).
                 match requests.try_recv() {
-                    Ok(request) => self.on_request(request, wire)?,
+                    Ok(SubReq::Event {
+                        topic,
+                        joined,
+                        member,
+                    }) => {
+                        events.push((topic, joined, member));
+                        if events.len() >= EVENT_BATCH {
+                            self.place_events(wire, &mut events)?;
+                        }
+                    }
+                    Ok(request) => {
+                        self.place_events(wire, &mut events)?;
+                        self.on_request(request, wire)?;
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Err(Stop::Shutdown),
                 }
             }
+            self.place_events(wire, &mut events)?;
             self.out.wake();
             for _ in 0..HEARD_PER_ROUND {
                 match wire.next(POLL)? {
@@ -542,43 +563,60 @@ impl Listener {
                 topic,
                 joined,
                 member,
-            } => self.place_event(wire, &topic, joined, &member),
+            } => self.place_events(wire, &mut vec![(topic, joined, member)]),
         }
     }
 
-    /// Have Redis place a presence event among `topic`'s messages (`script::EVENT`); every
-    /// listening node hears it on the topic's channel. A failure loses the event (counted).
-    fn place_event(
+    /// Have Redis place presence events among their topics' messages (`script::EVENT`, one
+    /// pipeline); every listening node hears each on its topic's channel, in this order per
+    /// topic. A failed call loses its event (counted), and the connection is started over.
+    fn place_events(
         &mut self,
         wire: &mut Wire,
-        topic: &TopicName,
-        joined: bool,
-        member: &crate::proto::presence::Member,
+        events: &mut Vec<(TopicName, bool, Member)>,
     ) -> Result<(), Stop> {
-        let keys = Keys::of(topic);
+        if events.is_empty() {
+            return Ok(());
+        }
         let fresh = self.epochs.fresh();
-        let body = script::event_body(joined, member);
-        let (source, event) = &self.event;
-        let placed = wire.command(topic, Some(*source), &mut |c| {
-            event
-                .key(&keys.seq)
-                .key(&keys.log)
-                .key(&keys.epoch)
-                .key(&keys.events)
-                .arg(&fresh)
-                .arg(&body)
-                .arg(&keys.channel)
-                .invoke(c)
-        });
-        match placed {
-            Ok(_) => {
-                BrokerStats::count(&self.stats.events, 1);
-                Ok(())
+        let (source, sha) = (self.event.0, &self.event.1);
+        let calls: Vec<(&str, redis::Cmd)> = events
+            .iter()
+            .map(|(topic, joined, member)| {
+                let keys = Keys::of(topic);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(sha)
+                    .arg(4)
+                    .arg(&keys.seq)
+                    .arg(&keys.log)
+                    .arg(&keys.epoch)
+                    .arg(&keys.events)
+                    .arg(&fresh)
+                    .arg(script::event_body(*joined, member))
+                    .arg(&keys.channel);
+                (&**topic, cmd)
+            })
+            .collect();
+        let results = wire.pipeline(&calls, source);
+        drop(calls);
+        events.clear();
+        let mut failed = None;
+        for result in results {
+            match result {
+                Ok(Value::Int(n)) if n > 0 => BrokerStats::count(&self.stats.events, 1),
+                Ok(other) => {
+                    BrokerStats::count(&self.stats.events_dropped, 1);
+                    failed.get_or_insert(format!("unexpected event answer {other:?}"));
+                }
+                Err(e) => {
+                    BrokerStats::count(&self.stats.events_dropped, 1);
+                    failed.get_or_insert(e.to_string());
+                }
             }
-            Err(e) => {
-                BrokerStats::count(&self.stats.events_dropped, 1);
-                Err(e.into())
-            }
+        }
+        match failed {
+            Some(why) => Err(Stop::Fault(why)),
+            None => Ok(()),
         }
     }
 
