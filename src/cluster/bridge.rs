@@ -8,7 +8,9 @@
 //!   the topics this node has subscribers for, forwards what it hears to each topic's owner
 //!   worker in numbering order, answers `herald.v1` joins consistently with that stream,
 //!   and after a fault reconnects with capped exponential backoff, resubscribes and fills any
-//!   hole from the topic's log, or says explicitly that it cannot.
+//!   hole from the topic's log, or says explicitly that it cannot. It also has Redis place
+//!   presence `join`/`leave` events on their topic's channel (`script::EVENT`) and hands
+//!   every event it hears to the topic's owner at its place among the messages.
 //!
 //! Why joins are exact across nodes: the listener first brings its own position on the topic
 //! up to Redis's current number (forwarding whatever it had not heard yet), then answers with
