@@ -455,3 +455,56 @@ fn a_hole_the_log_cannot_fill_is_reported_to_every_subscriber() {
         .expect("the gap is counted");
     assert!(stats.contains("broker_malformed=1"), "{stats}");
 }
+
+/// The numbering script against a real Redis: a topic numbered by one process is not
+/// numbered by another until the caller decides (failover), and the decision keeps or ends
+/// the epoch before any number is given, once.
+#[test]
+fn a_topics_home_is_settled_before_another_process_numbers_it() {
+    use herald::cluster::script::{Keys, PUBLISH};
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
+        return;
+    };
+    let mut c = redis.client();
+    let keys = Keys::of("homed");
+    let publish = |c: &mut redis::Connection, home: &str, decision: &str, epoch: &str| {
+        redis::cmd("EVAL")
+            .arg(PUBLISH)
+            .arg(4)
+            .arg(&keys.seq)
+            .arg(&keys.log)
+            .arg(&keys.epoch)
+            .arg(&keys.home)
+            .arg(epoch)
+            .arg(100)
+            .arg("0 0 0")
+            .arg("tbody")
+            .arg(&keys.channel)
+            .arg(home)
+            .arg(decision)
+            .query::<i64>(c)
+    };
+    let epoch = |c: &mut redis::Connection| -> String {
+        redis::cmd("GET").arg(&keys.epoch).query(c).unwrap()
+    };
+    assert_eq!(publish(&mut c, "r1 a:1", "", "e1").unwrap(), 1);
+    assert_eq!(publish(&mut c, "r1 a:1", "", "e9").unwrap(), 2);
+    assert_eq!(epoch(&mut c), "e1");
+    // Another process: nothing numbered, the old home named.
+    let refused = publish(&mut c, "r2 b:1", "", "e2").unwrap_err();
+    assert_eq!(refused.code(), Some("HOMELESS"), "{refused}");
+    assert_eq!(refused.detail(), Some("r1 a:1"));
+    let seq: u64 = redis::cmd("GET").arg(&keys.seq).query(&mut c).unwrap();
+    assert_eq!(seq, 2);
+    // Handed over: same epoch, numbering goes on.
+    assert_eq!(publish(&mut c, "r2 b:1", "adopt r1 a:1", "e2").unwrap(), 3);
+    assert_eq!(epoch(&mut c), "e1");
+    // A decision about an old home that is not the topic's any more is no decision.
+    let refused = publish(&mut c, "r3 c:1", "retire r1 a:1", "e3").unwrap_err();
+    assert_eq!(refused.detail(), Some("r2 b:1"));
+    // Not handed over: a new life before the first number, the log emptied of the old one.
+    assert_eq!(publish(&mut c, "r3 c:1", "retire r2 b:1", "e3").unwrap(), 1);
+    assert_eq!(epoch(&mut c), "e3");
+    let logged: u64 = redis::cmd("XLEN").arg(&keys.log).query(&mut c).unwrap();
+    assert_eq!(logged, 1);
+}

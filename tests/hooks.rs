@@ -237,9 +237,26 @@ fn the_subscribe_hook_decides_each_topic() {
     );
     let mut ok = SseClient::connect(server.addr, "/open", &[]);
     assert_eq!(ok.status, 200);
+    // A pattern is asked once, as the pattern, and says so.
+    client.send_subscribe(3, json!(["secret/*"]));
+    assert_eq!(client.expect("error")["code"], "forbidden");
+    assert_eq!(client.subscribe(4, json!(["open/*"]))["pattern"], "open/*");
     let seen = backend.seen();
     assert!(seen.iter().all(|v| v["hook"] == "subscribe"));
     assert!(seen.iter().any(|v| v["topic"] == "secret/y"));
+    let asked = |t: &str| seen.iter().find(|v| v["topic"] == t).cloned();
+    assert_eq!(
+        asked("open/*").map(|v| v["pattern"].clone()),
+        Some(json!(true))
+    );
+    assert_eq!(
+        asked("secret/*").map(|v| v["pattern"].clone()),
+        Some(json!(true))
+    );
+    assert_eq!(
+        asked("open").map(|v| v.get("pattern").is_none()),
+        Some(true)
+    );
     let _ = ok.next_item(); // retry:
 }
 

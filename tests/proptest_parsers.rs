@@ -402,6 +402,8 @@ fn v1_request() -> impl Strategy<Value = (serde_json::Value, Request)> {
                     topic,
                     start,
                     presence,
+                    pattern: None,
+                    since_each: vec![],
                 },
             )
         });

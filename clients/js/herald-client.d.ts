@@ -24,13 +24,16 @@ export interface MessageMeta {
   epoch: string;
 }
 
-/** Why `onGap` was called. */
-export type GapReason = "epoch_changed" | "history_gap" | "since_ahead" | "seq_jump";
+/** Why `onGap` was called (`untracked`: pattern subscriptions only). */
+export type GapReason = "epoch_changed" | "history_gap" | "since_ahead" | "seq_jump" | "untracked";
 
 /**
  * Messages were lost between `lastSeq` and what comes next: the client cannot recover them.
  * After `epoch_changed`, `history_gap` and `since_ahead` the subscription resumes live from the
- * server's current position; after `seq_jump` delivery goes on from `nextSeq`.
+ * server's current position; after `seq_jump` delivery goes on from `nextSeq`. `untracked`: a
+ * pattern resumed and the server follows a topic the client kept no position for (created
+ * while the client was away, or forgotten past `maxPatternTopics`) that already had messages;
+ * delivery starts at `nextSeq`.
  */
 export interface GapInfo {
   reason: GapReason;
@@ -39,7 +42,7 @@ export interface GapInfo {
   epoch: string | null;
   /** The seq of the last message delivered (0 if none was). */
   lastSeq: number;
-  /** `seq_jump` only: the seq that arrived instead of `lastSeq + 1`. */
+  /** `seq_jump`: the seq that arrived instead of `lastSeq + 1`; `untracked`: the first seq delivered. */
   nextSeq?: number;
 }
 
@@ -51,21 +54,40 @@ export interface SubscribedInfo {
   seq: number;
   /** How many messages (up to `seq`) are replayed before live ones. */
   replayed: number;
+  /** Set when a pattern subscription follows `topic`: the pattern. */
+  pattern?: string;
 }
 
+/**
+ * For a pattern subscription every handler is about one concrete topic (`meta.topic`,
+ * `info.topic`), each topic with its own order, recovery and gaps.
+ */
 export interface SubscriptionHandlers {
   /** Every message of the topic, once, in order, across reconnects. */
   onMessage?(data: HeraldData, meta: MessageMeta): void;
   /** Messages were lost; reload the application's state for this topic. Never silent. */
   onGap?(info: GapInfo): void;
-  /** The server refused the topic (`forbidden`, `bad_topic`, `too_many_topics`); the subscription ended. */
+  /**
+   * The server refused the topic (`forbidden`, `bad_topic`, `too_many_topics`, `patterns_off`, ...);
+   * the subscription ended. For a pattern, an error with `error.topic` set refuses only that
+   * topic (`too_many_topics`, `forbidden`: it is not followed) and the pattern goes on.
+   */
   onError?(error: HeraldError): void;
-  /** The server confirmed the subscription (again after every reconnect). */
+  /** The server confirmed the subscription (again after every reconnect); for a pattern, once per topic it follows. */
   onSubscribed?(info: SubscribedInfo): void;
 }
 
 /** Where the first subscribe starts; later ones (after reconnects) always use `since`. */
 export type SubscribeOptions = { since: HeraldPosition; rewind?: never } | { rewind: number; since?: never } | {};
+
+/** A pattern: a topic with `*` (one whole segment) or a last `**` (one or more segments). */
+export type TopicPattern = `${string}*${string}`;
+
+/**
+ * Where a pattern's first subscribe starts: positions per concrete topic (from
+ * `PatternSubscription.positions()` of an earlier session), or live.
+ */
+export type PatternSubscribeOptions = { since?: Record<string, HeraldPosition> };
 
 /**
  * The part of the WebSocket API the client relies on (browsers' `WebSocket` and `ws`'s fit);
@@ -99,6 +121,12 @@ export interface HeraldOptions {
   highWaterMark?: number;
   /** Delay (ms) before asking again for a subscription refused as `unavailable` (cluster broker down). Default 1000. */
   retryUnavailable?: number;
+  /**
+   * Topics per pattern subscription whose positions go in its `since` map on a reconnect (the
+   * most recently delivered first; the others are forgotten and reported `untracked` if they
+   * had messages meanwhile). Default 1000, herald's default `--max-topics-per-conn`.
+   */
+  maxPatternTopics?: number;
 }
 
 export interface ConnectingEvent {
@@ -137,7 +165,9 @@ export class HeraldError extends Error {
    */
   readonly code: string | number;
   readonly reason: string;
-  constructor(code: string | number, reason?: string);
+  /** For a pattern subscription's `onError`: the one topic refused (the pattern goes on). */
+  readonly topic?: string;
+  constructor(code: string | number, reason?: string, topic?: string);
 }
 
 /** One topic's subscription. */
@@ -149,8 +179,16 @@ export class Subscription {
   readonly seq: number;
   /** False after unsubscribe() or a refusal. */
   readonly active: boolean;
+  /** True while the server has confirmed the subscription on the current connection. */
+  readonly live: boolean;
   /** Stop receiving the topic; no handler runs after it returns. */
   unsubscribe(): void;
+}
+
+/** A pattern's subscription: `topic` is the pattern; `epoch` and `seq` stay null and 0. */
+export class PatternSubscription extends Subscription {
+  /** The last delivered position of each topic followed; a later subscribe's `since`. */
+  positions(): Record<string, HeraldPosition>;
 }
 
 /** A herald.v1 connection that reconnects and recovers by itself. */
@@ -160,7 +198,16 @@ export class Herald {
   /** Socket bytes not yet sent plus queued publishes' bytes. */
   readonly bufferedAmount: number;
   on<K extends keyof HeraldEvents>(event: K, listener: (arg: HeraldEvents[K]) => void): () => void;
-  subscribe(topic: string, handlers: SubscriptionHandlers | ((data: HeraldData, meta: MessageMeta) => void), options?: SubscribeOptions): Subscription;
+  /**
+   * One topic, or (a `TopicPattern`) every topic the pattern matches, existing or created
+   * later. A non-literal `string` is typed as a topic; at run time one holding a `*` is a
+   * pattern all the same (the result is then a `PatternSubscription`).
+   */
+  subscribe<T extends string>(
+    topic: T,
+    handlers: SubscriptionHandlers | ((data: HeraldData, meta: MessageMeta) => void),
+    options?: T extends TopicPattern ? PatternSubscribeOptions : SubscribeOptions,
+  ): T extends TopicPattern ? PatternSubscription : Subscription;
   /** Resolves with the message's seq (`null`: nobody subscribed and history is off). */
   publish(topic: string, data: HeraldPayload): Promise<number | null>;
   /** Resolves once `bufferedAmount <= threshold` (default 0). */

@@ -135,6 +135,31 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// Whether some topic matches both patterns. A connection may not hold two
+    /// subscriptions that overlap (each message reaches it once), so this decides a refusal.
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        overlap(&self.segments, &other.segments)
+    }
+}
+
+/// Segment by segment: literals must agree, `*` takes any one segment, and `**` (always
+/// last) takes one or more, so it overlaps anything with at least one segment left.
+fn overlap(a: &[Segment], b: &[Segment]) -> bool {
+    match (a.split_first(), b.split_first()) {
+        (None, None) => true,
+        (Some((Segment::Rest, _)), Some(_)) | (Some(_), Some((Segment::Rest, _))) => true,
+        (None, Some(_)) | (Some(_), None) => false,
+        (Some((x, a)), Some((y, b))) => {
+            let agree = match (x, y) {
+                (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                _ => true,
+            };
+            agree && overlap(a, b)
+        }
+    }
+}
+
 impl std::fmt::Display for Pattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.text)
@@ -231,6 +256,35 @@ mod tests {
             Err(PatternError::Topic(TopicError::BadChar))
         );
         assert!(Pattern::parse(&"a".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn overlapping_patterns_share_a_topic() {
+        let yes = [
+            ("a/*", "a/b"),
+            ("a/*", "*/b"),
+            ("a/**", "a/b/c"),
+            ("a/**", "*/*"),
+            ("**", "x"),
+            ("a/*/c", "a/b/*"),
+            ("a/b/**", "a/*/c/**"),
+        ];
+        for (x, y) in yes {
+            assert!(p(x).overlaps(&p(y)), "{x} {y}");
+            assert!(p(y).overlaps(&p(x)), "{y} {x}");
+        }
+        let no = [
+            ("a/*", "b/*"),
+            ("a/*", "a"),
+            ("a/*", "a/b/c"),
+            ("a/**", "a"),
+            ("a/**", "b/**"),
+            ("a/*/c", "a/*/d"),
+        ];
+        for (x, y) in no {
+            assert!(!p(x).overlaps(&p(y)), "{x} {y}");
+            assert!(!p(y).overlaps(&p(x)), "{y} {x}");
+        }
     }
 
     #[test]

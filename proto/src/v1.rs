@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::frame;
+use crate::pattern::{self, Pattern, PatternError};
 use crate::topic::{self, Start, TopicError};
 
 /// The subprotocol name a client offers and the server echoes.
@@ -38,13 +39,21 @@ pub enum Request {
     },
 }
 
-/// A topic a client subscribes to, and from where it wants the stream to start.
+/// A topic (or topic pattern) a client subscribes to, and from where it wants the stream to
+/// start.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Wanted {
+    /// The topic name, or the pattern as written.
     pub topic: String,
     pub start: Start,
     /// Also deliver the topic's `join` / `leave` events (`"presence":true`).
     pub presence: bool,
+    /// Set when `topic` is a pattern (`prices/*`): the subscription follows every matching
+    /// topic.
+    pub pattern: Option<Pattern>,
+    /// A pattern's `since` map: the concrete topics to resume, each from its own position
+    /// (always `Start::Since`), every one matching the pattern.
+    pub since_each: Vec<(String, Start)>,
 }
 
 /// Why a request (or one topic of it) was not done; `code` is what a client program matches
@@ -55,6 +64,18 @@ pub enum Refusal {
     BadRequest(String),
     #[error("invalid topic: {0}")]
     BadTopic(TopicError),
+    /// A subscribe's topic has a `*` but is not a valid pattern (code `bad_topic`).
+    #[error("invalid topic pattern: {0}")]
+    BadPattern(PatternError),
+    /// The connection already receives some topic of this subscription through another
+    /// one (a pattern and a topic it matches, or two overlapping patterns); each message
+    /// reaches a connection once, so the second is refused (code `already_subscribed`).
+    #[error("overlaps this connection's subscription {0}: a topic would arrive twice")]
+    Overlaps(String),
+    /// Pattern subscriptions with a Redis Cluster broker, whose sharded pub/sub has no
+    /// pattern form (code `patterns_off`).
+    #[error("pattern subscriptions are not available with a Redis Cluster broker (redis+cluster://); use redis:// instances")]
+    PatternsOffInCluster,
     #[error("at most {0} topics per connection")]
     TooManyTopics(usize),
     #[error("already subscribed")]
@@ -87,7 +108,9 @@ impl Refusal {
     pub fn code(&self) -> &'static str {
         match self {
             Refusal::BadRequest(_) => "bad_request",
-            Refusal::BadTopic(_) => "bad_topic",
+            Refusal::BadTopic(_) | Refusal::BadPattern(_) => "bad_topic",
+            Refusal::Overlaps(_) => "already_subscribed",
+            Refusal::PatternsOffInCluster => "patterns_off",
             Refusal::TooManyTopics(_) => "too_many_topics",
             Refusal::AlreadySubscribed => "already_subscribed",
             Refusal::NotSubscribed => "not_subscribed",
@@ -136,7 +159,7 @@ enum RawWanted {
 #[serde(deny_unknown_fields)]
 struct RawWantedFull {
     topic: String,
-    since: Option<RawSince>,
+    since: Option<RawStart>,
     rewind: Option<u64>,
     #[serde(default)]
     presence: bool,
@@ -147,6 +170,14 @@ struct RawWantedFull {
 struct RawSince {
     epoch: String,
     seq: u64,
+}
+
+/// `since`: one position (a topic), or a map of topic → position (a pattern).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStart {
+    One(RawSince),
+    Each(std::collections::BTreeMap<String, RawSince>),
 }
 
 /// Decode one client text message. On failure, the id (if one could be read) and why.
@@ -203,30 +234,78 @@ pub fn decode(text: &[u8]) -> Result<Request, (Option<u64>, Refusal)> {
 }
 
 fn wanted(raw: RawWanted) -> Result<Wanted, Refusal> {
-    let mut presence = false;
-    let (topic, start) = match raw {
-        RawWanted::Name(topic) => (topic, Start::Now),
-        RawWanted::Full(RawWantedFull {
+    let full = match raw {
+        RawWanted::Name(topic) => RawWantedFull {
             topic,
-            since,
-            rewind,
-            presence: events,
-        }) => {
-            presence = events;
-            match (since, rewind) {
-                (None, None) => (topic, Start::Now),
-                (Some(RawSince { epoch, seq }), None) => (topic, Start::Since { epoch, seq }),
-                (None, Some(n)) => (topic, Start::Rewind(n)),
-                (Some(_), Some(_)) => {
-                    return Err(Refusal::BadRequest("give since or rewind, not both".into()))
-                }
-            }
+            since: None,
+            rewind: None,
+            presence: false,
+        },
+        RawWanted::Full(full) => full,
+    };
+    if pattern::is_pattern(&full.topic) {
+        return wanted_pattern(full);
+    }
+    let RawWantedFull {
+        topic,
+        since,
+        rewind,
+        presence,
+    } = full;
+    let start = match (since, rewind) {
+        (None, None) => Start::Now,
+        (Some(RawStart::One(RawSince { epoch, seq })), None) => Start::Since { epoch, seq },
+        (Some(RawStart::Each(_)), None) => {
+            let why = "since is one {\"epoch\",\"seq\"} for a topic (a map is for a pattern)";
+            return Err(Refusal::BadRequest(why.into()));
+        }
+        (None, Some(n)) => Start::Rewind(n),
+        (Some(_), Some(_)) => {
+            return Err(Refusal::BadRequest("give since or rewind, not both".into()))
         }
     };
     Ok(Wanted {
         topic,
         start,
         presence,
+        pattern: None,
+        since_each: Vec::new(),
+    })
+}
+
+/// A pattern subscription: a valid pattern, and `since` (if any) a map whose every topic
+/// the pattern matches. `rewind` and `presence` are per topic, so not accepted here.
+fn wanted_pattern(full: RawWantedFull) -> Result<Wanted, Refusal> {
+    let pattern = Pattern::parse(&full.topic).map_err(Refusal::BadPattern)?;
+    if full.rewind.is_some() || full.presence {
+        let why = "rewind and presence are per topic; a pattern takes neither";
+        return Err(Refusal::BadRequest(why.into()));
+    }
+    let since_each = match full.since {
+        None => Vec::new(),
+        Some(RawStart::One(_)) => {
+            let why = "a pattern's since is a map of topic → {\"epoch\",\"seq\"}";
+            return Err(Refusal::BadRequest(why.into()));
+        }
+        Some(RawStart::Each(map)) => {
+            let mut each = Vec::with_capacity(map.len());
+            for (topic, RawSince { epoch, seq }) in map {
+                topic::validate(&topic).map_err(Refusal::BadTopic)?;
+                if !pattern.matches(&topic) {
+                    let why = format!("since names {topic}, which {pattern} does not match");
+                    return Err(Refusal::BadRequest(why));
+                }
+                each.push((topic, Start::Since { epoch, seq }));
+            }
+            each
+        }
+    };
+    Ok(Wanted {
+        topic: full.topic,
+        start: Start::Now,
+        presence: false,
+        pattern: Some(pattern),
+        since_each,
     })
 }
 
@@ -240,6 +319,16 @@ enum Reply<'a> {
         epoch: &'a str,
         seq: u64,
         replayed: usize,
+        /// Set when the topic is followed through this pattern subscription.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pattern: Option<&'a str>,
+    },
+    /// A pattern subscription is in place (each matching topic then gets a `subscribed`
+    /// of its own, with `pattern` set, before its first message).
+    #[serde(rename = "subscribed")]
+    PatternSubscribed {
+        id: u64,
+        pattern: &'a str,
     },
     Unsubscribed {
         id: u64,
@@ -267,13 +356,32 @@ fn text_frame(reply: &Reply) -> Bytes {
 /// `subscribed`: the subscription is live from `seq` of `epoch`, after `replayed` messages
 /// of history (which follow this reply at once).
 pub fn subscribed(id: u64, topic: &str, epoch: &str, seq: u64, replayed: usize) -> Bytes {
+    subscribed_via(id, topic, None, epoch, seq, replayed)
+}
+
+/// `subscribed` for a topic followed through a pattern subscription (`pattern`), or a
+/// direct one (`None`): the client learns the topic's epoch and position for `since`.
+pub fn subscribed_via(
+    id: u64,
+    topic: &str,
+    pattern: Option<&str>,
+    epoch: &str,
+    seq: u64,
+    replayed: usize,
+) -> Bytes {
     text_frame(&Reply::Subscribed {
         id,
         topic,
         epoch,
         seq,
         replayed,
+        pattern,
     })
+}
+
+/// `subscribed` for a pattern: the subscription is registered; matching topics follow.
+pub fn pattern_subscribed(id: u64, pattern: &str) -> Bytes {
+    text_frame(&Reply::PatternSubscribed { id, pattern })
 }
 
 /// `unsubscribed`: no message of `topic` follows.
@@ -351,7 +459,9 @@ mod tests {
                     Wanted {
                         topic: "a".into(),
                         start: Start::Now,
-                        presence: false
+                        presence: false,
+                        pattern: None,
+                        since_each: vec![],
                     },
                     Wanted {
                         topic: "b".into(),
@@ -359,12 +469,16 @@ mod tests {
                             epoch: "e".into(),
                             seq: 4
                         },
-                        presence: false
+                        presence: false,
+                        pattern: None,
+                        since_each: vec![],
                     },
                     Wanted {
                         topic: "c".into(),
                         start: Start::Rewind(3),
-                        presence: false
+                        presence: false,
+                        pattern: None,
+                        since_each: vec![],
                     },
                 ]
             }
@@ -406,6 +520,38 @@ mod tests {
     }
 
     #[test]
+    fn patterns_take_a_since_map_and_nothing_per_topic() {
+        let r = decode(br#"{"op":"subscribe","id":1,"topics":[{"topic":"p/*","since":{"p/a":{"epoch":"e","seq":4}}}]}"#).unwrap();
+        let Request::Subscribe { topics, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(topics[0].pattern.as_ref().map(|p| p.as_str()), Some("p/*"));
+        assert_eq!(
+            topics[0].since_each,
+            vec![(
+                "p/a".to_string(),
+                Start::Since {
+                    epoch: "e".into(),
+                    seq: 4
+                }
+            )]
+        );
+        for (text, code) in [
+            (&br#"{"op":"subscribe","id":2,"topics":[{"topic":"p/*","since":{"q/a":{"epoch":"e","seq":4}}}]}"#[..], "bad_request"),
+            (br#"{"op":"subscribe","id":2,"topics":[{"topic":"p/*","since":{"epoch":"e","seq":4}}]}"#, "bad_request"),
+            (br#"{"op":"subscribe","id":2,"topics":[{"topic":"p/*","rewind":3}]}"#, "bad_request"),
+            (br#"{"op":"subscribe","id":2,"topics":[{"topic":"p/*","presence":true}]}"#, "bad_request"),
+            (br#"{"op":"subscribe","id":2,"topics":["p/x*"]}"#, "bad_topic"),
+            (br#"{"op":"subscribe","id":2,"topics":["a/**/b"]}"#, "bad_topic"),
+            (br#"{"op":"subscribe","id":2,"topics":[{"topic":"a","since":{"a":{"epoch":"e","seq":1}}}]}"#, "bad_request"),
+        ] {
+            let (id, refusal) = decode(text).unwrap_err();
+            assert_eq!(id, Some(2));
+            assert_eq!(refusal.code(), code, "{}", String::from_utf8_lossy(text));
+        }
+    }
+
+    #[test]
     fn envelopes_carry_topic_seq_and_data() {
         let text = frame::encode(OpCode::Data(Data::Text), "hé \"q\"\n".as_bytes());
         let v = payload_json(&envelope("chat", 42, &text));
@@ -435,6 +581,14 @@ mod tests {
         let v = payload_json(&error(None, None, &Refusal::BadRequest("x".into())));
         assert_eq!(v["id"], serde_json::Value::Null);
         assert!(v.get("topic").is_none());
+        let v = payload_json(&pattern_subscribed(3, "p/*"));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"subscribed","id":3,"pattern":"p/*"})
+        );
+        let v = payload_json(&subscribed_via(3, "p/a", Some("p/*"), "e", 0, 0));
+        assert_eq!(v["pattern"], "p/*");
+        assert_eq!(v["topic"], "p/a");
         let v = payload_json(&published(2, None));
         assert_eq!(v, serde_json::json!({"type":"published","id":2,"seq":null}));
     }

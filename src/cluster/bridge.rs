@@ -29,9 +29,13 @@ use redis::{RedisError, Value};
 use super::script::{self, Keys};
 use super::wire::{Layout, Served, Wire};
 use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
-use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
+use crate::feed::bus::{
+    BusMsg, JoinError, JoinRequest, Origin, PatternRequest, PeerLink, Publication,
+};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
+use crate::feed::patterns::PatternIndex;
+use crate::proto::pattern::Pattern;
 use crate::proto::presence::{self, Member};
 use crate::proto::topic::{Start, TopicName};
 
@@ -245,10 +249,11 @@ impl Publisher {
                 let keys = Keys::of(&req.topic);
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(&self.sha)
-                    .arg(3)
+                    .arg(4)
                     .arg(&keys.seq)
                     .arg(&keys.log)
                     .arg(&keys.epoch)
+                    .arg(&keys.home)
                     .arg(&epoch)
                     .arg(self.history)
                     .arg(script::origin_arg(self.node, req.origin))
@@ -315,8 +320,11 @@ pub struct Listener {
     topics: HashMap<TopicName, Option<Position>>,
     /// Which process served which slots in the last session (Redis Cluster).
     served: Served,
-    /// Topics whose epoch must be retired at their next catch-up (their shard failed over).
-    retire: std::collections::HashSet<TopicName>,
+    /// Patterns this node's subscribers hold (PSUBSCRIBEd), with how many hold each.
+    patterns: HashMap<Pattern, u32>,
+    /// The same patterns, to check a heard topic against them in one walk.
+    pattern_index: PatternIndex<()>,
+    scratch: Vec<()>,
 }
 
 impl Listener {
@@ -346,8 +354,53 @@ impl Listener {
             epochs: EpochNames::new(config.node, 's'),
             topics: HashMap::new(),
             served: Served::default(),
-            retire: Default::default(),
+            patterns: HashMap::new(),
+            pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Count one more (`true`) or one fewer holder of `pattern`; whether it is the first
+    /// or the last (the moment to PSUBSCRIBE or PUNSUBSCRIBE).
+    fn count_pattern(&mut self, pattern: &Pattern, more: bool) -> bool {
+        if more {
+            let holders = self.patterns.entry(pattern.clone()).or_insert(0);
+            *holders += 1;
+            if *holders == 1 {
+                // Never full: one entry per distinct pattern, bounded by the workers' own.
+                let _ = self.pattern_index.insert(pattern, ());
+                return true;
+            }
+            return false;
+        }
+        match self.patterns.get_mut(pattern) {
+            Some(holders) if *holders > 1 => {
+                *holders -= 1;
+                false
+            }
+            Some(_) => {
+                self.patterns.remove(pattern);
+                self.pattern_index.remove(pattern, ());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Tell a pattern subscriber's worker that this listener hears its pattern now.
+    fn pattern_heard(&mut self, request: PatternRequest) {
+        let worker = request.worker as usize;
+        let answer = BusMsg::PatternJoined {
+            request,
+            result: Ok(Vec::new()),
+        };
+        self.out.send(worker, answer);
+    }
+
+    /// Whether a pattern held here matches `topic` (the PSUBSCRIBE glob is wider).
+    fn pattern_wants(&mut self, topic: &str) -> bool {
+        self.pattern_index.matching(topic, &mut self.scratch);
+        !self.scratch.is_empty()
     }
 
     /// Listen until every worker has gone, reconnecting after each fault.
@@ -399,6 +452,14 @@ impl Listener {
                     self.answer(request, Err(JoinError::Unavailable));
                 }
                 Ok(SubReq::Event { .. }) => BrokerStats::count(&self.stats.events_dropped, 1),
+                // Kept, and PSUBSCRIBEd when the connection is back (`serve`).
+                Ok(SubReq::PatternJoin(request)) => {
+                    self.count_pattern(&request.pattern, true);
+                    self.pattern_heard(request);
+                }
+                Ok(SubReq::PatternLeave(pattern)) => {
+                    self.count_pattern(&pattern, false);
+                }
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
             }
@@ -427,17 +488,18 @@ impl Listener {
             Err(e) => return e.into(),
         };
         // A shard that failed over may have lost its last messages: its topics start a
-        // new life (told explicitly), so no number is reused within an epoch.
+        // new life. That is decided in Redis, by the first script run on the new master
+        // (`script::settle_home`), before it numbers anything; the catch-up below then
+        // finds the new epoch and tells the subscribers. Here it is only reported.
         let mut checked = HashMap::new();
-        for (topic, position) in &self.topics {
-            if position.is_some() && wire.failed_over(&self.served, &served, topic, &mut checked) {
-                self.retire.insert(topic.clone());
-            }
-        }
-        if checked.values().any(|&lost| lost) {
+        let lost = (self.topics.iter())
+            .filter(|(topic, position)| {
+                position.is_some() && wire.failed_over(&self.served, &served, topic, &mut checked)
+            })
+            .count();
+        if lost > 0 {
             println!(
-                "broker: a Redis Cluster shard failed over; {} topic(s) start a new epoch",
-                self.retire.len()
+                "broker: a Redis Cluster shard failed over; {lost} topic(s) this node serves start a new epoch"
             );
         }
         self.served = served;
@@ -460,6 +522,10 @@ impl Listener {
         let topics: Vec<TopicName> = self.topics.keys().cloned().collect();
         for topic in &topics {
             wire.subscribe(topic)?;
+        }
+        let patterns: Vec<Pattern> = self.patterns.keys().cloned().collect();
+        for pattern in &patterns {
+            wire.psubscribe(pattern)?;
         }
         let (gaps, recovered) = (
             self.stats.gaps.load(Relaxed),
@@ -543,6 +609,22 @@ impl Listener {
                 }
                 Ok(())
             }
+            SubReq::PatternJoin(request) => {
+                // Answered either way: after a fault, the next session PSUBSCRIBEs it.
+                let heard = if self.count_pattern(&request.pattern, true) {
+                    wire.psubscribe(&request.pattern)
+                } else {
+                    Ok(())
+                };
+                self.pattern_heard(request);
+                Ok(heard?)
+            }
+            SubReq::PatternLeave(pattern) => {
+                if self.count_pattern(&pattern, false) {
+                    wire.punsubscribe(&pattern)?;
+                }
+                Ok(())
+            }
             SubReq::Join(request) => {
                 let answered = self
                     .listen_to(&request.topic, wire)
@@ -588,10 +670,11 @@ impl Listener {
                 let keys = Keys::of(topic);
                 let mut cmd = redis::cmd("EVALSHA");
                 cmd.arg(sha)
-                    .arg(4)
+                    .arg(5)
                     .arg(&keys.seq)
                     .arg(&keys.log)
                     .arg(&keys.epoch)
+                    .arg(&keys.home)
                     .arg(&keys.events)
                     .arg(&fresh)
                     .arg(script::event_body(*joined, member))
@@ -642,10 +725,7 @@ impl Listener {
         let Some(known) = self.topics.get(topic).cloned() else {
             return Ok(());
         };
-        let mut retire = match &known {
-            Some(p) if self.retire.contains(topic) => p.epoch.clone(),
-            _ => String::new(),
-        };
+        let mut retire = String::new();
         let (epoch, current, events) = loop {
             let (epoch, current, events) = self.position_of(wire, topic, &retire)?;
             match &known {
@@ -657,7 +737,6 @@ impl Listener {
                 _ => break (epoch, current, events),
             }
         };
-        self.retire.remove(topic);
         let retired = match &known {
             Some(p) if p.epoch != epoch => Some(p.epoch.clone()),
             Some(p) => p.retired.clone(),
@@ -699,15 +778,18 @@ impl Listener {
         let keys = Keys::of(topic);
         let fresh = self.epochs.fresh();
         let position = &self.position;
-        let value = wire.command(topic, Some(script::POSITION), &mut |c| {
-            position
-                .key(&keys.seq)
-                .key(&keys.log)
+        let value = wire.script_command(topic, Some(script::POSITION), &mut |c, tail| {
+            let mut call = position.key(&keys.seq);
+            call.key(&keys.log)
                 .key(&keys.epoch)
+                .key(&keys.home)
                 .key(&keys.events)
                 .arg(&fresh)
-                .arg(retire)
-                .invoke(c)
+                .arg(retire);
+            for arg in tail {
+                call.arg(*arg);
+            }
+            call.invoke(c)
         })?;
         script::parse_position(&value)
             .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))
@@ -720,7 +802,7 @@ impl Listener {
     /// epoch change, a failover), the ordinary catch-up.
     fn catch_up_live(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
         let known = match self.topics.get(topic) {
-            Some(Some(p)) if !self.retire.contains(topic) => p.clone(),
+            Some(Some(p)) => p.clone(),
             _ => return self.catch_up(wire, topic),
         };
         let (epoch, current, events) = self.position_of(wire, topic, "")?;
@@ -795,15 +877,22 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
-        let Some(Some(known)) = self.topics.get(&topic).cloned() else {
-            return Ok(()); // unsubscribed meanwhile, or not yet positioned
-        };
         if script::is_event(payload) {
+            // Only for topics this node subscribes to (a pattern subscription gets no events).
+            let Some(Some(known)) = self.topics.get(&topic).cloned() else {
+                return Ok(());
+            };
             return self.on_event(&topic, &known, payload, wire);
         }
         let Some(heard) = script::parse_heard(payload, self.node) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
+        };
+        let known = match self.topics.get(&topic).cloned() {
+            Some(Some(known)) => known,
+            Some(None) => return Ok(()), // not yet positioned
+            None if self.pattern_wants(&topic) => self.discover(wire, &topic, &heard)?,
+            None => return Ok(()), // unsubscribed meanwhile
         };
         if known.retired.as_ref() == Some(&heard.epoch) {
             return Ok(()); // sent before this node's catch-up moved on to a new epoch
@@ -873,6 +962,37 @@ impl Listener {
         };
         self.out.send(owner, event);
         Ok(())
+    }
+
+    /// A topic no subscriber here has, heard through a pattern: SUBSCRIBE to it (so it stays
+    /// heard if the pattern goes while subscribers remain), take this message's number as
+    /// the position, and tell the owner, which attaches the pattern subscribers from there.
+    fn discover(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        heard: &script::Heard,
+    ) -> Result<Position, Stop> {
+        wire.subscribe(topic)?;
+        let last = heard.seq.saturating_sub(1);
+        let position = Position {
+            epoch: heard.epoch.clone(),
+            last,
+            events: 0,
+            retired: None,
+        };
+        self.topics.insert(topic.clone(), Some(position.clone()));
+        self.health()
+            .topics
+            .store(self.topics.len() as u64, Relaxed);
+        let owner = owner_of(topic, self.workers);
+        let discovered = BusMsg::Discovered {
+            topic: topic.clone(),
+            epoch: heard.epoch.clone(),
+            last,
+        };
+        self.out.send(owner, discovered);
+        Ok(position)
     }
 
     /// Hand a numbered message to the topic's owner worker on this node.

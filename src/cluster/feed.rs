@@ -137,6 +137,21 @@ impl Feed {
         self.request(verb, channel, timeout)
     }
 
+    /// Subscribe to every channel matching the glob `pattern` (plain pub/sub only: Redis
+    /// Cluster's sharded channels have no pattern form); returns once confirmed. Messages
+    /// heard through it come from `next` like any others, with their own channel.
+    pub fn psubscribe(&mut self, pattern: &str, timeout: Duration) -> Result<(), RedisError> {
+        if self.kind == Kind::Sharded {
+            return Err(fault("sharded pub/sub has no pattern subscriptions"));
+        }
+        self.request("PSUBSCRIBE", pattern, timeout)
+    }
+
+    /// Undo a [`Feed::psubscribe`]; returns once confirmed.
+    pub fn punsubscribe(&mut self, pattern: &str, timeout: Duration) -> Result<(), RedisError> {
+        self.request("PUNSUBSCRIBE", pattern, timeout)
+    }
+
     /// Unsubscribe from `channel`; returns once Redis confirmed it.
     pub fn unsubscribe(&mut self, channel: &str, timeout: Duration) -> Result<(), RedisError> {
         let verb = self.verbs().1;
@@ -205,9 +220,21 @@ impl Feed {
                 let payload = parts.get(skip + 1).and_then(text).unwrap_or_default();
                 Ok(Event::Message((channel, payload.to_vec())))
             }
-            b"subscribe" | b"ssubscribe" | b"unsubscribe" | b"sunsubscribe" => Ok(
-                Event::Confirmed(String::from_utf8_lossy(&kind).into_owned(), channel),
-            ),
+            // `pmessage PATTERN CHANNEL PAYLOAD`: what matters is the channel.
+            b"pmessage" => {
+                let channel = parts
+                    .get(skip + 1)
+                    .and_then(text)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .unwrap_or_default();
+                let payload = parts.get(skip + 2).and_then(text).unwrap_or_default();
+                Ok(Event::Message((channel, payload.to_vec())))
+            }
+            b"subscribe" | b"ssubscribe" | b"unsubscribe" | b"sunsubscribe" | b"psubscribe"
+            | b"punsubscribe" => Ok(Event::Confirmed(
+                String::from_utf8_lossy(&kind).into_owned(),
+                channel,
+            )),
             _ => Err(fault(format!("unexpected pub/sub value {value:?}"))),
         }
     }

@@ -27,6 +27,7 @@
 
 pub mod bridge;
 pub mod feed;
+pub mod interest;
 pub mod presence;
 pub mod roster;
 pub mod script;
@@ -37,15 +38,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use crate::feed::bus::{AckTo, JoinRequest, Origin, PeerLink};
+use crate::feed::bus::{AckTo, JoinRequest, Origin, PatternRequest, PeerLink};
+use crate::proto::pattern::Pattern;
 use crate::proto::presence::Member;
 use crate::proto::topic::TopicName;
 
 /// Publishes that may wait for the publishing bridge thread; past this, a publish is refused
 /// as unavailable at once (a worker never waits for Redis).
 pub const PUBLISH_QUEUE: usize = 64 * 1024;
+
+/// Interest changes and joins that may wait for the listening bridge thread (per bridge).
+/// Past this, a join is refused as unavailable and an interest change waits in its owner
+/// worker's backlog (`interest::InterestBacklog`, the latest state per topic) until there
+/// is room.
+pub const LISTEN_QUEUE: usize = 64 * 1024;
 
 /// A message for Redis to number, keep and broadcast.
 #[derive(Debug)]
@@ -74,6 +82,12 @@ pub enum SubReq {
         joined: bool,
         member: Member,
     },
+    /// A pattern subscriber arrived on this node: hear every topic the pattern matches
+    /// (PSUBSCRIBE), then answer the subscriber's worker (`BusMsg::PatternJoined`). Sent to
+    /// every instance's listener (`ToShards::send_all`).
+    PatternJoin(PatternRequest),
+    /// One subscriber of `pattern` on this node went.
+    PatternLeave(Pattern),
 }
 
 /// The health of one bridge (one Redis instance, or a whole Redis Cluster).
@@ -222,7 +236,7 @@ impl BrokerStats {
             (
                 "herald_broker_unavailable_total",
                 "counter",
-                "Publishes and joins refused while Redis was unreachable.",
+                "Publishes and joins refused while Redis was unreachable (or its queue was full).",
                 self.unavailable.load(Relaxed),
             ),
             (
@@ -275,6 +289,8 @@ impl ForTopic for SubReq {
             SubReq::Interest { topic, .. } => topic,
             SubReq::Join(request) => &request.topic,
             SubReq::Event { topic, .. } => topic,
+            // Not routed by topic: sent to every listener.
+            SubReq::PatternJoin(_) | SubReq::PatternLeave(_) => "",
         }
     }
 }
@@ -303,8 +319,9 @@ impl Route {
     }
 }
 
-/// One queue per bridge; a message goes to the bridge owning its topic. Same calls as a
-/// single `Sender`, so the workers do not know how many Redis there are.
+/// One queue per bridge; a message goes to the bridge owning its topic. Same call as a
+/// single `Sender`, so the workers do not know how many Redis there are. Bounded, and
+/// workers only `try_send`: a worker never waits for a bridge.
 #[derive(Debug)]
 pub struct ToShards<T> {
     route: Route,
@@ -321,8 +338,13 @@ impl<T> Clone for ToShards<T> {
 }
 
 impl<T: ForTopic> ToShards<T> {
+    /// The bridge (queue) `topic` goes to.
+    fn lane(&self, topic: &str) -> usize {
+        self.route.shard_of(topic).min(self.queues.len() - 1)
+    }
+
     fn queue(&self, msg: &T) -> &Sender<T> {
-        &self.queues[self.route.shard_of(msg.topic()).min(self.queues.len() - 1)]
+        &self.queues[self.lane(msg.topic())]
     }
 
     /// Like [`Sender::try_send`], to the owning bridge.
@@ -330,9 +352,20 @@ impl<T: ForTopic> ToShards<T> {
         self.queue(&msg).try_send(msg)
     }
 
-    /// Like [`Sender::send`], to the owning bridge.
-    pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
-        self.queue(&msg).send(msg)
+    /// How many bridges there are (one per Redis instance; one for a Redis Cluster).
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Whether there is no bridge (never: a link has at least one).
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Like [`Sender::try_send`], to bridge `lane` (`0..len()`), for a request about every
+    /// topic (a pattern) that each bridge must get.
+    pub fn try_send_to(&self, lane: usize, msg: T) -> Result<(), TrySendError<T>> {
+        self.queues[lane.min(self.queues.len() - 1)].try_send(msg)
     }
 }
 
@@ -349,6 +382,9 @@ pub struct ClusterLink {
     /// Reports and queries for the `herald-presence` thread (bounded: `presence::QUEUE`;
     /// workers only `try_send`).
     pub presence: Sender<presence::PresenceReq>,
+    /// Pattern subscriptions are possible (independent Redis instances: PSUBSCRIBE on each;
+    /// a Redis Cluster's sharded pub/sub has no pattern form).
+    pub patterns: bool,
 }
 
 /// Cluster settings taken from the command line.
@@ -418,9 +454,9 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
     for (shard, (layout, url)) in bridges.into_iter().enumerate() {
         let (to_publisher, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
             crossbeam_channel::bounded(PUBLISH_QUEUE);
-        // Interest changes and joins are never dropped (like on the bus): at most one per
-        // first/last subscriber of a topic on this node, or per subscribe request.
-        let (to_listener, listen_rx) = crossbeam_channel::unbounded();
+        // Bounded like every queue: a join that finds it full is refused as unavailable, an
+        // interest change waits in its owner worker's backlog (`interest.rs`), never lost.
+        let (to_listener, listen_rx) = crossbeam_channel::bounded(LISTEN_QUEUE);
         let publisher =
             bridge::Publisher::new(layout.clone(), &config, links(), stats.clone(), shard);
         std::thread::Builder::new()
@@ -442,6 +478,7 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         config.presence_cap,
     )?;
     Ok(ClusterLink {
+        patterns: matches!(broker, shard::Broker::Instances(_)),
         presence: to_presence,
         publish: ToShards {
             route: route.clone(),

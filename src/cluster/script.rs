@@ -23,6 +23,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::feed::bus::Origin;
 use crate::proto::frame;
+use crate::proto::pattern::{Pattern, Segment};
 use crate::proto::presence::Member;
 use crate::proto::topic::{self, TopicName};
 
@@ -42,11 +43,50 @@ end"
     };
 }
 
+/// Where the topic's numbering lives: `home` (KEYS[4]) names the Redis process that numbers
+/// it (`run_id HOST:PORT`, given by the caller: ARGV[$home]). A script run by another process
+/// (the slot's master changed, or Redis restarted) numbers nothing until the caller has
+/// decided (ARGV[$decision]): `adopt <old home>` when the old process handed the topic over
+/// (it is alive: a planned failover, a slot migration), `retire <old home>` when it did not
+/// (it died or restarted, so acknowledged messages may be lost): a new life begins, epoch
+/// ARGV[1], before any number is given, so no number is ever reused within an epoch.
+/// Without a decision the script answers `HOMELESS <old home>`. Both conditional on the old
+/// home: decided once, whichever node asks first.
+macro_rules! settle_home {
+    ($home:literal, $decision:literal) => {
+        concat!(
+            r"
+local home = redis.call('GET', KEYS[4])
+if home ~= ARGV[",
+            $home,
+            r"] then
+  if home then
+    local decision = ARGV[",
+            $decision,
+            r"]
+    if decision == 'retire ' .. home then
+      redis.call('DEL', KEYS[2])
+      redis.call('SET', KEYS[1], 0)
+      epoch = ARGV[1]
+      redis.call('SET', KEYS[3], epoch)
+    elseif decision ~= 'adopt ' .. home then
+      return redis.error_reply('HOMELESS ' .. home)
+    end
+  end
+  redis.call('SET', KEYS[4], ARGV[",
+            $home,
+            r"])
+end"
+        )
+    };
+}
+
 /// The publish script, with the pub/sub command to announce the message with.
 macro_rules! publish_with {
     ($command:literal) => {
         concat!(
             start_topic_if_new!(),
+            settle_home!("6", "7"),
             r"
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
@@ -63,8 +103,9 @@ return seq
 /// sees the topic's messages in numbering order, and a message is in the log before anyone
 /// can hear of it.
 ///
-/// KEYS: seq, log, epoch. ARGV: epoch for a new life, log length, origin, body, channel.
-/// Returns the message's number.
+/// KEYS: seq, log, epoch, home. ARGV: epoch for a new life, log length, origin, body,
+/// channel, this process's home, home decision (see `settle_home`; both appended by
+/// `Wire`). Returns the message's number.
 pub const PUBLISH: &str = publish_with!("PUBLISH");
 
 /// [`PUBLISH`] for a Redis Cluster: `SPUBLISH` keeps the message on the shard that owns the
@@ -77,8 +118,9 @@ macro_rules! event_with {
     ($command:literal) => {
         concat!(
             start_topic_if_new!(),
+            settle_home!("4", "5"),
             r"
-local n = redis.call('INCR', KEYS[4])
+local n = redis.call('INCR', KEYS[5])
 redis.call('",
             $command,
             r"', ARGV[3], '!event ' .. epoch .. ' ' .. redis.call('GET', KEYS[1]) .. ' ' .. n .. '\n' .. ARGV[2])
@@ -93,8 +135,9 @@ return n
 /// events, so a joiner can tell the events older than its start), then publishes it on the
 /// topic's own channel, atomically. Every node hears it at the same place in the stream.
 ///
-/// KEYS: seq, log, epoch, events. ARGV: epoch for a new life, body ([`event_body`]),
-/// channel. Returns the event's count.
+/// KEYS: seq, log, epoch, home, events. ARGV: epoch for a new life, body ([`event_body`]),
+/// channel, this process's home, home decision (see `settle_home`; both appended by
+/// `Wire`). Returns the event's count.
 pub const EVENT: &str = event_with!("PUBLISH");
 
 /// [`EVENT`] for a Redis Cluster (`SPUBLISH`, like [`SPUBLISH`]).
@@ -108,10 +151,12 @@ pub const SEVENT: &str = event_with!("SPUBLISH");
 /// (replication is asynchronous: the promoted replica may lack the last messages, and would
 /// give their numbers to other messages), so no number is ever reused within one epoch.
 ///
-/// KEYS: seq, log, epoch, events. ARGV: epoch for a new life, epoch to retire (or empty).
-/// Returns `{epoch, seq, events}` (`events`: how many presence events were placed so far).
+/// KEYS: seq, log, epoch, home, events. ARGV: epoch for a new life, epoch to retire (or
+/// empty), this process's home, home decision (both appended by `Wire`). Returns
+/// `{epoch, seq, events}` (`events`: how many presence events were placed so far).
 pub const POSITION: &str = concat!(
     start_topic_if_new!(),
+    settle_home!("3", "4"),
     r"
 if ARGV[2] ~= '' and epoch == ARGV[2] then
   redis.call('DEL', KEYS[2])
@@ -119,7 +164,7 @@ if ARGV[2] ~= '' and epoch == ARGV[2] then
   epoch = ARGV[1]
   redis.call('SET', KEYS[3], epoch)
 end
-return {epoch, redis.call('GET', KEYS[1]), redis.call('GET', KEYS[4]) or '0'}
+return {epoch, redis.call('GET', KEYS[1]), redis.call('GET', KEYS[5]) or '0'}
 "
 );
 
@@ -130,6 +175,8 @@ pub struct Keys {
     pub log: String,
     pub epoch: String,
     pub events: String,
+    /// The Redis process that numbers the topic (see `settle_home`).
+    pub home: String,
     pub channel: String,
 }
 
@@ -141,6 +188,7 @@ impl Keys {
             log: format!("herald:{{{topic}}}:log"),
             epoch: format!("herald:{{{topic}}}:epoch"),
             events: format!("herald:{{{topic}}}:events"),
+            home: format!("herald:{{{topic}}}:home"),
             channel: channel_of(topic),
         }
     }
@@ -149,6 +197,25 @@ impl Keys {
 /// The pub/sub channel of `topic`.
 pub fn channel_of(topic: &str) -> String {
     format!("herald:{{{topic}}}")
+}
+
+/// A Redis glob covering the channels of every topic `pattern` matches. Topic names have no
+/// glob character (`*?[]\\` are not allowed in them), and a glob `*` matches across `/`, so
+/// the glob is wider than the pattern (`prices/*` also hears `prices/a/b`): the listener
+/// checks each heard topic against the pattern itself.
+pub fn glob_of(pattern: &Pattern) -> String {
+    let mut glob = String::from("herald:{");
+    for (i, seg) in pattern.segments().iter().enumerate() {
+        if i > 0 {
+            glob.push('/');
+        }
+        match seg {
+            Segment::Literal(text) => glob.push_str(text),
+            Segment::One | Segment::Rest => glob.push('*'),
+        }
+    }
+    glob.push('}');
+    glob
 }
 
 /// The topic a channel name belongs to, if it is a valid Herald channel.

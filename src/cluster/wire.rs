@@ -27,6 +27,7 @@ use redis::{Connection, RedisError, Value};
 
 use super::feed::{Feed, Heard, Kind};
 use super::shard::{self, ClusterSeeds, SlotMap};
+use crate::proto::pattern::Pattern;
 use crate::proto::topic::TopicName;
 
 /// Connecting, and any single command, may take this long before the connection counts as
@@ -62,6 +63,10 @@ impl Layout {
         }
     }
 }
+
+/// One numbering-script call on a connection, given the arguments it takes last (this
+/// process's home, the home decision).
+pub type ScriptCall<'a> = dyn FnMut(&mut Connection, &[&str]) -> Result<Value, RedisError> + 'a;
 
 /// How a command's error says to go on.
 enum Redirect {
@@ -111,6 +116,11 @@ pub struct Wire {
     /// Nodes whose current command connection has loaded the pipeline's script (forgotten
     /// with the connection: a new one may reach another process).
     scripted: HashSet<String>,
+    /// The process behind each command connection, as the scripts' topic `home` names it
+    /// (`run_id HOST:PORT`; learnt on connecting, forgotten with the connection).
+    homes: HashMap<String, String>,
+    /// Old homes already reported replaced (one line each, not one per topic).
+    reported: HashSet<String>,
     /// Pub/sub connections, by node, and the nodes in the order they are polled.
     feeds: HashMap<String, Feed>,
     polled: Vec<String>,
@@ -133,6 +143,8 @@ impl Wire {
             slots: SlotMap::default(),
             commands: HashMap::new(),
             scripted: HashSet::new(),
+            homes: HashMap::new(),
+            reported: HashSet::new(),
             feeds: HashMap::new(),
             polled: Vec::new(),
             subscribed: HashMap::new(),
@@ -301,16 +313,25 @@ impl Wire {
                     return Err(error(format!("{node} refused a connection moments ago")));
                 }
             }
+            let cluster = matches!(self.layout, Layout::Cluster(_));
             let connected = redis::Client::open(self.url_of(node)).and_then(|client| {
-                let conn = client.get_connection_with_timeout(COMMAND_TIMEOUT)?;
+                let mut conn = client.get_connection_with_timeout(COMMAND_TIMEOUT)?;
                 conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
                 conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
-                Ok(conn)
+                // A Redis Cluster's topics live with a process (a failover changes it); one
+                // Redis's with the instance, whatever process serves it (a restart with
+                // persistence keeps the numbering: docs/operations.md, "Redis").
+                let home = match &self.layout {
+                    Layout::Cluster(_) => format!("{} {node}", run_id_of(&mut conn)?),
+                    Layout::One(url) => format!("instance {}", shard::instance_name(url)),
+                };
+                Ok((conn, home))
             });
             match connected {
-                Ok(conn) => {
+                Ok((conn, home)) => {
                     self.down.remove(node);
                     self.commands.insert(node.to_owned(), conn);
+                    self.homes.insert(node.to_owned(), home);
                 }
                 Err(e) => {
                     let pause = self.down.get(node).map_or(NODE_BACKOFF_MIN, |d| d.1);
@@ -318,7 +339,7 @@ impl Wire {
                         node.to_owned(),
                         (Instant::now() + pause, (pause * 2).min(NODE_BACKOFF_MAX)),
                     );
-                    self.stale |= matches!(self.layout, Layout::Cluster(_));
+                    self.stale |= cluster;
                     return Err(e);
                 }
             }
@@ -332,6 +353,7 @@ impl Wire {
     fn lost(&mut self, node: &str) {
         self.commands.remove(node);
         self.scripted.remove(node);
+        self.homes.remove(node);
         self.stale |= matches!(self.layout, Layout::Cluster(_));
     }
 
@@ -349,6 +371,32 @@ impl Wire {
         self.conn(node)
     }
 
+    /// Whether the process `old_home` (`run_id HOST:PORT`) is still alive, so it handed its
+    /// topics over (a planned failover leaves the old master running as a replica, a slot
+    /// migration leaves it a master), or not (it died or restarted: what it acknowledged
+    /// last may be lost). The answer a script wants: `adopt …` or `retire …`.
+    fn home_decision(&mut self, old_home: &str) -> String {
+        // One Redis: another instance's name (the topic moved between instances) is never
+        // alive here; `url_of` ignores the node part.
+        let (old_run, old_node) = old_home.split_once(' ').unwrap_or((old_home, ""));
+        let alive = !old_node.is_empty()
+            && matches!(self.layout, Layout::Cluster(_))
+            && redis::Client::open(self.url_of(old_node))
+                .and_then(|c| c.get_connection_with_timeout(COMMAND_TIMEOUT))
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                    run_id_of(&mut c)
+                })
+                .is_ok_and(|id| id == old_run);
+        if !alive && self.reported.insert(old_home.to_owned()) {
+            println!(
+                "broker: Redis process {old_run} at {old_node} was replaced without handing its topics over (failover or restart); each of its topics starts a new epoch"
+            );
+        }
+        let verb = if alive { "adopt" } else { "retire" };
+        format!("{verb} {old_home}")
+    }
+
     /// Run `op` on the node that owns `topic`, following redirections. `script` is loaded
     /// first if the node does not have it (`NOSCRIPT`).
     pub fn command(
@@ -357,26 +405,48 @@ impl Wire {
         script: Option<&str>,
         op: &mut dyn FnMut(&mut Connection) -> Result<Value, RedisError>,
     ) -> Result<Value, RedisError> {
+        self.script_command(topic, script, &mut |c, _| op(c))
+    }
+
+    /// [`Wire::command`] for a numbering script: `op` gets the two arguments such a script
+    /// takes last (this process's home and the home decision, see `script::settle_home`),
+    /// and a script answering `HOMELESS` is run again with the decision.
+    pub fn script_command(
+        &mut self,
+        topic: &str,
+        script: Option<&str>,
+        op: &mut ScriptCall,
+    ) -> Result<Value, RedisError> {
         self.refresh_if_stale()?;
         let mut redirect: Option<(String, bool)> = None;
+        let mut decision = String::new();
         let mut last = None;
         for _ in 0..REDIRECTS {
             let (node, asking) = match redirect.take() {
                 Some(r) => r,
                 None => (self.node_of(topic)?, false),
             };
+            self.conn(&node)?;
+            let home = self.homes.get(&node).cloned().unwrap_or_default();
             let conn = self.conn(&node)?;
+            let tail = [home.as_str(), decision.as_str()];
             let result = if asking {
                 redis::cmd("ASKING")
                     .query::<()>(conn)
-                    .and_then(|()| op(conn))
+                    .and_then(|()| op(conn, &tail))
             } else {
-                op(conn)
+                op(conn, &tail)
             };
             let e = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if e.code() == Some("HOMELESS") {
+                decision = self.home_decision(e.detail().unwrap_or_default());
+                redirect = Some((node, asking));
+                last = Some(e);
+                continue;
+            }
             match redirect_of(&e) {
                 Some(Redirect::Moved(to)) => {
                     // Best effort: the redirection alone says where to go now.
@@ -435,12 +505,22 @@ impl Wire {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        // Send everything.
+        // Send everything (each call with this process's home and no home decision).
         let mut sent = Vec::with_capacity(by_node.len());
         for (node, indexes) in by_node {
+            if let Err(e) = self.load_script(&node, script) {
+                self.lost(&node);
+                for i in indexes {
+                    results[i] = Some(Err(error(format!("{node}: {e}"))));
+                }
+                continue;
+            }
+            let home = self.homes.get(&node).cloned().unwrap_or_default();
             let mut pipe = redis::pipe();
             for &i in &indexes {
-                pipe.add_command(calls[i].1.clone());
+                let mut cmd = calls[i].1.clone();
+                cmd.arg(&home).arg("");
+                pipe.add_command(cmd);
             }
             let packed = pipe.get_packed_pipeline();
             match self
@@ -471,7 +551,11 @@ impl Wire {
                 };
                 match answer.and_then(Value::extract_error) {
                     Ok(v) => results[i] = Some(Ok(v)),
-                    Err(e) if redirect_of(&e).is_some() => again.push(i),
+                    // Run again alone, in order: redirected, or the topic's home must be
+                    // settled first (nothing was numbered).
+                    Err(e) if redirect_of(&e).is_some() || e.code() == Some("HOMELESS") => {
+                        again.push(i)
+                    }
                     Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                         let why = format!("{node}: {e}");
                         results[i] = Some(Err(error(why.clone())));
@@ -486,7 +570,13 @@ impl Wire {
         }
         for i in again {
             let (topic, cmd) = &calls[i];
-            results[i] = Some(self.command(topic, Some(script), &mut |c| cmd.query(c)));
+            results[i] = Some(self.script_command(topic, Some(script), &mut |c, tail| {
+                let mut cmd = cmd.clone();
+                for arg in tail {
+                    cmd.arg(*arg);
+                }
+                cmd.query(c)
+            }));
         }
         results
             .into_iter()
@@ -515,6 +605,28 @@ impl Wire {
             }
         }
         Err(last.unwrap_or_else(|| error(format!("topic {topic}: too many redirections"))))
+    }
+
+    /// Subscribe to the channels of every topic matching `pattern` (one Redis only: a Redis
+    /// Cluster has no pattern form of sharded pub/sub); returns once confirmed.
+    pub fn psubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
+        let Layout::One(url) = &self.layout else {
+            return Err(error("pattern subscriptions need plain pub/sub".into()));
+        };
+        let url = url.clone();
+        let glob = super::script::glob_of(pattern);
+        self.feed(&url)?.psubscribe(&glob, COMMAND_TIMEOUT)
+    }
+
+    /// Undo a [`Wire::psubscribe`]; returns once confirmed.
+    pub fn punsubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
+        let Layout::One(url) = &self.layout else {
+            return Ok(());
+        };
+        match self.feeds.get_mut(url) {
+            Some(feed) => feed.punsubscribe(&super::script::glob_of(pattern), COMMAND_TIMEOUT),
+            None => Ok(()),
+        }
     }
 
     /// Unsubscribe from `topic`'s channel; returns once confirmed.

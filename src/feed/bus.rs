@@ -10,7 +10,9 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::feed::history::Unrecoverable;
-use crate::feed::owned::Joined;
+use crate::feed::owned::{Joined, Matched};
+use crate::feed::patterns::IndexError;
+use crate::proto::pattern::Pattern;
 use crate::proto::presence::{Member, Tally};
 use crate::proto::topic::{Start, TopicName};
 
@@ -63,6 +65,18 @@ pub struct JoinRequest {
     pub join: u32,
     pub request: u64,
     pub start: Start,
+}
+
+/// A pattern subscriber asking a topic owner for the topics it has that match (and to be
+/// told of those it creates later); one request goes to every owner.
+#[derive(Debug, Clone)]
+pub struct PatternRequest {
+    pub pattern: Pattern,
+    pub worker: u16,
+    pub key: usize,
+    pub conn: u64,
+    /// The pattern subscription's join number on its connection.
+    pub join: u32,
 }
 
 /// Why a join was not answered with a stream.
@@ -158,6 +172,32 @@ pub enum BusMsg {
         topic: TopicName,
         frame: Bytes,
         number: u64,
+    },
+    /// To every owner: a pattern subscriber arrived on `request.worker`. The owner registers
+    /// the pattern for that worker and answers with its matching topics.
+    PatternJoin(PatternRequest),
+    /// From an owner: its topics matching the pattern, each with where the subscriber's
+    /// stream starts (the owner routes them to the worker from there on), or why not.
+    PatternJoined {
+        request: PatternRequest,
+        result: Result<Vec<Matched>, IndexError>,
+    },
+    /// To every owner: `worker` has no subscriber of `pattern` left.
+    PatternLeave { pattern: Pattern, worker: u16 },
+    /// From an owner to a worker with a matching pattern: `topic` was just created there
+    /// and is routed to the worker from `matched.last` on (sent before its first message).
+    Attach(Matched),
+    /// To a topic's owner: the worker has taken in an `Attach` (or a pattern answer) for
+    /// `topic`; the subscribers it attached hold their interest as ordinary ones, so the
+    /// owner stops routing the topic there on the pattern's account.
+    Decline { topic: TopicName, worker: u16 },
+    /// Cluster mode, from the listening bridge to a topic's owner: a topic no subscriber
+    /// here had, heard through a pattern subscription; its stream is forwarded from message
+    /// `last + 1` of `epoch` on (the owner attaches the pattern subscribers from there).
+    Discovered {
+        topic: TopicName,
+        epoch: String,
+        last: u64,
     },
 }
 

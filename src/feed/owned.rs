@@ -15,7 +15,13 @@ use bytes::Bytes;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 use crate::feed::history::{Kept, Ring, Unrecoverable};
+use crate::feed::patterns::{IndexError, PatternIndex};
+use crate::proto::pattern::Pattern;
 use crate::proto::topic::{Start, TopicName};
+
+/// Pattern registrations an owner keeps (one per pattern per subscribing worker), a bound
+/// on the index's memory; past it a pattern subscribe is refused `unavailable`.
+pub const MAX_PATTERNS_PER_OWNER: usize = 1 << 20;
 
 /// The worker that numbers a topic's messages. Every publish of a topic passes through this
 /// one worker, which is what gives every subscriber the same order. The hash is fixed (no
@@ -34,8 +40,14 @@ pub const KEPT_OVERHEAD: usize = 128;
 pub struct OwnedTopic {
     /// Number of the last message; 0 before the first.
     pub last_seq: u64,
-    /// Workers with at least one subscriber.
+    /// Workers the topic's messages go to: those in `direct` or `by_pattern`.
     pub interested: Vec<u16>,
+    /// Workers with at least one subscriber (they said so with `Interest`).
+    direct: Vec<u16>,
+    /// Workers with a pattern matching the topic that were sent the topic's start (an
+    /// `Attach` or a pattern answer) and have not taken it in yet (`Decline`). Routing to
+    /// them meanwhile is what keeps a pattern subscriber's stream whole.
+    by_pattern: Vec<u16>,
     /// This life of the topic, unique per server start and owner (see the module doc).
     epoch: u64,
     ring: Ring,
@@ -55,6 +67,33 @@ pub struct Joined {
     /// answer share the owner's ordered channel.
     pub events: u64,
     pub replay: Vec<Kept>,
+}
+
+/// A topic a pattern matches, with where a subscriber attached now starts: its epoch and
+/// the number of its last message, so every message numbered later reaches it once.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub topic: TopicName,
+    pub epoch: String,
+    /// `None` in cluster mode for a topic already known here: Redis numbers it, so the
+    /// subscriber joins it through the broker like a direct subscriber (from now).
+    pub last: Option<u64>,
+}
+
+impl OwnedTopic {
+    fn reroute(&mut self) {
+        self.interested.clear();
+        self.interested.extend_from_slice(&self.direct);
+        for w in &self.by_pattern {
+            if !self.interested.contains(w) {
+                self.interested.push(*w);
+            }
+        }
+    }
+
+    fn unwanted(&self) -> bool {
+        self.interested.is_empty() && self.ring.is_empty()
+    }
 }
 
 /// History settings (`--history`, `--history-ttl`, `--history-max-bytes` per worker).
@@ -79,6 +118,14 @@ pub struct Owned {
     order: VecDeque<(TopicName, u64, u64, Instant, usize)>,
     kept: usize,
     kept_bytes: usize,
+    /// Patterns of subscribers, keyed by their worker.
+    patterns: PatternIndex<u16>,
+    /// Topics just created that registered patterns match: (worker, where it starts), to
+    /// be sent as `Attach` before the topic's first message (`take_attaches`).
+    attaches: Vec<(u16, Matched)>,
+    scratch: Vec<u16>,
+    /// Cluster mode: Redis numbers the topics, so this side's numbers are not theirs.
+    numbered_elsewhere: bool,
 }
 
 impl Owned {
@@ -92,7 +139,39 @@ impl Owned {
             order: VecDeque::new(),
             kept: 0,
             kept_bytes: 0,
+            patterns: PatternIndex::new(MAX_PATTERNS_PER_OWNER),
+            attaches: Vec::new(),
+            scratch: Vec::new(),
+            numbered_elsewhere: false,
         }
+    }
+
+    /// Cluster mode: Redis numbers every topic (pattern answers then say "join it").
+    pub fn numbered_elsewhere(&mut self) {
+        self.numbered_elsewhere = true;
+    }
+
+    /// Cluster mode: the listener heard `topic`, unknown here, through a pattern; its
+    /// stream goes on after `last` of `epoch`. The topic is created (matched against the
+    /// patterns once, as any new topic) and its `Attach` notices carry that position.
+    /// Nothing if the topic is known already (a subscriber got there first).
+    pub fn discover(&mut self, topic: &TopicName, epoch: &str, last: u64) {
+        if self.topics.contains_key(topic) {
+            return;
+        }
+        let from = self.attaches.len();
+        self.create(topic).last_seq = last;
+        for (_, matched) in &mut self.attaches[from..] {
+            matched.epoch = epoch.to_owned();
+            matched.last = Some(last);
+        }
+    }
+
+    /// Whether `topic` goes to no worker (cluster mode: the listener may drop it).
+    pub fn unrouted(&self, topic: &TopicName) -> bool {
+        self.topics
+            .get(topic)
+            .is_none_or(|t| t.interested.is_empty())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -108,16 +187,95 @@ impl Owned {
         format!("{}{epoch}", self.epoch_prefix)
     }
 
+    /// A new life of `topic`. Workers with a matching pattern are routed to from its first
+    /// message on, and told so (`attaches`). The pattern walk runs here, once per topic
+    /// life, never per message.
     fn create(&mut self, topic: &TopicName) -> &mut OwnedTopic {
         let epoch = self.next_epoch;
         self.next_epoch += 1;
+        let mut by_pattern = Vec::new();
+        if !self.patterns.is_empty() {
+            self.patterns.matching(topic, &mut self.scratch);
+            by_pattern.extend_from_slice(&self.scratch);
+            for &worker in &by_pattern {
+                let matched = Matched {
+                    topic: topic.clone(),
+                    epoch: self.epoch_name(epoch),
+                    last: (!self.numbered_elsewhere).then_some(0),
+                };
+                self.attaches.push((worker, matched));
+            }
+        }
         self.topics.entry(topic.clone()).or_insert(OwnedTopic {
             last_seq: 0,
-            interested: Vec::new(),
+            interested: by_pattern.clone(),
+            direct: Vec::new(),
+            by_pattern,
             epoch,
             ring: Ring::default(),
             stats: None,
         })
+    }
+
+    /// Whether a registered pattern matches `topic` (checked only for a topic not known
+    /// here, and only while patterns are registered).
+    fn pattern_wants(&mut self, topic: &str) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        self.patterns.matching(topic, &mut self.scratch);
+        !self.scratch.is_empty()
+    }
+
+    /// The `Attach` notices of topics created since the last call: sent before anything
+    /// else of those topics.
+    pub fn take_attaches(&mut self) -> Vec<(u16, Matched)> {
+        std::mem::take(&mut self.attaches)
+    }
+
+    /// A subscriber of `pattern` on `worker`: register the pattern (once per worker) and
+    /// route every known matching topic to the worker from its current number on.
+    pub fn register_pattern(
+        &mut self,
+        pattern: &Pattern,
+        worker: u16,
+    ) -> Result<Vec<Matched>, IndexError> {
+        self.patterns.insert(pattern, worker)?;
+        let mut matched = Vec::new();
+        for (name, owned) in &mut self.topics {
+            if !pattern.matches(name) {
+                continue;
+            }
+            if !owned.by_pattern.contains(&worker) {
+                owned.by_pattern.push(worker);
+                owned.reroute();
+            }
+            matched.push(Matched {
+                topic: name.clone(),
+                epoch: format!("{}{}", self.epoch_prefix, owned.epoch),
+                last: (!self.numbered_elsewhere).then_some(owned.last_seq),
+            });
+        }
+        Ok(matched)
+    }
+
+    /// `worker` has no subscriber of `pattern` left: new topics are no longer routed there
+    /// for it (topics already routed stay so until the worker declines them).
+    pub fn unregister_pattern(&mut self, pattern: &Pattern, worker: u16) {
+        self.patterns.remove(pattern, worker);
+    }
+
+    /// `worker` took in the start of `topic` it was sent for a pattern: from now on only
+    /// its own interest (`set_interest`) routes the topic there.
+    pub fn decline(&mut self, topic: &TopicName, worker: u16) {
+        let Some(owned) = self.topics.get_mut(topic) else {
+            return;
+        };
+        owned.by_pattern.retain(|&w| w != worker);
+        owned.reroute();
+        if owned.unwanted() {
+            self.topics.remove(topic);
+        }
     }
 
     /// Number the next message of `topic` and keep it in history. Without history, a topic
@@ -127,8 +285,12 @@ impl Owned {
         let per_topic = self.limits.per_topic;
         let owned = match self.topics.get_mut(topic) {
             Some(owned) => owned,
-            None if per_topic > 0 => self.create(topic),
-            None => return None,
+            None => {
+                if per_topic == 0 && !self.pattern_wants(topic) {
+                    return None;
+                }
+                self.create(topic)
+            }
         };
         owned.last_seq += 1;
         let seq = owned.last_seq;
@@ -184,12 +346,14 @@ impl Owned {
                 Some(owned) => owned,
                 None => self.create(topic),
             };
-            if !owned.interested.contains(&worker) {
-                owned.interested.push(worker);
+            if !owned.direct.contains(&worker) {
+                owned.direct.push(worker);
+                owned.reroute();
             }
         } else if let Some(owned) = self.topics.get_mut(topic) {
-            owned.interested.retain(|&w| w != worker);
-            if owned.interested.is_empty() && owned.ring.is_empty() {
+            owned.direct.retain(|&w| w != worker);
+            owned.reroute();
+            if owned.unwanted() {
                 self.topics.remove(topic);
             }
         }
@@ -254,7 +418,7 @@ impl Owned {
             self.kept -= 1;
             self.kept_bytes -= len + KEPT_OVERHEAD;
         }
-        if owned.ring.is_empty() && owned.interested.is_empty() {
+        if owned.unwanted() {
             self.topics.remove(&name);
         }
     }
@@ -360,6 +524,41 @@ mod tests {
         assert_eq!(o.kept().0, 1);
         assert!(o.order.len() <= 2 + 1024 + 1, "{}", o.order.len());
     }
+    #[test]
+    fn patterns_route_new_and_known_topics_until_declined() {
+        let mut o = Owned::new(1, 0, limits(0, 1 << 20));
+        let now = Instant::now();
+        let (a, b, other): (TopicName, TopicName, TopicName) =
+            ("p/a".into(), "p/b".into(), "q/a".into());
+        o.set_interest(&a, 0, true);
+        let pattern = Pattern::parse("p/*").unwrap();
+        let matched = o.register_pattern(&pattern, 1).unwrap();
+        assert_eq!(matched.len(), 1);
+        assert_eq!(
+            (matched[0].topic.as_ref(), matched[0].last),
+            ("p/a", Some(0))
+        );
+        assert_eq!(o.interested(&a), &[0, 1]);
+        // A topic nobody subscribes to is numbered (and created) for the pattern...
+        assert_eq!(o.sequence(&b, &frame(1), now), Some(1));
+        let attaches = o.take_attaches();
+        assert_eq!(attaches.len(), 1);
+        assert_eq!((attaches[0].0, attaches[0].1.last), (1, Some(0)));
+        assert_eq!(o.interested(&b), &[1]);
+        // ...a topic it does not match is not.
+        assert!(o.sequence(&other, &frame(1), now).is_none());
+        // Interest leaving does not cut the pattern's route; the decline does.
+        o.set_interest(&b, 1, true);
+        o.set_interest(&b, 1, false);
+        assert_eq!(o.interested(&b), &[1]);
+        o.decline(&b, 1);
+        assert!(o.interested(&b).is_empty());
+        assert_eq!(o.last_seq(&b), 0, "the topic is forgotten");
+        o.unregister_pattern(&pattern, 1);
+        assert!(o.sequence(&b, &frame(1), now).is_none());
+        assert!(o.take_attaches().is_empty());
+    }
+
     #[test]
     fn owner_is_stable_and_in_range() {
         for w in 1..8 {

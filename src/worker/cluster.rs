@@ -6,7 +6,11 @@
 //!   publisher's ack comes back from there. While Redis is down a publish is refused at once
 //!   (HTTP 503, `herald.v1` `unavailable`; raw mode has no acks: counted as unavailable).
 //! - Interest: the owner worker tells the listening bridge thread when the node gains its
-//!   first or loses its last subscriber of a topic (SUBSCRIBE / UNSUBSCRIBE in Redis).
+//!   first or loses its last subscriber of a topic (SUBSCRIBE / UNSUBSCRIBE in Redis). The
+//!   bridge's queue is bounded (`cluster::LISTEN_QUEUE`): a change it cannot take waits in
+//!   the worker's `cluster::interest::InterestBacklog` (the latest state per topic), retried
+//!   every turn; a join that cannot be queued right behind its topic's change is refused
+//!   as unavailable and counted.
 //! - Delivery: the bridge hands each heard message to the topic's owner here, which passes
 //!   it to the interested workers as `Deliver`, exactly like a locally numbered message.
 //! - Gaps: a hole Redis cannot fill ends every subscription to the topic on this node with
@@ -14,12 +18,13 @@
 
 use super::conn::{Feed, Phase};
 use super::Worker;
-use crate::cluster::{BrokerStats, PublishReq, SubReq};
+use crate::cluster::interest::JoinRefused;
+use crate::cluster::{BrokerStats, PublishReq};
 use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest, Publication};
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::owner_of;
 use crate::proto::http::HttpError;
-use crate::proto::topic::TopicName;
+use crate::proto::topic::{Start, TopicName};
 use crate::proto::v1::Refusal;
 
 /// Close code and reason for a raw-mode subscriber whose topic has a hole that cannot be
@@ -81,18 +86,23 @@ impl Worker {
     /// cluster mode, the node's first and last subscriber also (un)subscribe it in Redis.
     pub(super) fn owner_interest(&mut self, topic: &TopicName, worker: u16, active: bool) {
         let Some(cluster) = &self.cluster else {
-            return self.topics.owned.set_interest(topic, worker, active);
+            self.topics.owned.set_interest(topic, worker, active);
+            return self.send_attaches();
         };
         let before = self.topics.owned.interested(topic).is_empty();
         self.topics.owned.set_interest(topic, worker, active);
         let after = self.topics.owned.interested(topic).is_empty();
         if before != after {
-            let request = SubReq::Interest {
-                topic: topic.clone(),
-                active: !after,
-            };
-            // Only fails when the bridge has exited (shutdown).
-            let _ = cluster.listen.send(request);
+            self.interest_backlog.change(topic, !after, &cluster.listen);
+        }
+    }
+
+    /// Cluster mode, each turn: hand the listening bridges the interest changes their full
+    /// queues could not take, until they are full again.
+    pub(super) fn retry_interest_backlog(&mut self) {
+        if let Some(cluster) = &self.cluster {
+            self.interest_backlog.retry(&cluster.listen);
+            self.pattern_backlog.retry(&cluster.listen);
         }
     }
 
@@ -102,8 +112,13 @@ impl Worker {
         let Some(cluster) = &self.cluster else {
             return Some(request);
         };
-        if let Err(e) = cluster.listen.send(SubReq::Join(request)) {
-            if let SubReq::Join(request) = e.into_inner() {
+        match self.interest_backlog.join(request, &cluster.listen) {
+            Ok(()) => {}
+            Err(JoinRefused::Full(request)) => {
+                BrokerStats::count(&cluster.stats.unavailable, 1);
+                self.on_joined(request, Err(JoinError::Unavailable));
+            }
+            Err(JoinRefused::Closed(request)) => {
                 self.on_joined(request, Err(JoinError::Unavailable));
             }
         }
@@ -162,8 +177,16 @@ impl Worker {
                         continue;
                     };
                     let sub = feed.subs.swap_remove(i);
+                    let pattern = sub.via.and_then(|via| {
+                        let p = feed.patterns.iter().find(|p| p.join == via)?;
+                        Some((via, p.request))
+                    });
                     self.unsubscribe(&sub.topic, sub.slot);
-                    self.v1_refuse(key, None, Some(&topic), &refusal);
+                    self.v1_refuse(key, pattern.map(|p| p.1), Some(&topic), &refusal);
+                    if let Some((via, id)) = pattern {
+                        // A pattern goes on with the topic's new life, from now.
+                        self.start_join(key, id, topic.clone(), Start::Now, Some(via), false);
+                    }
                 }
                 // An SSE stream ends; its client comes back with its Last-Event-ID and gets
                 // what it can of the topic, or a `gap` event.

@@ -243,6 +243,8 @@ pub struct V1Feed {
     /// Numbers this connection's subscribe requests, so a late answer from a topic's owner
     /// cannot be taken for the answer to a newer subscribe to the same topic.
     pub next_join: u32,
+    /// Pattern subscriptions (`prices/*`); the topics they follow are in `subs` with `via`.
+    pub patterns: Vec<PatternSubscription>,
     /// Subscribes waiting for `--subscribe-hook`: (ticket, request id, what was asked).
     pub hooked: Vec<(u64, u64, crate::proto::v1::Wanted)>,
 }
@@ -256,6 +258,25 @@ pub struct Subscription {
     /// While the owner's answer is on its way: the join number and the request id to
     /// answer.
     pub joining: Option<(u32, u64)>,
+    /// Followed through the pattern subscription with this join number (`None`: subscribed
+    /// by name). It ends with the pattern, not on its own.
+    pub via: Option<u32>,
+}
+
+/// One pattern subscription of a `herald.v1` connection (`worker/patterns.rs`).
+#[derive(Debug)]
+pub struct PatternSubscription {
+    pub pattern: crate::proto::pattern::Pattern,
+    /// Its join number: the key of its entry in the worker's pattern index and the `via`
+    /// of the topics it follows.
+    pub join: u32,
+    /// The subscribe request's id, repeated in every `subscribed` it causes.
+    pub request: u64,
+    /// Answers still awaited: every owner's, in cluster mode every listener's, and each
+    /// topic join the pattern started (its `since` map; cluster mode: topics known here).
+    /// The pattern's own `subscribed` goes out after the last: from then on every newly
+    /// numbered matching message reaches it.
+    pub unanswered: u32,
 }
 
 impl Feed {

@@ -291,10 +291,14 @@ impl Worker {
             return self.v1_subscribe_now(key, id, wanted);
         }
         let ticket = self.next_ticket();
-        let body = json!({
+        let mut body = json!({
             "hook": "subscribe", "address": self.address(key), "identity": self.identity(key),
             "topic": &*wanted.topic,
         });
+        if wanted.pattern.is_some() {
+            // Asked once for the pattern; the topics it follows are not asked one by one.
+            body["pattern"] = json!(true);
+        }
         let cache = format!("{:?}|None|{}", self.identity(key), wanted.topic);
         let Some(Phase::Open {
             feed: Feed::V1(feed),

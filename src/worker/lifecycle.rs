@@ -111,7 +111,7 @@ impl Worker {
         }
         if let Phase::Open { feed, .. } = &conn.phase {
             self.presence_hang_up(key, &conn);
-            self.leave_feed(feed);
+            self.leave_feed(key, feed);
             self.presence_gone();
         }
         self.release_guard(conn.guard.as_deref());
@@ -146,14 +146,19 @@ impl Worker {
         };
         let previous = conn.enter(next);
         if let Phase::Open { feed, .. } = previous {
-            self.leave_feed(&feed);
+            self.leave_feed(key, &feed);
         }
     }
 
     /// Remove the connection from every topic it receives.
-    fn leave_feed(&mut self, feed: &Feed) {
+    fn leave_feed(&mut self, key: usize, feed: &Feed) {
         for (topic, slot) in feed.subscriptions() {
             self.unsubscribe(&topic, slot);
+        }
+        if let Feed::V1(v1) = feed {
+            for gone in &v1.patterns {
+                self.forget_pattern(key, gone);
+            }
         }
     }
 

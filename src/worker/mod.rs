@@ -12,6 +12,7 @@ mod hooks;
 mod input;
 mod lifecycle;
 mod output;
+mod patterns;
 mod presence;
 mod sse;
 mod subscriptions;
@@ -29,6 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::cluster::interest::{InterestBacklog, PatternBacklog};
 use crate::cluster::ClusterLink;
 use crate::feed::bus::{Bus, BusMsg};
 use crate::feed::fanout::{Staged, Topics};
@@ -160,6 +162,10 @@ pub struct Worker {
     peers: HashMap<usize, SocketAddr>,
     /// Cluster mode (`--broker`): the bridge to Redis; `None` on a single node.
     cluster: Option<ClusterLink>,
+    /// Cluster mode: interest changes the listening bridges' full queues could not take yet
+    /// (the latest state per topic), retried every turn (`worker/cluster.rs`).
+    interest_backlog: InterestBacklog,
+    pattern_backlog: PatternBacklog,
     /// `--dashboard`: the event streams this worker serves.
     streams: dashboard::Streams,
     /// Backend hooks (`--connect-hook` …): where questions go and answers come from.
@@ -168,6 +174,7 @@ pub struct Worker {
     hook_ticket: u64,
     /// Presence queries waiting for shares, and the presence subscribers here.
     presence: presence::Presence,
+    patterns: patterns::LocalPatterns,
 }
 
 /// Why a connection found broken mid-pass must be closed.
@@ -230,7 +237,10 @@ impl Worker {
             ttl: Some(config.history_ttl).filter(|t| !t.is_zero()),
             max_bytes: config.history_max_bytes / bus.workers().max(1),
         };
-        let owned = Owned::new(boot, index as u16, limits);
+        let mut owned = Owned::new(boot, index as u16, limits);
+        if cluster.is_some() {
+            owned.numbered_elsewhere();
+        }
         for (i, listener) in listeners.iter_mut().take(MAX_LISTENERS).enumerate() {
             poll.registry().register(
                 &mut listener.socket,
@@ -283,10 +293,13 @@ impl Worker {
             serving: Serving::Live,
             peers: HashMap::new(),
             cluster,
+            interest_backlog: InterestBacklog::default(),
+            pattern_backlog: PatternBacklog::default(),
             streams: dashboard::Streams::new(now),
             hooks,
             hook_ticket: 0,
             presence,
+            patterns: patterns::LocalPatterns::new(),
         })
     }
 
@@ -308,6 +321,7 @@ impl Worker {
             if std::mem::take(&mut self.accept_pending) {
                 self.accept_all();
             }
+            self.retry_interest_backlog();
             self.drain_inbox();
             self.drain_hook_answers();
             self.retry_reads();
@@ -384,8 +398,12 @@ impl Worker {
             deadline = deadline.min(t);
         }
         let mut timeout = deadline.saturating_duration_since(now);
-        if self.bus.has_parked() {
-            timeout = timeout.min(Duration::from_millis(1)); // retry a full peer inbox soon
+        if self.bus.has_parked()
+            || !self.interest_backlog.is_empty()
+            || !self.pattern_backlog.is_empty()
+        {
+            // Retry a full peer inbox, or a full listening bridge queue, soon.
+            timeout = timeout.min(Duration::from_millis(1));
         }
         Some(timeout)
     }
@@ -532,6 +550,16 @@ impl Worker {
                     frame,
                     number,
                 } => self.hand_event_to_workers(&topic, frame, number),
+                BusMsg::PatternJoin(request) => self.on_pattern_join(request),
+                BusMsg::PatternJoined { request, result } => {
+                    self.on_pattern_joined(request, result)
+                }
+                BusMsg::PatternLeave { pattern, worker } => self.on_pattern_leave(&pattern, worker),
+                BusMsg::Attach(matched) => self.on_attach(matched),
+                BusMsg::Decline { topic, worker } => self.on_decline(&topic, worker),
+                BusMsg::Discovered { topic, epoch, last } => {
+                    self.on_discovered(&topic, &epoch, last)
+                }
             }
         }
     }

@@ -72,6 +72,10 @@ impl Worker {
             .topics
             .owned
             .sequence(&publication.topic, &publication.frame, self.now)?;
+        if seq == 1 {
+            // A topic's first number: it may have just been created for a pattern.
+            self.send_attaches();
+        }
         self.hand_to_workers(seq, publication);
         Some(seq)
     }

@@ -18,7 +18,8 @@ use crate::feed::fanout::{Subscriber, JOINING};
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::{owner_of, Joined};
 use crate::proto::frame;
-use crate::proto::topic;
+use crate::proto::pattern::is_pattern;
+use crate::proto::topic::{self, Start, TopicName};
 use crate::proto::v1::{self, Refusal, Request, Wanted};
 
 /// Close code for a non-text message on a `herald.v1` connection (RFC 6455: unsupported data).
@@ -129,7 +130,7 @@ impl Worker {
         Ok(())
     }
 
-    fn v1_feed(&mut self, key: usize) -> Option<&mut V1Feed> {
+    pub(super) fn v1_feed(&mut self, key: usize) -> Option<&mut V1Feed> {
         match &mut self.conns.get_mut(key)?.phase {
             Phase::Open {
                 feed: Feed::V1(feed),
@@ -142,6 +143,14 @@ impl Worker {
     /// Subscribe to one topic: deliveries are held back until the owner says where the
     /// stream starts (see the module doc).
     fn v1_subscribe(&mut self, key: usize, id: u64, wanted: Wanted) {
+        if wanted.pattern.is_some() {
+            // A pattern's grants are checked per topic as it is followed; its length here.
+            if self.check_topic_len(&wanted.topic).is_err() {
+                let refusal = Refusal::BadTopic(topic::TopicError::TooLong);
+                return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
+            }
+            return self.v1_subscribe_hooked(key, id, wanted);
+        }
         if let Err(e) = self.v1_topic_check(key, &wanted.topic, Use::Subscribe) {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &e);
         }
@@ -150,6 +159,9 @@ impl Worker {
 
     /// Subscribe to one topic that passed every check (and the subscribe hook, if any).
     pub(super) fn v1_subscribe_now(&mut self, key: usize, id: u64, wanted: Wanted) {
+        if wanted.pattern.is_some() {
+            return self.v1_subscribe_pattern(key, id, wanted);
+        }
         let max = self.config.max_topics_per_conn;
         let events_refused = (wanted.presence)
             .then(|| self.presence_events_allowed(&wanted.topic).err())
@@ -157,9 +169,15 @@ impl Worker {
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
-        let refusal = if feed.subs.iter().any(|s| *s.topic == *wanted.topic) {
+        let covering = feed
+            .patterns
+            .iter()
+            .find(|p| p.pattern.matches(&wanted.topic));
+        let refusal = if let Some(p) = covering {
+            Some(Refusal::Overlaps(p.pattern.to_string()))
+        } else if feed.subs.iter().any(|s| *s.topic == *wanted.topic) {
             Some(Refusal::AlreadySubscribed)
-        } else if feed.subs.len() >= max {
+        } else if feed.subs.len() + feed.patterns.len() >= max {
             Some(Refusal::TooManyTopics(max))
         } else {
             None
@@ -168,9 +186,32 @@ impl Worker {
         if let Some(refusal) = refusal {
             return self.v1_refuse(key, Some(id), Some(&wanted.topic), &refusal);
         }
+        let topic = self.shared_topic_name(&wanted.topic);
+        self.start_join(key, id, topic, wanted.start, None, wanted.presence);
+    }
+
+    /// Add the connection to `topic` held back (`JOINING`) and ask the owner where its
+    /// stream starts (`via`: for a pattern subscription).
+    pub(super) fn start_join(
+        &mut self,
+        key: usize,
+        id: u64,
+        topic: TopicName,
+        start: Start,
+        via: Option<u32>,
+        presence: bool,
+    ) {
+        let Some(feed) = self.v1_feed(key) else {
+            return;
+        };
         let join = feed.next_join;
         feed.next_join = join.wrapping_add(1);
-        let topic = self.shared_topic_name(&wanted.topic);
+        if let Some(pattern) = via.and_then(|v| feed.patterns.iter_mut().find(|p| p.join == v)) {
+            if pattern.unanswered > 0 {
+                // The pattern's own `subscribed`, not sent yet, waits for this start too.
+                pattern.unanswered += 1;
+            }
+        }
         let subscriber = Subscriber {
             key: key as u32,
             envelope: true,
@@ -184,11 +225,24 @@ impl Worker {
                 topic: topic.clone(),
                 slot,
                 joining: Some((join, id)),
+                via,
             });
         }
-        if wanted.presence {
+        if presence {
             self.watch_presence(key, &topic);
         }
+        self.send_join(key, conn, join, id, topic, start);
+    }
+
+    fn send_join(
+        &mut self,
+        key: usize,
+        conn: u64,
+        join: u32,
+        id: u64,
+        topic: TopicName,
+        start: Start,
+    ) {
         let me = self.bus.me();
         let request = JoinRequest {
             topic,
@@ -197,7 +251,7 @@ impl Worker {
             conn,
             join,
             request: id,
-            start: wanted.start,
+            start,
         };
         let owner = owner_of(&request.topic, self.bus.workers());
         if owner == me {
@@ -210,10 +264,14 @@ impl Worker {
     /// Unsubscribe from one topic (also cancels a subscribe still waiting for its answer,
     /// which then gets none).
     fn v1_unsubscribe(&mut self, key: usize, id: u64, name: &str) {
+        if is_pattern(name) {
+            return self.v1_unsubscribe_pattern(key, id, name);
+        }
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
-        let Some(i) = feed.subs.iter().position(|s| *s.topic == *name) else {
+        let direct = |s: &Subscription| *s.topic == *name && s.via.is_none();
+        let Some(i) = feed.subs.iter().position(direct) else {
             return self.v1_refuse(key, Some(id), Some(name), &Refusal::NotSubscribed);
         };
         let sub = feed.subs.swap_remove(i);
@@ -229,6 +287,7 @@ impl Worker {
         let result = (self.topics.owned)
             .join(&request.topic, &request.start)
             .map_err(JoinError::from);
+        self.send_attaches();
         let to = request.worker as usize;
         if to == self.bus.me() {
             self.on_joined(request, result);
@@ -257,6 +316,11 @@ impl Worker {
             return; // unsubscribed meanwhile
         };
         let topic = request.topic;
+        let via = feed.subs[i].via;
+        let pattern = via.and_then(|join| {
+            let p = feed.patterns.iter().find(|p| p.join == join)?;
+            Some(p.pattern.clone())
+        });
         match result {
             Ok(joined) => {
                 feed.subs[i].joining = None;
@@ -265,9 +329,10 @@ impl Worker {
                     subscriber.after = joined.last_seq;
                 }
                 self.presence_started(key, &topic, joined.events);
-                let reply = v1::subscribed(
+                let reply = v1::subscribed_via(
                     request.request,
                     &topic,
+                    pattern.as_ref().map(|p| p.as_str()),
                     &joined.epoch,
                     joined.last_seq,
                     joined.replay.len(),
@@ -278,12 +343,31 @@ impl Worker {
                     self.queue_output(key, envelope, 1);
                 }
                 self.counters.replayed += joined.replay.len() as u64;
+                if let Some(via) = via {
+                    self.count_answer(key, via);
+                }
+            }
+            Err(JoinError::Unrecoverable(refusal)) if via.is_some() => {
+                // A pattern's topic whose since cannot be served: say why, then follow it
+                // from now on, as the pattern does every topic it did not resume.
+                let join = feed.next_join;
+                feed.next_join = join.wrapping_add(1);
+                feed.subs[i].joining = Some((join, request.request));
+                let refusal = Refusal::from(refusal);
+                self.v1_refuse(key, Some(request.request), Some(&topic), &refusal);
+                let (conn, id) = (request.conn, request.request);
+                self.send_join(key, conn, join, id, topic, Start::Now);
             }
             Err(refusal) => {
+                // (For a pattern's topic: the broker is unreachable; the client is told, and
+                // the pattern does not follow this topic until it is subscribed again.)
                 let sub = feed.subs.swap_remove(i);
                 self.unsubscribe(&sub.topic, sub.slot);
                 let refusal = Refusal::from(refusal);
                 self.v1_refuse(key, Some(request.request), Some(&topic), &refusal);
+                if let Some(via) = via {
+                    self.count_answer(key, via);
+                }
             }
         }
     }

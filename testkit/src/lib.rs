@@ -10,6 +10,7 @@
 //! * [`tls`]: a self-signed certificate ([`TestCert`]) and `wss://` clients trusting it.
 //! * [`browser`]: headless Chromium and the JS harness of the real-browser tests.
 //! * [`v1`]: a `herald.v1` subprotocol client.
+//! * [`jwt`]: HS256 tokens for the access-control tests.
 //! * [`sse`]: a raw-socket Server-Sent Events client ([`SseClient`]), like `curl -N`.
 //! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
 //! * [`temp`]: temporary directories removed on drop.
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 pub mod broadcast;
 pub mod browser;
 pub mod http;
+pub mod jwt;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;

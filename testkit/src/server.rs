@@ -72,6 +72,23 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    /// A cluster-mode node: `--threads 2 --broker BROKER` and `extra`, returned once it
+    /// printed `broker: up` (20 s at most: it failed to reach Redis otherwise).
+    pub fn start_node(broker: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--threads", "2", "--broker", broker];
+        args.extend_from_slice(extra);
+        let mut server = Server::start(&args);
+        assert!(
+            server
+                .wait_prefix("broker: up", Duration::from_secs(20))
+                .is_some(),
+            "node did not reach Redis; stdout {:?} stderr {}",
+            server.stdout(),
+            server.stderr_text()
+        );
+        server
+    }
+
     /// Like [`Server::start`], but the process starts with the given soft and hard
     /// `RLIMIT_NOFILE` (set by `sh`'s `ulimit` right before it `exec`s the server, so the
     /// child's pid is the server's).

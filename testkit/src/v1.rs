@@ -2,11 +2,12 @@
 //! subprotocol (`tests/v1.rs`, `tests/cluster.rs`).
 
 use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tungstenite::client::IntoClientRequest;
 
-use crate::ws::{recv_text, send_text, Ws};
+use crate::ws::{is_timeout, send_text, Ws};
 use crate::IO_TIMEOUT;
 
 /// A connection that offered `herald.v1` (the server must have selected it).
@@ -16,10 +17,21 @@ pub struct V1 {
 
 impl V1 {
     pub fn connect(addr: SocketAddr) -> V1 {
+        V1::connect_to(addr, "/")
+    }
+
+    /// A connection presenting `token` the way a browser can (`?token=`).
+    pub fn connect_with_token(addr: SocketAddr, token: &str) -> V1 {
+        V1::connect_to(addr, &format!("/?token={token}"))
+    }
+
+    fn connect_to(addr: SocketAddr, target: &str) -> V1 {
         let stream = TcpStream::connect(addr).expect("TCP connect");
         stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+        let mut request = format!("ws://{addr}{target}")
+            .into_client_request()
+            .unwrap();
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
@@ -38,10 +50,44 @@ impl V1 {
         send_text(&mut self.ws, &request.to_string());
     }
 
-    /// The next server message, parsed.
+    /// The next server message, parsed. Fails the test when none comes within the socket's
+    /// read timeout ([`IO_TIMEOUT`] unless the test set another), pings included: the
+    /// server's pings (every `--ping-interval` of silence) must not keep a test waiting
+    /// forever for a message that never comes.
     pub fn recv(&mut self) -> Value {
-        let text = recv_text(&mut self.ws);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+        let wait = self.ws.get_ref().read_timeout().ok().flatten();
+        let wait = wait.unwrap_or(IO_TIMEOUT);
+        self.recv_by(Instant::now() + wait)
+            .unwrap_or_else(|| panic!("expected a herald.v1 message, none arrived within {wait:?}"))
+    }
+
+    /// The next server message, parsed, or `None` once `deadline` has passed without one
+    /// (pings skipped). The socket's read timeout is left as it was.
+    pub fn recv_by(&mut self, deadline: Instant) -> Option<Value> {
+        let before = self.ws.get_ref().read_timeout().ok().flatten();
+        let text = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            let socket = self.ws.get_ref();
+            socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match self.ws.read() {
+                Ok(tungstenite::Message::Text(t)) => break Some(t.as_str().to_string()),
+                Ok(tungstenite::Message::Close(f)) => {
+                    panic!("expected a message, got Close({f:?})")
+                }
+                Ok(tungstenite::Message::Binary(b)) => panic!("expected text, got binary {b:?}"),
+                Ok(_) => continue,
+                Err(e) if is_timeout(&e) => continue,
+                Err(e) => panic!("expected a herald.v1 message, got error: {e}"),
+            }
+        };
+        self.ws.get_ref().set_read_timeout(before).unwrap();
+        let text = text?;
+        Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
     }
 
     /// The next message, or `None` once the connection is gone.

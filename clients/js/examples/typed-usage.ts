@@ -1,7 +1,7 @@
 // A typed use of herald-client, compiled (not run) by `tsc --noEmit` in CI so the
 // declarations stay usable. Node 20: the WebSocket constructor comes from `ws`.
 import { WebSocket } from "ws";
-import { Herald, HeraldError, type GapInfo, type MessageMeta, type Subscription } from "herald-client";
+import { Herald, HeraldError, type GapInfo, type MessageMeta, type PatternSubscription, type Subscription } from "herald-client";
 
 const herald = new Herald("ws://127.0.0.1:9000/", {
   WebSocket,
@@ -36,6 +36,19 @@ const prices: Subscription = herald.subscribe(
 
 herald.subscribe("orders", (data, { seq }) => console.log(seq, data), { since: { epoch: "5f3a9c1e.0.7", seq: 1041 } });
 
+// A pattern: every topic under feed/, each resumed from the positions a previous session stored.
+const stored: Record<string, { epoch: string; seq: number }> = JSON.parse(process.env.FEED_POSITIONS ?? "{}");
+const feed: PatternSubscription = herald.subscribe(
+  "feed/**",
+  {
+    onMessage: (data, { topic, seq }) => console.log(topic, seq, data),
+    onGap: ({ topic, reason }) => console.warn(`reload ${topic}: ${reason}`),
+    onError: (e) => console.error(e.topic ?? "the pattern", e.code),
+    onSubscribed: ({ topic, pattern, replayed }) => console.log(`${pattern} follows ${topic}, ${replayed} replayed`),
+  },
+  { since: stored },
+);
+
 async function publisher(): Promise<void> {
   try {
     const seq: number | null = await herald.publish("chat", "hello");
@@ -45,6 +58,9 @@ async function publisher(): Promise<void> {
   } catch (e) {
     if (e instanceof HeraldError && e.code === "queue_full") console.warn("slow down");
   }
+  process.env.FEED_POSITIONS = JSON.stringify(feed.positions());
+  console.log(feed.live, feed.topic);
+  feed.unsubscribe();
   prices.unsubscribe();
   herald.close();
 }

@@ -13,6 +13,10 @@
 //        └──── terminal close code, HTTP 401/403, or close() ────▶ closed (final)
 //
 // Every timer is owned by the client and cancelled by close().
+//
+// A topic with a `*` is a pattern (`prices/*`, `feed/**`): one subscription follows every
+// topic it matches. The client keeps a position per concrete topic it followed and resumes
+// them all with the pattern's `since` map, so each topic keeps the same contract.
 
 /** Subprotocol spoken with the server (docs/protocol.md). */
 const PROTOCOL = "herald.v1";
@@ -29,6 +33,7 @@ const DEFAULTS = {
   queueSize: 1000,
   highWaterMark: 1 << 20,
   retryUnavailable: 1000,
+  maxPatternTopics: 1000,
 };
 
 /**
@@ -41,12 +46,14 @@ export class HeraldError extends Error {
   /**
    * @param {string|number} code
    * @param {string} [reason]
+   * @param {string} [topic] the concrete topic a pattern subscription's error names
    */
-  constructor(code, reason) {
+  constructor(code, reason, topic) {
     super(reason ? `${code}: ${reason}` : String(code));
     this.name = "HeraldError";
     this.code = code;
     this.reason = reason || "";
+    if (topic != null) this.topic = topic;
   }
 }
 
@@ -72,11 +79,40 @@ export class Subscription {
     this._retry = null; // timer for an `unavailable` subscribe
   }
 
+  /** True while the server has confirmed this subscription on the current connection. */
+  get live() {
+    return this._live && this.active;
+  }
+
   /** Stop receiving this topic. Safe to call twice; no handler runs after it returns. */
   unsubscribe() {
     if (!this.active) return;
     this.active = false;
     this._client._unsubscribe(this);
+  }
+}
+
+/**
+ * A pattern's subscription (`prices/*`). `topic` is the pattern; `epoch` and `seq` stay unset:
+ * positions are per concrete topic (see {@link PatternSubscription#positions}).
+ */
+export class PatternSubscription extends Subscription {
+  /** @internal */
+  constructor(client, pattern, handlers, opts) {
+    super(client, pattern, handlers, opts);
+    this._topics = new Map(); // concrete topic -> {epoch (null after a gap), seq, at}
+    this._accepted = false; // the server accepted the pattern once: later subscribes resume
+    this._resuming = false; // the subscribe in flight resumes (a since map, or a reconnect)
+  }
+
+  /**
+   * The last delivered position of each topic followed (`{topic: {epoch, seq}}`), as the
+   * `since` option of a later `subscribe` of the pattern takes it.
+   */
+  positions() {
+    const out = {};
+    for (const [topic, p] of this._topics) if (p.epoch != null) out[topic] = { epoch: p.epoch, seq: p.seq };
+    return out;
   }
 }
 
@@ -101,7 +137,9 @@ export class Herald {
     this._ws = null;
     this._attempt = 0; // failed attempts since the last stable connection
     this._nextId = 1;
-    this._subs = new Map(); // topic -> Subscription
+    this._subs = new Map(); // topic or pattern -> Subscription
+    this._followed = new Map(); // topic -> PatternSubscription following it (this connection)
+    this._tick = 0; // counts pattern deliveries: which positions are the most recent
     this._byId = new Map(); // subscribe id -> Subscription (this connection)
     this._pending = new Map(); // publish id -> {resolve, reject}
     this._queue = []; // publishes not yet written: {frame, resolve, reject}
@@ -148,16 +186,32 @@ export class Herald {
    * `handlers.onError(err)` when the server refuses the topic (the subscription then ends);
    * `handlers.onSubscribed(info)` each time the server confirms it (after every reconnect too).
    * `opts` (`{since: {epoch, seq}}` or `{rewind: n}`) applies to the first subscribe only.
+   *
+   * A `topic` with a `*` is a pattern: the handlers get every matching topic, each with the
+   * same contract, `meta.topic` and `info.topic` naming the concrete one. `opts.since` is then
+   * a map `{topic: {epoch, seq}}`; `rewind` is not taken. A pattern overlapping another
+   * subscription of this client throws `already_subscribed` (each message arrives once).
    */
   subscribe(topic, handlers, opts = {}) {
     if (this._state === "closed") throw new HeraldError("closed", "the client is closed");
+    if (typeof topic !== "string") throw new TypeError("the topic must be a string");
     if (this._subs.has(topic)) {
       throw new HeraldError("already_subscribed", `${topic} is already subscribed on this client`);
     }
+    const pattern = topic.includes("*");
+    for (const other of this._subs.values()) {
+      if ((pattern || other instanceof PatternSubscription) && overlaps(topic, other.topic)) {
+        throw new HeraldError("already_subscribed", `${topic} overlaps ${other.topic}, already subscribed on this client`);
+      }
+    }
     if (typeof handlers === "function") handlers = { onMessage: handlers };
     if (opts.since && opts.rewind != null) throw new TypeError("since and rewind cannot both be given");
-    const sub = new Subscription(this, topic, handlers || {}, opts);
-    if (opts.since) {
+    if (pattern && opts.rewind != null) throw new TypeError("a pattern takes no rewind (it is per topic)");
+    const sub = pattern ? new PatternSubscription(this, topic, handlers || {}, opts) : new Subscription(this, topic, handlers || {}, opts);
+    if (pattern && opts.since) {
+      for (const [t, p] of Object.entries(opts.since)) sub._topics.set(t, { epoch: p.epoch, seq: p.seq, at: 0 });
+      sub._accepted = true; // resuming an earlier session: topics it did not know are reported
+    } else if (opts.since) {
       sub.epoch = opts.since.epoch;
       sub.seq = opts.since.seq;
     }
@@ -304,6 +358,7 @@ export class Herald {
       return this._terminal(new HeraldError("bad_protocol", `server chose ${ws.protocol}, not ${PROTOCOL}`));
     }
     this._byId.clear();
+    this._followed.clear();
     this._stableTimer = this._later(() => {
       this._stableTimer = null;
       this._attempt = 0;
@@ -319,6 +374,7 @@ export class Herald {
     this._cancel(this._flushTimer);
     this._flushTimer = null;
     this._byId.clear();
+    this._followed.clear();
     for (const sub of this._subs.values()) {
       sub._live = false;
       this._cancel(sub._retry);
@@ -419,14 +475,41 @@ export class Herald {
     sub._live = false;
     this._byId.set(id, sub);
     let entry = sub.topic;
-    if (sub.epoch != null) entry = { topic: sub.topic, since: { epoch: sub.epoch, seq: sub.seq } };
+    if (sub instanceof PatternSubscription) {
+      this._unfollow(sub); // its topics are announced again
+      entry = this._patternEntry(sub);
+    } else if (sub.epoch != null) entry = { topic: sub.topic, since: { epoch: sub.epoch, seq: sub.seq } };
     else if (sub._start.rewind != null) entry = { topic: sub.topic, rewind: sub._start.rewind };
     this._send({ op: "subscribe", id, topics: [entry] });
+  }
+
+  /**
+   * A pattern's subscribe entry: the `since` map of the `maxPatternTopics` most recently
+   * delivered topics. Positions beyond it are forgotten here, which keeps memory bounded; a
+   * forgotten topic that had messages meanwhile is reported (`untracked`) when it comes back.
+   */
+  _patternEntry(sub) {
+    let kept = [...sub._topics];
+    if (kept.length > this._opts.maxPatternTopics) {
+      kept.sort((a, b) => b[1].at - a[1].at);
+      kept = kept.slice(0, this._opts.maxPatternTopics);
+      sub._topics = new Map(kept);
+    }
+    sub._resuming = sub._accepted;
+    const since = {};
+    let any = false;
+    for (const [topic, p] of kept) {
+      if (p.epoch == null) continue; // a gap was reported: the server follows it from now
+      since[topic] = { epoch: p.epoch, seq: p.seq };
+      any = true;
+    }
+    return any ? { topic: sub.topic, since } : sub.topic;
   }
 
   _unsubscribe(sub) {
     if (this._subs.get(sub.topic) !== sub) return;
     this._subs.delete(sub.topic);
+    this._unfollow(sub);
     this._byId.delete(sub._id);
     this._cancel(sub._retry);
     sub._retry = null;
@@ -463,9 +546,16 @@ export class Herald {
     }
   }
 
+  /** Forget which topics `sub` (a pattern) follows on this connection. */
+  _unfollow(sub) {
+    if (!(sub instanceof PatternSubscription)) return;
+    for (const [topic, s] of this._followed) if (s === sub) this._followed.delete(topic);
+  }
+
   _onSubscribed(m) {
     const sub = this._byId.get(m.id);
     if (!sub || !sub.active) return;
+    if (sub instanceof PatternSubscription) return this._onFollowed(sub, m);
     sub._live = true;
     sub.epoch = m.epoch;
     // The replayed messages (seq - replayed + 1 .. seq) follow; live ones after them.
@@ -474,9 +564,38 @@ export class Herald {
     if (h) guard(() => h({ topic: sub.topic, epoch: m.epoch, seq: m.seq, replayed: m.replayed || 0 }));
   }
 
+  /**
+   * A pattern's `subscribed`: the pattern's own (no `topic`), and one per concrete topic before
+   * its first message, with the position its replay starts after (in either order).
+   */
+  _onFollowed(sub, m) {
+    sub._accepted = true;
+    if (m.topic == null) {
+      sub._live = true;
+      return;
+    }
+    let p = sub._topics.get(m.topic);
+    const from = m.seq - (m.replayed || 0);
+    if (!p) {
+      p = { epoch: null, seq: 0, at: 0 };
+      sub._topics.set(m.topic, p);
+      // Resuming, a topic the client kept no position for already had messages: they were
+      // published while this client was away (or its position was forgotten), and are lost.
+      if (sub._resuming && from > 0) this._gap(sub, { reason: "untracked", topic: m.topic, epoch: null, lastSeq: 0, nextSeq: from + 1 });
+      if (!sub.active) return;
+    }
+    p.epoch = m.epoch;
+    p.seq = from;
+    p.at = ++this._tick;
+    this._followed.set(m.topic, sub);
+    const h = sub._handlers.onSubscribed;
+    if (h) guard(() => h({ topic: m.topic, epoch: m.epoch, seq: m.seq, replayed: m.replayed || 0, pattern: sub.topic }));
+  }
+
   _onMessage(m) {
     const sub = this._subs.get(m.topic);
-    if (!sub || !sub._live) return; // unsubscribed, or the previous subscription's tail
+    if (!sub) return this._onPatternMessage(m);
+    if (!sub._live) return; // unsubscribed, or the previous subscription's tail
     if (m.seq <= sub.seq) return; // already delivered
     if (m.seq !== sub.seq + 1) {
       this._gap(sub, { reason: "seq_jump", topic: sub.topic, epoch: sub.epoch, lastSeq: sub.seq, nextSeq: m.seq });
@@ -494,6 +613,45 @@ export class Herald {
     }
   }
 
+  /** A message of a topic a pattern follows: the same checks as a topic's, per topic. */
+  _onPatternMessage(m) {
+    const sub = this._followed.get(m.topic);
+    if (!sub) return; // unsubscribed, or not followed (yet) on this connection
+    const p = sub._topics.get(m.topic);
+    if (!p || m.seq <= p.seq) return; // already delivered
+    if (m.seq !== p.seq + 1) {
+      this._gap(sub, { reason: "seq_jump", topic: m.topic, epoch: p.epoch, lastSeq: p.seq, nextSeq: m.seq });
+      if (!sub.active) return;
+    }
+    p.seq = m.seq;
+    p.at = ++this._tick;
+    const onMessage = sub._handlers.onMessage;
+    if (!onMessage) return;
+    const data = m.data !== undefined ? m.data : fromBase64(m.data_b64);
+    try {
+      onMessage(data, { topic: m.topic, seq: m.seq, epoch: p.epoch });
+    } catch (e) {
+      rethrow(e);
+    }
+  }
+
+  /**
+   * An error naming one topic of a pattern: for a gap code the server follows the topic from
+   * now on (its `subscribed` comes next); otherwise (`too_many_topics`, `forbidden`) the topic
+   * is not followed on this connection. The pattern goes on either way.
+   */
+  _onTopicError(sub, m) {
+    const p = sub._topics.get(m.topic);
+    this._followed.delete(m.topic);
+    if (GAP_CODES.has(m.code)) {
+      this._gap(sub, { reason: m.code, topic: m.topic, epoch: p ? p.epoch : null, lastSeq: p ? p.seq : 0 });
+      if (p) p.epoch = null;
+      return;
+    }
+    sub._topics.delete(m.topic);
+    if (sub._handlers.onError) guard(() => sub._handlers.onError(new HeraldError(m.code, m.reason, m.topic)));
+  }
+
   _onError(m) {
     if (m.id != null && this._pending.has(m.id)) {
       const p = this._pending.get(m.id);
@@ -503,6 +661,7 @@ export class Herald {
     // A subscribe refused, or (id null) a cluster node ending a stream it cannot fill.
     const sub = m.id != null ? this._byId.get(m.id) : m.topic != null && this._subs.get(m.topic);
     if (!sub || !sub.active) return;
+    if (sub instanceof PatternSubscription && m.topic != null && m.topic !== sub.topic) return this._onTopicError(sub, m);
     if (GAP_CODES.has(m.code)) {
       this._gap(sub, { reason: m.code, topic: sub.topic, epoch: sub.epoch, lastSeq: sub.seq });
       // Resume live from the server's current position (now, or after the next reconnect).
@@ -520,16 +679,34 @@ export class Herald {
       }, this._opts.retryUnavailable);
       return;
     }
-    if (m.code === "already_subscribed") return;
-    // forbidden, bad_topic, too_many_topics, ...: this subscription ends.
+    // A topic's duplicate subscribe: the first goes on. (Overlaps with patterns are refused
+    // by subscribe() before they reach the server.)
+    if (m.code === "already_subscribed" && !(sub instanceof PatternSubscription)) return;
+    // forbidden, bad_topic, too_many_topics, patterns_off, ...: this subscription ends.
     sub.active = false;
     this._subs.delete(sub.topic);
+    this._unfollow(sub);
     this._byId.delete(sub._id);
     if (sub._handlers.onError) guard(() => sub._handlers.onError(new HeraldError(m.code, m.reason)));
   }
 
   _gap(sub, info) {
     if (sub._handlers.onGap) guard(() => sub._handlers.onGap(info));
+  }
+}
+
+/**
+ * Whether some topic matches both `a` and `b` (topics or patterns: `*` is one segment, a last
+ * `**` one or more), as herald decides overlaps (docs/protocol.md, "Pattern subscriptions").
+ */
+function overlaps(a, b) {
+  const x = a.split("/");
+  const y = b.split("/");
+  for (let i = 0; ; i++) {
+    if (x[i] === "**") return y.length > i;
+    if (y[i] === "**") return x.length > i;
+    if (i === x.length || i === y.length) return x.length === y.length;
+    if (x[i] !== y[i] && x[i] !== "*" && y[i] !== "*") return false;
   }
 }
 

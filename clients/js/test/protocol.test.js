@@ -1,6 +1,7 @@
 // herald-client against a scripted herald.v1 peer (a `ws` server in this process), for what a
 // real herald does only under overload or failure: a seq that jumps while connected (messages
-// dropped on full worker queues), close codes 1003/1008/1012, and the backoff schedule.
+// dropped on full worker queues), close codes 1003/1008/1012, the backoff schedule, and a
+// pattern's per-topic bookkeeping (duplicates, jumps, the bounded since map).
 // The peer answers exactly as docs/protocol.md specifies.
 
 import assert from "node:assert/strict";
@@ -203,4 +204,45 @@ test("a subscribe refused as unavailable (cluster broker down) is asked again af
   assert.deepEqual(rec.got, ["4"]);
   assert.deepEqual([rec.errors, rec.gaps], [[], []]);
   assert.equal(wss.requests.filter((m) => m.op === "subscribe").length, 3);
+});
+
+test("a pattern: duplicates dropped and seq jumps reported per topic; the since map keeps the maxPatternTopics most recent topics, a forgotten one is reported untracked", async (t) => {
+  const send = (ws, ...msgs) => msgs.forEach((m) => ws.send(JSON.stringify(m)));
+  const sub = (id, topic, seq, replayed = 0) => ({ type: "subscribed", id, topic, pattern: "x/*", epoch: "e1", seq, replayed });
+  const msg = (topic, seq) => ({ type: "message", topic, seq, data: `${topic}:${seq}` });
+  const wss = await peer((ws, req, n) => {
+    ws.on("message", (d) => {
+      const m = JSON.parse(String(d));
+      if (m.op !== "subscribe") return;
+      if (n === 1) {
+        // A topic may be announced before the pattern's own `subscribed`.
+        send(ws, sub(m.id, "x/1", 0), { type: "subscribed", id: m.id, pattern: "x/*" }, msg("x/1", 1));
+        send(ws, sub(m.id, "x/2", 10), msg("x/2", 11));
+        send(ws, sub(m.id, "x/3", 0), msg("x/3", 1), msg("x/3", 2), msg("x/3", 2), msg("x/3", 5));
+        send(ws, msg("x/1", 2));
+        setTimeout(() => ws.close(1012, "restart"), 20);
+      } else {
+        send(ws, { type: "subscribed", id: m.id, pattern: "x/*" });
+        send(ws, sub(m.id, "x/1", 3, 1), msg("x/1", 2), msg("x/1", 3));
+        send(ws, sub(m.id, "x/3", 5), sub(m.id, "x/2", 12), msg("x/2", 13), msg("x/3", 6));
+      }
+    });
+  });
+  t.after(() => wss.stop());
+  const h = client(wss.url, { maxPatternTopics: 2 });
+  t.after(() => h.close());
+  const got = [];
+  const gaps = [];
+  h.subscribe("x/*", { onMessage: (d) => got.push(d), onGap: (g) => gaps.push(g) });
+  await waitFor(() => got.length === 9, "nine messages over two connections");
+  assert.deepEqual(got, ["x/1:1", "x/2:11", "x/3:1", "x/3:2", "x/3:5", "x/1:2", "x/1:3", "x/2:13", "x/3:6"]);
+  assert.deepEqual(gaps, [
+    { reason: "seq_jump", topic: "x/3", epoch: "e1", lastSeq: 2, nextSeq: 5 },
+    { reason: "untracked", topic: "x/2", epoch: null, lastSeq: 0, nextSeq: 13 },
+  ]);
+  const subs = wss.requests.filter((m) => m.op === "subscribe").map((m) => m.topics[0]);
+  assert.deepEqual(subs, [
+    "x/*",
+    { topic: "x/*", since: { "x/1": { epoch: "e1", seq: 2 }, "x/3": { epoch: "e1", seq: 5 } } },
+  ]);
 });
