@@ -101,12 +101,6 @@ pub enum Refusal {
     /// `presence:true` on a topic that keeps no member list (`--presence` does not match it).
     #[error("this topic has no presence events (the server's --presence does not list it)")]
     PresenceOff,
-    /// `presence:true` in cluster mode, where join/leave events are not carried across
-    /// nodes (code `presence_off`).
-    #[error(
-        "join/leave events are not available in cluster mode (--broker); ask with presence instead"
-    )]
-    PresenceOffInCluster,
 }
 
 impl Refusal {
@@ -125,7 +119,7 @@ impl Refusal {
             Refusal::SinceAhead { .. } => "since_ahead",
             Refusal::Forbidden | Refusal::DeniedByHook(_) => "forbidden",
             Refusal::Unavailable | Refusal::HookUnavailable(_) => "unavailable",
-            Refusal::PresenceOff | Refusal::PresenceOffInCluster => "presence_off",
+            Refusal::PresenceOff => "presence_off",
         }
     }
 }

@@ -8,7 +8,9 @@
 //!   the topics this node has subscribers for, forwards what it hears to each topic's owner
 //!   worker in numbering order, answers `herald.v1` joins consistently with that stream,
 //!   and after a fault reconnects with capped exponential backoff, resubscribes and fills any
-//!   hole from the topic's log, or says explicitly that it cannot.
+//!   hole from the topic's log, or says explicitly that it cannot. It also has Redis place
+//!   presence `join`/`leave` events on their topic's channel (`script::EVENT`) and hands
+//!   every event it hears to the topic's owner at its place among the messages.
 //!
 //! Why joins are exact across nodes: the listener first brings its own position on the topic
 //! up to Redis's current number (forwarding whatever it had not heard yet), then answers with
@@ -34,6 +36,7 @@ use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
 use crate::feed::patterns::PatternIndex;
 use crate::proto::pattern::Pattern;
+use crate::proto::presence::{self, Member};
 use crate::proto::topic::{Start, TopicName};
 
 /// How long the listener waits on the pub/sub socket before serving its request queue
@@ -46,6 +49,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Publishes sent to Redis in one pipeline at most.
 const PUBLISH_BATCH: usize = 512;
+
+/// Presence events placed in Redis in one pipeline at most.
+const EVENT_BATCH: usize = 512;
+
+/// How long a join waits for the channel to bring what Redis has already numbered before it
+/// takes the rest from the log (where presence events between them are not kept).
+const CHANNEL_LAG: Duration = Duration::from_secs(2);
 
 /// Messages handled from the pub/sub socket before the request queue is looked at again.
 const HEARD_PER_ROUND: usize = 1024;
@@ -267,6 +277,9 @@ impl Publisher {
 struct Position {
     epoch: String,
     last: u64,
+    /// How many presence events Redis had placed on the topic at the last catch-up (a
+    /// joiner answered now starts after them).
+    events: u64,
     /// The epoch this node left behind at its last catch-up: messages of it still on their
     /// way are stale, not a new life.
     retired: Option<String>,
@@ -292,6 +305,9 @@ pub struct Listener {
     /// Which shard's health this bridge reports (an index into `stats.shards`).
     shard: usize,
     position: redis::Script,
+    /// The presence event script for this layout (`EVENT`, or `SEVENT` on a Redis
+    /// Cluster) and its SHA1.
+    event: (&'static str, String),
     url: String,
     node: u32,
     history: usize,
@@ -320,10 +336,15 @@ impl Listener {
         stats: Arc<BrokerStats>,
         shard: usize,
     ) -> Self {
+        let event = match layout {
+            Layout::One(_) => script::EVENT,
+            Layout::Cluster(_) => script::SEVENT,
+        };
         Listener {
             layout,
             shard,
             position: redis::Script::new(script::POSITION),
+            event: (event, redis::Script::new(event).get_hash().to_owned()),
             url,
             node: config.node,
             history: config.history,
@@ -430,6 +451,7 @@ impl Listener {
                     BrokerStats::count(&self.stats.unavailable, 1);
                     self.answer(request, Err(JoinError::Unavailable));
                 }
+                Ok(SubReq::Event { .. }) => BrokerStats::count(&self.stats.events_dropped, 1),
                 // Kept, and PSUBSCRIBEd when the connection is back (`serve`).
                 Ok(SubReq::PatternJoin(request)) => {
                     self.count_pattern(&request.pattern, true);
@@ -531,14 +553,31 @@ impl Listener {
             println!("broker: up ({})", self.url);
             *ever_up = true;
         }
+        let mut events = Vec::new();
         loop {
             loop {
+                // Events are placed in pipelined batches; anything else waits for the ones
+                // before it (a subscriber's own join is placed before its start is read).
                 match requests.try_recv() {
-                    Ok(request) => self.on_request(request, wire)?,
+                    Ok(SubReq::Event {
+                        topic,
+                        joined,
+                        member,
+                    }) => {
+                        events.push((topic, joined, member));
+                        if events.len() >= EVENT_BATCH {
+                            self.place_events(wire, &mut events)?;
+                        }
+                    }
+                    Ok(request) => {
+                        self.place_events(wire, &mut events)?;
+                        self.on_request(request, wire)?;
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Err(Stop::Shutdown),
                 }
             }
+            self.place_events(wire, &mut events)?;
             self.out.wake();
             for _ in 0..HEARD_PER_ROUND {
                 match wire.next(POLL)? {
@@ -589,7 +628,7 @@ impl Listener {
             SubReq::Join(request) => {
                 let answered = self
                     .listen_to(&request.topic, wire)
-                    .and_then(|()| self.catch_up(wire, &request.topic))
+                    .and_then(|()| self.catch_up_live(wire, &request.topic))
                     .and_then(|()| self.join_answer(wire, &request.topic, &request.start));
                 match answered {
                     Ok(result) => {
@@ -604,6 +643,65 @@ impl Listener {
                     }
                 }
             }
+            SubReq::Event {
+                topic,
+                joined,
+                member,
+            } => self.place_events(wire, &mut vec![(topic, joined, member)]),
+        }
+    }
+
+    /// Have Redis place presence events among their topics' messages (`script::EVENT`, one
+    /// pipeline); every listening node hears each on its topic's channel, in this order per
+    /// topic. A failed call loses its event (counted), and the connection is started over.
+    fn place_events(
+        &mut self,
+        wire: &mut Wire,
+        events: &mut Vec<(TopicName, bool, Member)>,
+    ) -> Result<(), Stop> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let fresh = self.epochs.fresh();
+        let (source, sha) = (self.event.0, &self.event.1);
+        let calls: Vec<(&str, redis::Cmd)> = events
+            .iter()
+            .map(|(topic, joined, member)| {
+                let keys = Keys::of(topic);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(sha)
+                    .arg(5)
+                    .arg(&keys.seq)
+                    .arg(&keys.log)
+                    .arg(&keys.epoch)
+                    .arg(&keys.home)
+                    .arg(&keys.events)
+                    .arg(&fresh)
+                    .arg(script::event_body(*joined, member))
+                    .arg(&keys.channel);
+                (&**topic, cmd)
+            })
+            .collect();
+        let results = wire.pipeline(&calls, source);
+        drop(calls);
+        events.clear();
+        let mut failed = None;
+        for result in results {
+            match result {
+                Ok(Value::Int(n)) if n > 0 => BrokerStats::count(&self.stats.events, 1),
+                Ok(other) => {
+                    BrokerStats::count(&self.stats.events_dropped, 1);
+                    failed.get_or_insert(format!("unexpected event answer {other:?}"));
+                }
+                Err(e) => {
+                    BrokerStats::count(&self.stats.events_dropped, 1);
+                    failed.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match failed {
+            Some(why) => Err(Stop::Fault(why)),
+            None => Ok(()),
         }
     }
 
@@ -624,35 +722,19 @@ impl Listener {
     /// Bring this node's position on `topic` up to Redis's current number: forward what was
     /// missed from the log, or tell the topic's subscribers that there is a hole.
     fn catch_up(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
-        let keys = Keys::of(topic);
         let Some(known) = self.topics.get(topic).cloned() else {
             return Ok(());
         };
         let mut retire = String::new();
-        let (epoch, current) = loop {
-            let fresh = self.epochs.fresh();
-            let position = &self.position;
-            let value = wire.script_command(topic, Some(script::POSITION), &mut |c, tail| {
-                let mut call = position.key(&keys.seq);
-                call.key(&keys.log)
-                    .key(&keys.epoch)
-                    .key(&keys.home)
-                    .arg(&fresh)
-                    .arg(&retire);
-                for arg in tail {
-                    call.arg(*arg);
-                }
-                call.invoke(c)
-            })?;
-            let (epoch, current) = script::parse_position(&value)
-                .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))?;
+        let (epoch, current, events) = loop {
+            let (epoch, current, events) = self.position_of(wire, topic, &retire)?;
             match &known {
                 // Redis went back in time (an older copy of the data): its next numbers
                 // would repeat ones already delivered, so this epoch ends here.
                 Some(p) if p.epoch == epoch && current < p.last && retire.is_empty() => {
                     retire = epoch;
                 }
-                _ => break (epoch, current),
+                _ => break (epoch, current, events),
             }
         };
         let retired = match &known {
@@ -678,9 +760,76 @@ impl Listener {
             Some(Position {
                 epoch,
                 last: current,
+                events,
                 retired,
             }),
         );
+        Ok(())
+    }
+
+    /// Redis's `{epoch, current number, event count}` of `topic` (`script::POSITION`,
+    /// retiring epoch `retire` if not empty, starting a life if there is none).
+    fn position_of(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        retire: &str,
+    ) -> Result<(String, u64, u64), Stop> {
+        let keys = Keys::of(topic);
+        let fresh = self.epochs.fresh();
+        let position = &self.position;
+        let value = wire.script_command(topic, Some(script::POSITION), &mut |c, tail| {
+            let mut call = position.key(&keys.seq);
+            call.key(&keys.log)
+                .key(&keys.epoch)
+                .key(&keys.home)
+                .key(&keys.events)
+                .arg(&fresh)
+                .arg(retire);
+            for arg in tail {
+                call.arg(*arg);
+            }
+            call.invoke(c)
+        })?;
+        script::parse_position(&value)
+            .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))
+    }
+
+    /// [`Listener::catch_up`] for a join on a topic this node already follows: messages
+    /// Redis numbered but this node has not heard yet are taken from the channel, not the
+    /// log, for up to [`CHANNEL_LAG`], so presence events between them (which the log does
+    /// not keep) are forwarded in their place too. Past it, or after anything unusual (an
+    /// epoch change, a failover), the ordinary catch-up.
+    fn catch_up_live(&mut self, wire: &mut Wire, topic: &TopicName) -> Result<(), Stop> {
+        let known = match self.topics.get(topic) {
+            Some(Some(p)) => p.clone(),
+            _ => return self.catch_up(wire, topic),
+        };
+        let (epoch, current, events) = self.position_of(wire, topic, "")?;
+        if epoch != known.epoch || current < known.last {
+            return self.catch_up(wire, topic);
+        }
+        let deadline = Instant::now() + CHANNEL_LAG;
+        while Instant::now() < deadline {
+            match self.topics.get(topic) {
+                Some(Some(p)) if p.epoch == epoch && p.last < current => {}
+                _ => break,
+            }
+            if let Some((channel, payload)) = wire.next(POLL)? {
+                self.on_heard(&channel, &payload, wire)?;
+                self.out.wake();
+            }
+        }
+        let last = match self.topics.get(topic) {
+            Some(Some(p)) if p.epoch == epoch => p.last,
+            _ => return self.catch_up(wire, topic),
+        };
+        if last < current {
+            self.fill(wire, topic, last + 1, current)?;
+        }
+        if let Some(Some(p)) = self.topics.get_mut(topic) {
+            p.events = events;
+        }
         Ok(())
     }
 
@@ -728,6 +877,13 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
+        if script::is_event(payload) {
+            // Only for topics this node subscribes to (a pattern subscription gets no events).
+            let Some(Some(known)) = self.topics.get(&topic).cloned() else {
+                return Ok(());
+            };
+            return self.on_event(&topic, &known, payload, wire);
+        }
         let Some(heard) = script::parse_heard(payload, self.node) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
@@ -752,6 +908,7 @@ impl Listener {
                 Some(Position {
                     epoch: heard.epoch,
                     last: heard.seq - 1,
+                    events: known.events,
                     retired: Some(known.epoch),
                 }),
             );
@@ -772,6 +929,41 @@ impl Listener {
         Ok(())
     }
 
+    /// A presence event heard on `topic`'s channel: hand it to the topic's owner right after
+    /// message `after`, which this node has forwarded (or forwards now from the log).
+    /// An event that can no longer be put in its place is dropped and counted: one of
+    /// another life of the topic, or one heard after this node took later messages from the
+    /// log (a reconnect, or a join's catch-up while the channel lagged).
+    fn on_event(
+        &mut self,
+        topic: &TopicName,
+        known: &Position,
+        payload: &[u8],
+        wire: &mut Wire,
+    ) -> Result<(), Stop> {
+        let Some(event) = script::parse_event(payload) else {
+            BrokerStats::count(&self.stats.malformed, 1);
+            return Ok(());
+        };
+        if event.epoch != known.epoch || event.after < known.last {
+            BrokerStats::count(&self.stats.events_dropped, 1);
+            return Ok(());
+        }
+        if event.after > known.last {
+            // Messages before the event were missed live: they go first, from the log.
+            self.fill(wire, topic, known.last + 1, event.after)?;
+        }
+        let frame = presence::event(event.joined, topic, event.after, &event.member);
+        let owner = owner_of(topic, self.workers);
+        let event = BusMsg::RemoteEvent {
+            topic: topic.clone(),
+            frame,
+            number: event.number,
+        };
+        self.out.send(owner, event);
+        Ok(())
+    }
+
     /// A topic no subscriber here has, heard through a pattern: SUBSCRIBE to it (so it stays
     /// heard if the pattern goes while subscribers remain), take this message's number as
     /// the position, and tell the owner, which attaches the pattern subscribers from there.
@@ -786,6 +978,7 @@ impl Listener {
         let position = Position {
             epoch: heard.epoch.clone(),
             last,
+            events: 0,
             retired: None,
         };
         self.topics.insert(topic.clone(), Some(position.clone()));
@@ -843,7 +1036,12 @@ impl Listener {
         let Some(Some(position)) = self.topics.get(topic).cloned() else {
             return Ok(Err(JoinError::Unavailable));
         };
-        let Position { epoch, last, .. } = position;
+        let Position {
+            epoch,
+            last,
+            events,
+            ..
+        } = position;
         let need = match history::decide(start, &epoch, last) {
             Ok(need) => need,
             Err(why) => return Ok(Err(why.into())),
@@ -886,6 +1084,7 @@ impl Listener {
         Ok(Ok(Joined {
             epoch,
             last_seq: last,
+            events,
             replay,
         }))
     }

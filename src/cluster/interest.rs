@@ -163,7 +163,10 @@ impl InterestBacklog {
         match refused.into_inner() {
             SubReq::Join(request) if full => Err(JoinRefused::Full(request)),
             SubReq::Join(request) => Err(JoinRefused::Closed(request)),
-            SubReq::Interest { .. } | SubReq::PatternJoin(_) | SubReq::PatternLeave(_) => {
+            SubReq::Interest { .. }
+            | SubReq::PatternJoin(_)
+            | SubReq::PatternLeave(_)
+            | SubReq::Event { .. } => {
                 unreachable!("a refused join comes back as a join")
             }
         }
@@ -261,6 +264,9 @@ mod tests {
                 SubReq::Join(j) => format!("j{}", j.join),
                 SubReq::PatternJoin(p) => format!("p{}", p.pattern),
                 SubReq::PatternLeave(p) => format!("q{p}"),
+                SubReq::Event { topic, joined, .. } => {
+                    format!("{}{}", if joined { 'J' } else { 'L' }, &*topic)
+                }
             })
             .collect()
     }

@@ -42,6 +42,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::feed::bus::{AckTo, JoinRequest, Origin, PatternRequest, PeerLink};
 use crate::proto::pattern::Pattern;
+use crate::proto::presence::Member;
 use crate::proto::topic::TopicName;
 
 /// Publishes that may wait for the publishing bridge thread; past this, a publish is refused
@@ -73,6 +74,14 @@ pub enum SubReq {
     /// A `herald.v1` subscriber wants the stream from `request.start`: answered (to the
     /// subscriber's worker) consistently with what the bridge forwards live.
     Join(JoinRequest),
+    /// A `--presence` topic's subscriber joined (`joined`) or left on this node: Redis places
+    /// the event among the topic's messages (`script::EVENT`) for every node. It takes the
+    /// joins' queue so a subscriber's own join is placed before its start (never sent to it).
+    Event {
+        topic: TopicName,
+        joined: bool,
+        member: Member,
+    },
     /// A pattern subscriber arrived on this node: hear every topic the pattern matches
     /// (PSUBSCRIBE), then answer the subscriber's worker (`BusMsg::PatternJoined`). Sent to
     /// every instance's listener (`ToShards::send_all`).
@@ -113,6 +122,11 @@ pub struct BrokerStats {
     pub unavailable: AtomicU64,
     /// Messages from Redis that did not parse (skipped).
     pub malformed: AtomicU64,
+    /// Presence `join`/`leave` events of this node's subscribers placed in Redis.
+    pub events: AtomicU64,
+    /// Presence events lost: not placed (queue full, Redis unreachable) or heard out of
+    /// place (after this node had to take later messages from the log), so not delivered.
+    pub events_dropped: AtomicU64,
 }
 
 impl BrokerStats {
@@ -146,7 +160,7 @@ impl BrokerStats {
             n => format!(" broker_shards_up={}/{n}", self.shards_up()),
         };
         format!(
-            "broker={}{shards} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={}",
+            "broker={}{shards} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={} broker_events={} broker_events_dropped={}",
             if self.up() { "up" } else { "down" },
             self.topics(),
             self.heard.load(Relaxed),
@@ -156,13 +170,15 @@ impl BrokerStats {
             self.gaps.load(Relaxed),
             self.unavailable.load(Relaxed),
             self.malformed.load(Relaxed),
+            self.events.load(Relaxed),
+            self.events_dropped.load(Relaxed),
         )
     }
 
     /// The cluster metrics in the Prometheus text format, appended to `GET /metrics`.
     pub fn prometheus(&self) -> String {
         let up = u64::from(self.up());
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "herald_broker_up",
                 "gauge",
@@ -229,6 +245,18 @@ impl BrokerStats {
                 "Messages from Redis that did not parse.",
                 self.malformed.load(Relaxed),
             ),
+            (
+                "herald_broker_presence_events_total",
+                "counter",
+                "Presence join/leave events of this node's subscribers placed in Redis.",
+                self.events.load(Relaxed),
+            ),
+            (
+                "herald_broker_presence_events_dropped_total",
+                "counter",
+                "Presence join/leave events not placed in Redis or heard out of place (not delivered).",
+                self.events_dropped.load(Relaxed),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
@@ -260,6 +288,7 @@ impl ForTopic for SubReq {
         match self {
             SubReq::Interest { topic, .. } => topic,
             SubReq::Join(request) => &request.topic,
+            SubReq::Event { topic, .. } => topic,
             // Not routed by topic: sent to every listener.
             SubReq::PatternJoin(_) | SubReq::PatternLeave(_) => "",
         }

@@ -9,7 +9,8 @@
 //! | `herald:{T}:seq` | string | the last sequence number given out (0 before the first) |
 //! | `herald:{T}:epoch` | string | this life of the topic's numbering |
 //! | `herald:{T}:log` | stream | the last `--broker-history` messages, entry id `0-<seq>` |
-//! | channel `herald:{T}` | pub/sub | every message as it is numbered |
+//! | `herald:{T}:events` | string | how many `join`/`leave` events were placed on the topic |
+//! | channel `herald:{T}` | pub/sub | every message as it is numbered, and every event |
 //!
 //! A missing `seq` key means a new life: Redis never had the topic, or lost it (restarted
 //! without persistence, flushed, evicted). Both scripts then start a new epoch and drop any
@@ -23,6 +24,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use crate::feed::bus::Origin;
 use crate::proto::frame;
 use crate::proto::pattern::{Pattern, Segment};
+use crate::proto::presence::Member;
 use crate::proto::topic::{self, TopicName};
 
 /// The start both scripts share: read the topic's epoch (`epoch`), and if Redis has no
@@ -111,6 +113,36 @@ pub const PUBLISH: &str = publish_with!("PUBLISH");
 /// every node of the cluster.
 pub const SPUBLISH: &str = publish_with!("SPUBLISH");
 
+/// The event script, with the pub/sub command to announce the event with.
+macro_rules! event_with {
+    ($command:literal) => {
+        concat!(
+            start_topic_if_new!(),
+            settle_home!("4", "5"),
+            r"
+local n = redis.call('INCR', KEYS[5])
+redis.call('",
+            $command,
+            r"', ARGV[3], '!event ' .. epoch .. ' ' .. redis.call('GET', KEYS[1]) .. ' ' .. n .. '\n' .. ARGV[2])
+return n
+"
+        )
+    };
+}
+
+/// Places one presence `join`/`leave` event among the topic's messages without numbering
+/// it: it reads the topic's current number (`after`) and counts the event (its place among
+/// events, so a joiner can tell the events older than its start), then publishes it on the
+/// topic's own channel, atomically. Every node hears it at the same place in the stream.
+///
+/// KEYS: seq, log, epoch, home, events. ARGV: epoch for a new life, body ([`event_body`]),
+/// channel, this process's home, home decision (see `settle_home`; both appended by
+/// `Wire`). Returns the event's count.
+pub const EVENT: &str = event_with!("PUBLISH");
+
+/// [`EVENT`] for a Redis Cluster (`SPUBLISH`, like [`SPUBLISH`]).
+pub const SEVENT: &str = event_with!("SPUBLISH");
+
 /// Where a topic stands, creating it (a new epoch at 0) if Redis does not have it. Used when
 /// a node starts listening to a topic, and after every reconnect.
 ///
@@ -119,8 +151,9 @@ pub const SPUBLISH: &str = publish_with!("SPUBLISH");
 /// (replication is asynchronous: the promoted replica may lack the last messages, and would
 /// give their numbers to other messages), so no number is ever reused within one epoch.
 ///
-/// KEYS: seq, log, epoch, home. ARGV: epoch for a new life, epoch to retire (or empty),
-/// this process's home, home decision (both appended by `Wire`). Returns `{epoch, seq}`.
+/// KEYS: seq, log, epoch, home, events. ARGV: epoch for a new life, epoch to retire (or
+/// empty), this process's home, home decision (both appended by `Wire`). Returns
+/// `{epoch, seq, events}` (`events`: how many presence events were placed so far).
 pub const POSITION: &str = concat!(
     start_topic_if_new!(),
     settle_home!("3", "4"),
@@ -131,7 +164,7 @@ if ARGV[2] ~= '' and epoch == ARGV[2] then
   epoch = ARGV[1]
   redis.call('SET', KEYS[3], epoch)
 end
-return {epoch, redis.call('GET', KEYS[1])}
+return {epoch, redis.call('GET', KEYS[1]), redis.call('GET', KEYS[5]) or '0'}
 "
 );
 
@@ -141,6 +174,7 @@ pub struct Keys {
     pub seq: String,
     pub log: String,
     pub epoch: String,
+    pub events: String,
     /// The Redis process that numbers the topic (see `settle_home`).
     pub home: String,
     pub channel: String,
@@ -153,6 +187,7 @@ impl Keys {
             seq: format!("herald:{{{topic}}}:seq"),
             log: format!("herald:{{{topic}}}:log"),
             epoch: format!("herald:{{{topic}}}:epoch"),
+            events: format!("herald:{{{topic}}}:events"),
             home: format!("herald:{{{topic}}}:home"),
             channel: channel_of(topic),
         }
@@ -255,6 +290,69 @@ pub fn parse_heard(payload: &[u8], node: u32) -> Option<Heard> {
     })
 }
 
+/// What marks an event on a topic's channel (a message's head starts with its epoch,
+/// which never starts with `!`).
+const EVENT_MARK: &[u8] = b"!event ";
+
+/// The body of an event in Redis: `j` (join) or `l` (leave), then the member as JSON.
+pub fn event_body(joined: bool, member: &Member) -> Vec<u8> {
+    let mut body = vec![if joined { b'j' } else { b'l' }];
+    // Serializing a plain struct into a Vec cannot fail.
+    body.extend(serde_json::to_vec(member).unwrap_or_default());
+    body
+}
+
+/// One presence event heard on a topic's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeardEvent {
+    pub epoch: String,
+    /// The topic's number when the event was placed: it comes after that message.
+    pub after: u64,
+    /// The event's count on the topic (1, 2, …): events up to a joiner's count are older
+    /// than its start.
+    pub number: u64,
+    pub joined: bool,
+    pub member: Member,
+}
+
+/// Whether a payload heard on a topic's channel is a presence event, not a message.
+pub fn is_event(payload: &[u8]) -> bool {
+    payload.starts_with(EVENT_MARK)
+}
+
+/// Parse an event payload (`!event epoch after number\n` + [`event_body`]). `None` for
+/// anything malformed; the member is checked (JSON, known fields) and re-encoded before it
+/// reaches a client.
+pub fn parse_event(payload: &[u8]) -> Option<HeardEvent> {
+    let rest = payload.strip_prefix(EVENT_MARK)?;
+    let newline = rest.iter().position(|&b| b == b'\n')?;
+    let (head, body) = (&rest[..newline], &rest[newline + 1..]);
+    let mut parts = std::str::from_utf8(head).ok()?.split(' ');
+    let epoch = parts.next().filter(|e| !e.is_empty())?.to_owned();
+    let after: u64 = parts.next()?.parse().ok()?;
+    let number: u64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || number == 0 {
+        return None;
+    }
+    let (&kind, member) = body.split_first()?;
+    let joined = match kind {
+        b'j' => true,
+        b'l' => false,
+        _ => return None,
+    };
+    let member: Member = serde_json::from_slice(member).ok()?;
+    if member.sub.is_some() == member.conn.is_some() {
+        return None;
+    }
+    Some(HeardEvent {
+        epoch,
+        after,
+        number,
+        joined,
+        member,
+    })
+}
+
 /// Stream entries from XRANGE / XREVRANGE as `(seq, frame)`, in the order given. An entry
 /// that is not ours (bad id, no body, malformed body) makes the whole answer unusable:
 /// recovery is all or nothing.
@@ -289,17 +387,17 @@ pub fn parse_entries(value: &Value) -> Option<Vec<(u64, Bytes)>> {
         .collect()
 }
 
-/// The `{epoch, seq}` answer of [`POSITION`].
-pub fn parse_position(value: &Value) -> Option<(String, u64)> {
-    let Value::Array(pair) = value else {
+/// The `{epoch, seq, events}` answer of [`POSITION`].
+pub fn parse_position(value: &Value) -> Option<(String, u64, u64)> {
+    let Value::Array(triple) = value else {
         return None;
     };
-    let [epoch, seq] = pair.as_slice() else {
+    let [epoch, seq, events] = triple.as_slice() else {
         return None;
     };
     let epoch = String::from_utf8(bulk(epoch)?.to_vec()).ok()?;
-    let seq = std::str::from_utf8(bulk(seq)?).ok()?.parse().ok()?;
-    Some((epoch, seq))
+    let number = |v: &Value| std::str::from_utf8(bulk(v)?).ok()?.parse().ok();
+    Some((epoch, number(seq)?, number(events)?))
 }
 
 fn bulk(value: &Value) -> Option<&[u8]> {
@@ -374,9 +472,43 @@ mod tests {
         assert_eq!(parse_entries(&bad), None);
         assert_eq!(parse_entries(&Value::Nil), None);
         assert_eq!(
-            parse_position(&Value::Array(vec![b(b"e"), b(b"7")])),
-            Some(("e".to_string(), 7))
+            parse_position(&Value::Array(vec![b(b"e"), b(b"7"), b(b"2")])),
+            Some(("e".to_string(), 7, 2))
         );
-        assert_eq!(parse_position(&Value::Array(vec![b(b"e")])), None);
+        assert_eq!(parse_position(&Value::Array(vec![b(b"e"), b(b"7")])), None);
+    }
+
+    #[test]
+    fn events_round_trip_and_are_never_taken_for_messages() {
+        let member = Member::new(None, 0xab, 1, 7, 1000);
+        let mut payload = b"!event e1.2 41 3\n".to_vec();
+        payload.extend(event_body(true, &member));
+        assert!(is_event(&payload));
+        let event = parse_event(&payload).unwrap();
+        assert_eq!(
+            (event.epoch.as_str(), event.after, event.number),
+            ("e1.2", 41, 3)
+        );
+        assert!(event.joined);
+        assert_eq!(event.member, member);
+        assert_eq!(parse_heard(&payload, 0xab), None, "not a message");
+        let named = Member::new(Some("alice".into()), 1, 0, 0, 5);
+        let mut leave = b"!event e 0 1\n".to_vec();
+        leave.extend(event_body(false, &named));
+        assert!(!parse_event(&leave).unwrap().joined);
+        for bad in [
+            &b"!event e 1 0\nj{\"sub\":\"a\",\"since_ms\":1}"[..],
+            b"!event e x 1\nj{\"sub\":\"a\",\"since_ms\":1}",
+            b"!event e 1 1\nq{\"sub\":\"a\",\"since_ms\":1}",
+            b"!event e 1 1\nj{\"since_ms\":1}",
+            b"!event e 1 1\nj{\"sub\":\"a\",\"conn\":\"b\",\"since_ms\":1}",
+            b"!event e 1 1\nj{\"sub\":",
+            b"!event e 1 1 9\nj{\"sub\":\"a\",\"since_ms\":1}",
+            b"!event e 1 1",
+        ] {
+            assert_eq!(parse_event(bad), None, "{bad:?}");
+        }
+        let message = b"e1.2 42 000000ab 0 0\nthi";
+        assert!(!is_event(message));
     }
 }

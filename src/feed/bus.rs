@@ -158,7 +158,21 @@ pub enum BusMsg {
     /// From the owner to each interested worker, on the channel its messages take: a
     /// `join` / `leave` event (an encoded `herald.v1` frame) for the topic's presence
     /// subscribers. It takes no sequence number; it says after which message it happened.
-    PresenceEvent { topic: TopicName, frame: Bytes },
+    /// `number`: its count among the topic's events in cluster mode (a subscription gets
+    /// only events above its start's, `Joined::events`); 0 on one node.
+    PresenceEvent {
+        topic: TopicName,
+        frame: Bytes,
+        number: u64,
+    },
+    /// Cluster mode, from the broker bridge to a topic's owner: a `join` / `leave` event
+    /// Redis placed among the topic's messages (event `number` of the topic); hand it to the
+    /// interested workers like a `PresenceEvent` of one's own.
+    RemoteEvent {
+        topic: TopicName,
+        frame: Bytes,
+        number: u64,
+    },
     /// To every owner: a pattern subscriber arrived on `request.worker`. The owner registers
     /// the pattern for that worker and answers with its matching topics.
     PatternJoin(PatternRequest),

@@ -62,6 +62,10 @@ pub struct OwnedTopic {
 pub struct Joined {
     pub epoch: String,
     pub last_seq: u64,
+    /// Cluster mode: how many presence events Redis had placed on the topic at the answer;
+    /// the subscription gets only the later ones. 0 on one node, where events and the
+    /// answer share the owner's ordered channel.
+    pub events: u64,
     pub replay: Vec<Kept>,
 }
 
@@ -368,6 +372,7 @@ impl Owned {
         Ok(Joined {
             epoch,
             last_seq: owned.last_seq,
+            events: 0,
             replay,
         })
     }

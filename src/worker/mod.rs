@@ -540,7 +540,16 @@ impl Worker {
                     joined,
                     member,
                 } => self.on_presence_change(topic, joined, member),
-                BusMsg::PresenceEvent { topic, frame } => self.on_presence_event(&topic, frame),
+                BusMsg::PresenceEvent {
+                    topic,
+                    frame,
+                    number,
+                } => self.on_presence_event(&topic, frame, number),
+                BusMsg::RemoteEvent {
+                    topic,
+                    frame,
+                    number,
+                } => self.hand_event_to_workers(&topic, frame, number),
                 BusMsg::PatternJoin(request) => self.on_pattern_join(request),
                 BusMsg::PatternJoined { request, result } => {
                     self.on_pattern_joined(request, result)

@@ -21,8 +21,16 @@
 //! local subscribers changed (a set insert) and, once a second, reports their figures to the
 //! node's presence thread, which keeps the node's figures in Redis. A query also asks that
 //! thread for the other nodes' share (one more share to wait for); the node's own share is
-//! gathered from its workers as above. Join/leave events stay on one node, so
-//! `"presence":true` is refused in cluster mode.
+//! gathered from its workers as above.
+//!
+//! **Join/leave events in cluster mode** go through Redis instead of the owner's numbering:
+//! the owner hands the change to the topic's listening bridge thread (`SubReq::Event`, the
+//! queue the topic's joins take), which has Redis place the event on the topic's channel
+//! with `after` = the topic's current number (`cluster::script::EVENT`), so every node hears
+//! it at the same place among the messages. Each node's bridge hands it back to the topic's
+//! owner (`BusMsg::RemoteEvent`), which sends it on like its own. Redis also counts the
+//! topic's events: a subscription gets only those counted after its start
+//! (`Joined::events`), which keeps its own join and older events from it on every node.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -33,6 +41,7 @@ use crossbeam_channel::TrySendError;
 use super::conn::{Conn, Feed, Phase};
 use super::Worker;
 use crate::cluster::presence::{PresenceReq, PERIOD};
+use crate::cluster::{BrokerStats, SubReq};
 use crate::feed::bus::BusMsg;
 use crate::feed::owned::owner_of;
 use crate::ops::config::Config;
@@ -66,6 +75,16 @@ struct Query {
     failed: bool,
 }
 
+/// A connection that asked for a topic's events.
+#[derive(Debug, Clone, Copy)]
+struct Watcher {
+    key: usize,
+    conn: u64,
+    /// Cluster mode: the topic's event count at the subscription's start; only events
+    /// counted above it are sent (0 until then, and on one node).
+    floor: u64,
+}
+
 /// One worker's presence state: its open queries and its presence subscribers.
 #[derive(Debug)]
 pub struct Presence {
@@ -77,8 +96,8 @@ pub struct Presence {
     node: u32,
     next_ticket: u64,
     queries: HashMap<u64, Query>,
-    /// Per topic, the connections here (slab key, id) that asked for its events.
-    watchers: HashMap<TopicName, Vec<(usize, u64)>>,
+    /// Per topic, the connections here that asked for its events.
+    watchers: HashMap<TopicName, Vec<Watcher>>,
     /// Cluster mode: topics whose local subscribers changed since the last report.
     changed: HashSet<TopicName>,
     /// Cluster mode: when the next report is due.
@@ -304,8 +323,6 @@ impl Worker {
     pub(super) fn presence_events_allowed(&self, topic: &str) -> Result<(), Refusal> {
         if !self.presence.keeps_members(topic) {
             Err(Refusal::PresenceOff)
-        } else if self.cluster.is_some() {
-            Err(Refusal::PresenceOffInCluster)
         } else {
             Ok(())
         }
@@ -351,7 +368,27 @@ impl Worker {
     pub(super) fn watch_presence(&mut self, key: usize, topic: &TopicName) {
         let conn = self.conns[key].id;
         let watchers = self.presence.watchers.entry(topic.clone()).or_default();
-        watchers.push((key, conn));
+        watchers.push(Watcher {
+            key,
+            conn,
+            floor: 0,
+        });
+    }
+
+    /// The subscription of the connection at `key` to `topic` started (its join was
+    /// answered): in cluster mode it gets only the events counted after `events`.
+    pub(super) fn presence_started(&mut self, key: usize, topic: &TopicName, events: u64) {
+        if events == 0 || self.presence.watchers.is_empty() {
+            return;
+        }
+        let conn = self.conns.get(key).map(|c| c.id);
+        if let Some(watchers) = self.presence.watchers.get_mut(topic) {
+            for w in watchers.iter_mut() {
+                if w.key == key && Some(w.conn) == conn {
+                    w.floor = events;
+                }
+            }
+        }
     }
 
     /// A connection taken out of the slab is about to leave its topics (`hang_up`): keep who
@@ -397,7 +434,7 @@ impl Worker {
             return;
         }
         if let Some(watchers) = self.presence.watchers.get_mut(topic) {
-            watchers.retain(|&(k, _)| k != key);
+            watchers.retain(|w| w.key != key);
             if watchers.is_empty() {
                 self.presence.watchers.remove(topic);
             }
@@ -429,35 +466,62 @@ impl Worker {
     }
 
     /// Owner side: place the event after the topic's last numbered message and send it to
-    /// every interested worker, on the channel its messages take.
+    /// every interested worker, on the channel its messages take. In cluster mode Redis
+    /// places it (through the topic's listening bridge thread, never waited for: a full
+    /// queue loses the event, counted in `events_dropped`).
     pub(super) fn on_presence_change(&mut self, topic: TopicName, joined: bool, member: Member) {
+        if let Some(cluster) = &self.cluster {
+            let event = SubReq::Event {
+                topic,
+                joined,
+                member,
+            };
+            if cluster.listen.try_send(event).is_err() {
+                BrokerStats::count(&cluster.stats.events_dropped, 1);
+            }
+            return;
+        }
         let after = self.topics.owned.last_seq(&topic);
         let frame = presence::event(joined, &topic, after, &member);
+        self.hand_event_to_workers(&topic, frame, 0);
+    }
+
+    /// Owner side: send an event (`number`: its count in cluster mode, 0 on one node) to
+    /// every interested worker, on the channel the topic's messages take.
+    pub(super) fn hand_event_to_workers(&mut self, topic: &TopicName, frame: Bytes, number: u64) {
         let me = self.bus.me() as u16;
         let mut local = false;
-        for &worker in self.topics.owned.interested(&topic) {
+        for &worker in self.topics.owned.interested(topic) {
             if worker == me {
                 local = true;
             } else {
                 let event = BusMsg::PresenceEvent {
                     topic: topic.clone(),
                     frame: frame.clone(),
+                    number,
                 };
                 self.bus.send(worker as usize, event);
             }
         }
         if local {
-            self.on_presence_event(&topic, frame);
+            self.on_presence_event(topic, frame, number);
         }
     }
 
     /// An event of `topic` reached this worker: the messages staged before it go out first,
-    /// then the event, to each presence subscriber whose join is answered.
-    pub(super) fn on_presence_event(&mut self, topic: &TopicName, frame: Bytes) {
+    /// then the event, to each presence subscriber whose join is answered (in cluster mode,
+    /// with a start older than the event: `number` above its floor).
+    pub(super) fn on_presence_event(&mut self, topic: &TopicName, frame: Bytes, number: u64) {
         let Some(watchers) = self.presence.watchers.get(topic) else {
             return;
         };
-        let watchers: Vec<(usize, u64)> = watchers.clone();
+        let watchers: Vec<Watcher> = (watchers.iter())
+            .filter(|w| number == 0 || number > w.floor)
+            .copied()
+            .collect();
+        if watchers.is_empty() {
+            return;
+        }
         if self
             .topics
             .local
@@ -468,7 +532,7 @@ impl Worker {
             // every staged batch now is what keeps the event behind them.
             self.flush_topics(true);
         }
-        for (key, conn) in watchers {
+        for Watcher { key, conn, .. } in watchers {
             if self.presence_live(key, conn, topic) {
                 self.queue_output(key, frame.clone(), 1);
             }

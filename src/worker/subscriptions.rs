@@ -328,6 +328,7 @@ impl Worker {
                 if let Some(subscriber) = self.topics.subscriber_mut(&topic, slot) {
                     subscriber.after = joined.last_seq;
                 }
+                self.presence_started(key, &topic, joined.events);
                 let reply = v1::subscribed_via(
                     request.request,
                     &topic,
