@@ -691,3 +691,61 @@ fn churn(seed: u64) {
         "seed {seed}: a topic is still numbered after every subscriber left"
     );
 }
+
+#[test]
+fn a_node_hearing_a_topic_twice_through_a_pattern_delivers_each_event_and_message_once() {
+    let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+        return;
+    };
+    let presence = ["--presence", "room/*"];
+    let one = Server::start_node(&redis.url(), &presence);
+    let two = Server::start_node(&redis.url(), &presence);
+    // Node one hears room/1 through its SUBSCRIBE (the watcher) and its PSUBSCRIBE (the
+    // pattern subscriber): two copies of everything on its pub/sub connection.
+    let mut watcher = V1::connect(one.addr);
+    let s = watcher.subscribe(1, json!([{"topic": "room/1", "presence": true}]));
+    assert_eq!(s["topic"], "room/1");
+    let mut pattern = V1::connect(one.addr);
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut pattern, 2, "room/*", &mut seen);
+    let mut publisher = V1::connect(two.addr);
+    assert!(publish(&mut publisher, 1, "room/1", "m1").is_some());
+    let mut guest = V1::connect(two.addr);
+    guest.subscribe(1, json!(["room/1"]));
+    assert!(publish(&mut publisher, 2, "room/1", "m2").is_some());
+    drop(guest);
+    let mut got = Vec::new();
+    let note = |v: &Value, got: &mut Vec<String>| {
+        let kind = v["type"].as_str().unwrap_or_default().to_string();
+        got.push(if kind == "message" {
+            v["data"].as_str().unwrap().to_string()
+        } else {
+            kind
+        });
+    };
+    loop {
+        let v = watcher.recv();
+        note(&v, &mut got);
+        if v["type"] == "leave" {
+            break;
+        }
+    }
+    assert!(publish(&mut publisher, 3, "room/1", "m3").is_some());
+    loop {
+        let v = watcher.recv();
+        note(&v, &mut got);
+        if v["data"] == "m3" {
+            break;
+        }
+    }
+    // The first join is the pattern subscriber's own (it subscribes to room/1 too).
+    assert_eq!(
+        got,
+        ["join", "m1", "join", "m2", "leave", "m3"],
+        "each once, in place"
+    );
+    // The pattern subscriber, too, got each message once.
+    read_until(&mut pattern, &mut seen, "room/1", "m3");
+    let start = seen.start["room/1"];
+    assert_eq!(seen.messages["room/1"], (start + 1..=3).collect::<Vec<_>>());
+}

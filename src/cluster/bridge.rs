@@ -280,6 +280,10 @@ struct Position {
     /// How many presence events Redis had placed on the topic at the last catch-up (a
     /// joiner answered now starts after them).
     events: u64,
+    /// The number of the last presence event forwarded: a topic both subscribed and
+    /// matched by a pattern subscription (PSUBSCRIBE) is heard twice, and an event, unlike
+    /// a message, has no `seq` to drop the copy by.
+    heard_events: u64,
     /// The epoch this node left behind at its last catch-up: messages of it still on their
     /// way are stale, not a new life.
     retired: Option<String>,
@@ -742,6 +746,10 @@ impl Listener {
             Some(p) => p.retired.clone(),
             None => None,
         };
+        let heard_events = match &known {
+            Some(p) if p.epoch == epoch => p.heard_events,
+            _ => 0,
+        };
         match known {
             Some(p) if p.epoch != epoch || current < p.last => {
                 let refusal = Unrecoverable::EpochChanged {
@@ -761,6 +769,7 @@ impl Listener {
                 epoch,
                 last: current,
                 events,
+                heard_events,
                 retired,
             }),
         );
@@ -907,8 +916,9 @@ impl Listener {
                 topic.clone(),
                 Some(Position {
                     epoch: heard.epoch,
-                    last: heard.seq - 1,
+                    last: heard.seq.saturating_sub(1),
                     events: known.events,
+                    heard_events: 0,
                     retired: Some(known.epoch),
                 }),
             );
@@ -945,6 +955,9 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
+        if event.epoch == known.epoch && event.number <= known.heard_events {
+            return Ok(()); // the copy heard through a pattern subscription (or the other way)
+        }
         if event.epoch != known.epoch || event.after < known.last {
             BrokerStats::count(&self.stats.events_dropped, 1);
             return Ok(());
@@ -952,6 +965,9 @@ impl Listener {
         if event.after > known.last {
             // Messages before the event were missed live: they go first, from the log.
             self.fill(wire, topic, known.last + 1, event.after)?;
+        }
+        if let Some(Some(p)) = self.topics.get_mut(topic) {
+            p.heard_events = event.number;
         }
         let frame = presence::event(event.joined, topic, event.after, &event.member);
         let owner = owner_of(topic, self.workers);
@@ -979,6 +995,7 @@ impl Listener {
             epoch: heard.epoch.clone(),
             last,
             events: 0,
+            heard_events: 0,
             retired: None,
         };
         self.topics.insert(topic.clone(), Some(position.clone()));
