@@ -14,47 +14,13 @@ Bounded: N messages and a 300 s deadline. Standard library only. Prints one JSON
   pattern_publish.py PORT PID PATTERNS N MODE
 """
 
-import base64
 import json
 import os
-import socket
-import struct
 import sys
 import time
 
-KEY = base64.b64encode(b"pattern-publish!").decode()
+from wsclient import text_frame, upgrade
 
-
-def upgrade(port, path, extra=""):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit(f"upgrade of {path}: connection closed")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise SystemExit(f"upgrade of {path}: {head[:60]!r}")
-    return s, head.split(b"\r\n\r\n", 1)[1]
-
-
-def frame(payload):
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = bytes([0x81, 0x80 | n])
-    elif n < 65536:
-        head = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def v1(port):
@@ -92,7 +58,7 @@ def main():
         s, buf = v1(port)
         count = min(1000, patterns - c * 1000)
         topics = [f"bench/{c}/{i}/*" for i in range(count)]
-        s.sendall(frame(json.dumps({"op": "subscribe", "id": 1, "topics": topics}).encode()))
+        s.sendall(text_frame(json.dumps({"op": "subscribe", "id": 1, "topics": topics}).encode()))
         wait_for(s, buf, b'"subscribed"', count, deadline)
         holders.append(s)
         c += 1
@@ -105,7 +71,7 @@ def main():
     while sent < n and time.monotonic() < deadline:
         window = min(500, n - sent)
         batch = b"".join(
-            frame(
+            text_frame(
                 json.dumps(
                     {
                         "op": "publish",

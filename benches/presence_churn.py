@@ -11,42 +11,12 @@ Bounded: N connections, and a 120 s deadline. Standard library only. Prints one 
   presence_churn.py PORT N TOPIC [--events]
 """
 
-import base64
 import json
-import os
-import socket
-import struct
 import sys
 import time
 
-KEY = base64.b64encode(b"presence-churn!!").decode()
+from wsclient import text_frame, upgrade
 
-
-def upgrade(port, path, extra=""):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise SystemExit(f"upgrade of {path}: connection closed")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise SystemExit(f"upgrade of {path}: {head[:60]!r}")
-    return s, head.split(b"\r\n\r\n", 1)[1]
-
-
-def text_frame(payload):
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x81, 0x80 | n]) if n < 126 else bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def main():

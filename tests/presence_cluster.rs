@@ -22,17 +22,7 @@ fn node(redis: &Redis) -> Server {
 }
 
 fn node_on(broker: &str) -> Server {
-    let args = ["--threads", "2", "--broker", broker, "--presence", "room/*"];
-    let mut server = Server::start(&args);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(20))
-            .is_some(),
-        "node did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
+    Server::start_node(broker, &["--presence", "room/*"])
 }
 
 fn presence(client: &mut V1, id: u64, topic: &str) -> Value {
