@@ -2,12 +2,11 @@
 //! parsed with `prometheus-parse` and checked against the traffic the test made, and
 //! `/ready` turns 503 during the shutdown drain while the listeners keep answering.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use prometheus_parse::{Scrape, Value};
+use testkit::metrics::{scrape, scrape_until};
 use testkit::*;
 
 /// Every rejection reason the server must print, even at 0.
@@ -34,98 +33,6 @@ const REASONS: [&str; 19] = [
 ];
 
 /// A parsed scrape, with lookups by name and label.
-struct Metrics {
-    scrape: Scrape,
-    text: String,
-}
-
-impl Metrics {
-    /// The single sample of `name` whose labels include `labels` (none: the unlabelled one).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<f64> = self
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .filter_map(|s| match s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            found.len(),
-            1,
-            "{name}{labels:?}: {} samples in\n{}",
-            found.len(),
-            self.text
-        );
-        found[0]
-    }
-
-    /// `(labels' value of `label`, sample value)` for every sample of `name`.
-    fn by_label(&self, name: &str, label: &str) -> BTreeMap<String, f64> {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter_map(|s| {
-                let v = match s.value {
-                    Value::Counter(v) | Value::Gauge(v) => v,
-                    _ => return None,
-                };
-                Some((s.labels.get(label)?.to_string(), v))
-            })
-            .collect()
-    }
-
-    /// The latency histogram's buckets as `(le, cumulative count)`, in the order printed.
-    fn latency_buckets(&self) -> Vec<(f64, f64)> {
-        let histograms: Vec<_> = self
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "herald_fanout_latency_seconds")
-            .collect();
-        assert_eq!(histograms.len(), 1, "one histogram in\n{}", self.text);
-        match &histograms[0].value {
-            Value::Histogram(buckets) => buckets.iter().map(|b| (b.less_than, b.count)).collect(),
-            other => panic!("herald_fanout_latency_seconds is not a histogram: {other:?}"),
-        }
-    }
-}
-
-/// `GET /metrics` on a fresh connection: 200, the exposition content type, parsed.
-fn scrape(addr: SocketAddr) -> Metrics {
-    let (mut response, mut stream) =
-        http_request(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(response.status, 200, "/metrics: {}", response.head_text);
-    assert_eq!(
-        response.header("content-type"),
-        Some("text/plain; version=0.0.4"),
-        "{}",
-        response.head_text
-    );
-    assert_closed_by_server(&mut response, &mut stream, "/metrics");
-    let text = String::from_utf8(response.body).expect("UTF-8 metrics");
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse metrics");
-    Metrics { scrape, text }
-}
-
-/// Scrapes until `done` holds for a scrape (workers publish their counters once per turn, so
-/// another worker's count can trail the client's view by a moment); returns that scrape, or
-/// the last one after 10 s.
-fn scrape_until(addr: SocketAddr, mut done: impl FnMut(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = scrape(addr);
-        if done(&m) || Instant::now() >= deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn get(addr: SocketAddr, path: &str) -> HttpResponse {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     let (mut response, mut stream) = http_request(addr, request.as_bytes());
@@ -282,7 +189,7 @@ fn metrics_match_the_traffic() {
     assert_eq!(per_worker.values().sum::<f64>(), SUBSCRIBERS as f64 + 1.0);
 
     // The latency histogram: live, cumulative, monotonic, counting every delivery.
-    let buckets = m.latency_buckets();
+    let buckets = m.histogram("herald_fanout_latency_seconds");
     assert!(buckets.len() >= 10, "{buckets:?}");
     assert_eq!(buckets[0].0, 0.00005, "first bucket 50 µs");
     assert_eq!(buckets[buckets.len() - 2].0, 5.0, "last finite bucket 5 s");

@@ -3,14 +3,12 @@
 //! topic's order on every worker, and `GET /topics/<topic>` with its access rules.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use testkit::v1::V1;
 use testkit::*;
-use tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "presence-secret-presence-secret!!";
 
@@ -62,33 +60,9 @@ fn wait_count(addr: SocketAddr, topic: &str, n: u64) {
 }
 
 fn token(sub: &str, subscribe: &[&str], publish: &[&str]) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let exp = jwt::in_an_hour();
     let claims = json!({"sub": sub, "exp": exp, "subscribe": subscribe, "publish": publish});
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-/// A `herald.v1` connection presenting `token` (`?token=`).
-fn v1_with_token(addr: SocketAddr, token: &str) -> V1 {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut request = format!("ws://{addr}/?token={token}")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", "herald.v1".parse().unwrap());
-    let (ws, _) = tungstenite::client(request, stream).expect("v1 handshake with a token");
-    V1 { ws }
+    jwt::hs256(SECRET, &claims)
 }
 
 #[test]
@@ -190,11 +164,11 @@ fn member_lists_show_the_token_sub_and_are_capped() {
     ]);
     let mut clients = Vec::new();
     for name in ["ann", "bob"] {
-        let mut c = v1_with_token(server.addr, &token(name, &["room/x/y"], &[]));
+        let mut c = V1::connect_with_token(server.addr, &token(name, &["room/x/y"], &[]));
         c.subscribe(1, json!(["room/x/y"]));
         clients.push(c);
     }
-    let mut asker = v1_with_token(server.addr, &token("asker", &["room/x/y"], &[]));
+    let mut asker = V1::connect_with_token(server.addr, &token("asker", &["room/x/y"], &[]));
     let reply = presence(&mut asker, 1, "room/x/y");
     assert_eq!(reply["count"], 2);
     let subs: BTreeSet<&str> = reply["members"]
@@ -211,7 +185,8 @@ fn member_lists_show_the_token_sub_and_are_capped() {
 
     // Over the cap: the count stays exact, the list is cut and says so.
     for i in 0..5 {
-        let mut c = v1_with_token(server.addr, &token(&format!("u{i}"), &["room/x/y"], &[]));
+        let mut c =
+            V1::connect_with_token(server.addr, &token(&format!("u{i}"), &["room/x/y"], &[]));
         c.subscribe(1, json!(["room/x/y"]));
         clients.push(c);
     }
@@ -239,7 +214,7 @@ fn get_topics_counts_under_the_publish_rules() {
     let reader = token("r", &["news"], &[]);
     let mut subs = Vec::new();
     for _ in 0..6 {
-        let mut c = v1_with_token(server.addr, &reader);
+        let mut c = V1::connect_with_token(server.addr, &reader);
         c.subscribe(1, json!(["news"]));
         subs.push(c);
     }

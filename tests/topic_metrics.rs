@@ -3,71 +3,10 @@
 //! test made — exact counts per topic, subscriber gauges, the latency histogram's count, no
 //! series for topics no pattern matches, and the `other` bucket past `--metrics-topics-max`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use prometheus_parse::{Scrape, Value};
+use testkit::metrics::{scrape, scrape_until, Metrics};
 use testkit::*;
-
-/// A parsed scrape.
-struct Metrics {
-    scrape: Scrape,
-    text: String,
-}
-
-impl Metrics {
-    /// The value of `name{topic=TOPIC}` (0 when there is no such sample).
-    fn topic(&self, name: &str, topic: &str) -> f64 {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name && s.labels.get("topic") == Some(topic))
-            .map(|s| match &s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-                Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
-                other => panic!("{name}: unexpected {other:?}"),
-            })
-            .next()
-            .unwrap_or(0.0)
-    }
-
-    /// Every `topic` label value printed for `name`.
-    fn topics(&self, name: &str) -> Vec<String> {
-        let mut topics: Vec<String> = self
-            .scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter_map(|s| s.labels.get("topic").map(str::to_string))
-            .collect();
-        topics.sort();
-        topics.dedup();
-        topics
-    }
-}
-
-fn scrape(addr: SocketAddr) -> Metrics {
-    let (mut response, mut stream) =
-        http_request(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(response.status, 200, "/metrics: {}", response.head_text);
-    assert_closed_by_server(&mut response, &mut stream, "/metrics");
-    let text = String::from_utf8(response.body).expect("UTF-8 metrics");
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parse metrics");
-    Metrics { scrape, text }
-}
-
-/// Scrapes until `done` holds (workers publish their per-topic counts every 100 ms), or
-/// returns the last scrape after 10 s.
-fn scrape_until(addr: SocketAddr, mut done: impl FnMut(&Metrics) -> bool) -> Metrics {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let m = scrape(addr);
-        if done(&m) || Instant::now() >= deadline {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 const MESSAGES: &str = "herald_topic_messages_total";
 const DELIVERIES: &str = "herald_topic_deliveries_total";

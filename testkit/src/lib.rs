@@ -11,6 +11,7 @@
 //! * [`browser`]: headless Chromium and the JS harness of the real-browser tests.
 //! * [`v1`]: a `herald.v1` subprotocol client.
 //! * [`jwt`]: HS256 tokens for the access-control tests.
+//! * [`metrics`]: `GET /metrics` scraped and parsed as Prometheus would.
 //! * [`sse`]: a raw-socket Server-Sent Events client ([`SseClient`]), like `curl -N`.
 //! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
 //! * [`temp`]: temporary directories removed on drop.
@@ -26,6 +27,7 @@ pub mod broadcast;
 pub mod browser;
 pub mod http;
 pub mod jwt;
+pub mod metrics;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
