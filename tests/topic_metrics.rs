@@ -5,8 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::metrics::{scrape, scrape_until, Metrics};
+use testkit::metrics::{scrape, scrape_every_until, Metrics};
 use testkit::*;
+
+/// Scrapes until `done` holds, 150 ms apart: workers copy their per-topic counts to the
+/// shared board every 100 ms, so two scrapes in a row that agree have seen every copy.
+fn scrape_until(addr: std::net::SocketAddr, done: impl FnMut(&Metrics) -> bool) -> Metrics {
+    scrape_every_until(addr, Duration::from_millis(150), done)
+}
 
 const MESSAGES: &str = "herald_topic_messages_total";
 const DELIVERIES: &str = "herald_topic_deliveries_total";

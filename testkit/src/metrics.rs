@@ -33,17 +33,27 @@ pub fn scrape(addr: SocketAddr) -> Metrics {
     Metrics { scrape, text }
 }
 
-/// Scrapes until `done` holds (workers publish their counters once per turn, per-topic ones
-/// every 100 ms, so another worker's share can trail the client's view); returns that
-/// scrape, or the last one after 10 s.
-pub fn scrape_until(addr: SocketAddr, mut done: impl FnMut(&Metrics) -> bool) -> Metrics {
+/// Scrapes every 20 ms until `done` holds (workers publish their counters once per turn, so
+/// another worker's share can trail the client's view); returns that scrape, or the last one
+/// after 10 s.
+pub fn scrape_until(addr: SocketAddr, done: impl FnMut(&Metrics) -> bool) -> Metrics {
+    scrape_every_until(addr, Duration::from_millis(20), done)
+}
+
+/// [`scrape_until`], scraping every `every`: longer than the per-topic board's 100 ms when a
+/// test waits for two scrapes in a row to agree.
+pub fn scrape_every_until(
+    addr: SocketAddr,
+    every: Duration,
+    mut done: impl FnMut(&Metrics) -> bool,
+) -> Metrics {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = scrape(addr);
         if done(&m) || Instant::now() >= deadline {
             return m;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
