@@ -8,7 +8,7 @@
 //!   PUBLISHes it (`script.rs`). Every node therefore hears the same messages with the same
 //!   numbers in the same order, and `since` recovery works on any node.
 //! - **The worker loops stay runtime-free.** Redis is spoken to by two bridge threads
-//!   (`bridge.rs`) with the `redis` crate's blocking API. Workers hand them work over
+//!   (`bridge/`: `publisher.rs`, `listener.rs`) with the `redis` crate's blocking API. Workers hand them work over
 //!   crossbeam channels (never blocking: a full publish queue is answered "unavailable"), and
 //!   the bridge feeds the workers through their existing bus inboxes and wakers.
 //! - **One order per topic on a node.** Everything heard from Redis for a topic goes to that

@@ -1,22 +1,5 @@
-//! The two bridge threads between a node's workers and Redis (blocking `redis` API; the
-//! worker loops never wait for Redis).
-//!
-//! - [`Publisher`] numbers messages: it takes every publish waiting in its queue, sends them
-//!   as one pipeline of `EVALSHA` calls (the `script::PUBLISH` script) and answers each
-//!   waiting publisher with its number (or "unavailable": never a pretend success).
-//! - [`Listener`] holds the pub/sub connection and a command connection. It SUBSCRIBEs to
-//!   the topics this node has subscribers for, forwards what it hears to each topic's owner
-//!   worker in numbering order, answers `herald.v1` joins consistently with that stream,
-//!   and after a fault reconnects with capped exponential backoff, resubscribes and fills any
-//!   hole from the topic's log, or says explicitly that it cannot. It also has Redis place
-//!   presence `join`/`leave` events on their topic's channel (`script::EVENT`) and hands
-//!   every event it hears to the topic's owner at its place among the messages.
-//!
-//! Why joins are exact across nodes: the listener first brings its own position on the topic
-//! up to Redis's current number (forwarding whatever it had not heard yet), then answers with
-//! that number and the logged messages after the client's `since`. Everything above that
-//! number is forwarded later, on the same ordered path (listener → owner → worker), so the
-//! joiner's worker lets through exactly the live messages above it (`Subscriber::after`).
+//! The listening bridge thread: hears the topics this node's subscribers want, in their
+//! numbering order, and answers joins consistently with that stream (see the parent module).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,9 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redis::{RedisError, Value};
 
-use super::script::{self, Keys};
-use super::wire::{Layout, Served, Wire};
-use super::{BrokerConfig, BrokerStats, PublishReq, ShardHealth, SubReq};
+use super::{Backoff, EpochNames, Outbound, BACKOFF_MIN, FOREIGN};
+use crate::cluster::script::{self, Keys};
+use crate::cluster::wire::{Layout, Served, Wire};
+use crate::cluster::{BrokerConfig, BrokerStats, ShardHealth, SubReq};
 use crate::feed::bus::{
     BusMsg, JoinError, JoinRequest, Origin, PatternRequest, PeerLink, Publication,
 };
@@ -43,13 +27,6 @@ use crate::proto::topic::{Start, TopicName};
 /// (interest changes and joins wait at most this long).
 const POLL: Duration = Duration::from_millis(5);
 
-/// Reconnect backoff: starts here, doubles per failure, capped.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// Publishes sent to Redis in one pipeline at most.
-const PUBLISH_BATCH: usize = 512;
-
 /// Presence events placed in Redis in one pipeline at most.
 const EVENT_BATCH: usize = 512;
 
@@ -60,218 +37,6 @@ const CHANNEL_LAG: Duration = Duration::from_secs(2);
 /// Messages handled from the pub/sub socket before the request queue is looked at again.
 const HEARD_PER_ROUND: usize = 1024;
 
-/// The origin of a message another node published (no worker has this index, so
-/// `--no-echo` never matches it).
-const FOREIGN: Origin = Origin {
-    worker: u16::MAX,
-    conn: 0,
-};
-
-/// Sends to workers' inboxes and wakes each worker that got something, once per round.
-/// Blocking sends are fine here: this is a bridge thread, and a worker never waits for it.
-struct Outbound {
-    links: Vec<PeerLink>,
-    to_wake: Vec<bool>,
-}
-
-impl Outbound {
-    fn new(links: Vec<PeerLink>) -> Self {
-        let to_wake = vec![false; links.len()];
-        Outbound { links, to_wake }
-    }
-
-    fn send(&mut self, worker: usize, msg: BusMsg) {
-        if let Some(link) = self.links.get(worker) {
-            // An error means the worker has exited (shutdown): nothing to deliver to.
-            if link.inbox.send(msg).is_ok() {
-                self.to_wake[worker] = true;
-            }
-        }
-    }
-
-    fn wake(&mut self) {
-        for (link, wake) in self.links.iter().zip(self.to_wake.iter_mut()) {
-            if std::mem::take(wake) {
-                let _ = link.waker.wake();
-            }
-        }
-    }
-}
-
-/// Capped exponential backoff between reconnect attempts.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
-    }
-}
-
-/// Epoch names for topics this node starts (or restarts) in Redis: unique per node start
-/// (`node`), per thread (`tag`) and per use.
-struct EpochNames {
-    prefix: String,
-    next: u64,
-}
-
-impl EpochNames {
-    fn new(node: u32, tag: char) -> Self {
-        EpochNames {
-            prefix: format!("{node:08x}.{tag}"),
-            next: 1,
-        }
-    }
-
-    fn fresh(&mut self) -> String {
-        self.next += 1;
-        format!("{}{}", self.prefix, self.next - 1)
-    }
-}
-
-/// The publishing bridge thread.
-pub struct Publisher {
-    layout: Layout,
-    node: u32,
-    history: usize,
-    out: Outbound,
-    stats: Arc<BrokerStats>,
-    /// Which shard's health this bridge reports (an index into `stats.shards`).
-    shard: usize,
-    epochs: EpochNames,
-    /// The publish script for this layout (`PUBLISH`, or `SPUBLISH` on a Redis Cluster).
-    script: &'static str,
-    sha: String,
-}
-
-impl Publisher {
-    pub(super) fn new(
-        layout: Layout,
-        config: &BrokerConfig,
-        links: Vec<PeerLink>,
-        stats: Arc<BrokerStats>,
-        shard: usize,
-    ) -> Self {
-        let script = match layout {
-            Layout::One(_) => script::PUBLISH,
-            Layout::Cluster(_) => script::SPUBLISH,
-        };
-        Publisher {
-            layout,
-            node: config.node,
-            history: config.history,
-            out: Outbound::new(links),
-            stats,
-            shard,
-            epochs: EpochNames::new(config.node, 'p'),
-            script,
-            sha: redis::Script::new(script).get_hash().to_owned(),
-        }
-    }
-
-    fn health(&self) -> &ShardHealth {
-        &self.stats.shards[self.shard]
-    }
-
-    /// Serve publishes until every worker has gone (shutdown).
-    pub fn run(mut self, queue: Receiver<PublishReq>) {
-        let mut wire = Wire::new(self.layout.clone());
-        let mut seen_generation = 0;
-        let mut warned: Option<Instant> = None;
-        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
-        while let Ok(first) = queue.recv() {
-            batch.push(first);
-            while batch.len() < PUBLISH_BATCH {
-                match queue.try_recv() {
-                    Ok(req) => batch.push(req),
-                    Err(_) => break,
-                }
-            }
-            let generation = self.health().generation.load(Relaxed);
-            if generation != seen_generation {
-                // The listener (re)connected: Redis is reachable now, so stop backing off,
-                // and do not trust a socket from before.
-                seen_generation = generation;
-                wire = Wire::new(self.layout.clone());
-            }
-            let results = self.publish_all(&mut wire, &batch);
-            let mut failed = 0;
-            let mut first_error = None;
-            for (req, result) in batch.drain(..).zip(results) {
-                let msg = match result {
-                    Ok(seq) => {
-                        BrokerStats::count(&self.stats.published, 1);
-                        req.ack.map(|to| BusMsg::Ack {
-                            to,
-                            conn: req.origin.conn,
-                            seq: Some(seq),
-                        })
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        first_error.get_or_insert(e);
-                        req.ack.map(|to| BusMsg::PublishFailed {
-                            to,
-                            conn: req.origin.conn,
-                        })
-                    }
-                };
-                if let Some(msg) = msg {
-                    self.out.send(req.origin.worker as usize, msg);
-                }
-            }
-            if let Some(e) = first_error {
-                // At most one line a second while Redis is away.
-                if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                    log::warn!("broker: publish of {failed} message(s) failed: {e}");
-                    warned = Some(Instant::now());
-                }
-                BrokerStats::count(&self.stats.unavailable, failed);
-            }
-            self.out.wake();
-        }
-    }
-
-    /// One pipelined script call per message (each shard's share sent before any answer is
-    /// read). A failed call is never retried when its outcome is unknown: a publisher told
-    /// "unavailable" may see its message once it retries; it is never told "published" for
-    /// a message that was not.
-    fn publish_all(&mut self, wire: &mut Wire, batch: &[PublishReq]) -> Vec<Result<u64, String>> {
-        let epoch = self.epochs.fresh();
-        let calls: Vec<(&str, redis::Cmd)> = batch
-            .iter()
-            .map(|req| {
-                let keys = Keys::of(&req.topic);
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(&self.sha)
-                    .arg(4)
-                    .arg(&keys.seq)
-                    .arg(&keys.log)
-                    .arg(&keys.epoch)
-                    .arg(&keys.home)
-                    .arg(&epoch)
-                    .arg(self.history)
-                    .arg(script::origin_arg(self.node, req.origin))
-                    .arg(script::body_of(&req.frame))
-                    .arg(&keys.channel);
-                (&*req.topic, cmd)
-            })
-            .collect();
-        wire.pipeline(&calls, self.script)
-            .into_iter()
-            .map(|r| match r {
-                Ok(Value::Int(seq)) if seq > 0 => Ok(seq as u64),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
-            })
-            .collect()
-    }
-}
 /// Where this node stands on a topic: the epoch and the last number it has forwarded.
 #[derive(Debug, Clone)]
 struct Position {
@@ -332,7 +97,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub(super) fn new(
+    pub(in crate::cluster) fn new(
         layout: Layout,
         url: String,
         config: &BrokerConfig,
