@@ -174,13 +174,6 @@ fn a_redis_cluster_gives_every_node_one_order_per_topic_on_every_shard() {
             .to_string()
     };
     let mut late = V1::connect(nodes[2].addr);
-    // Sharded pub/sub has no pattern form: a pattern is refused, explicitly.
-    late.send_subscribe(9, json!(["prices/*"]));
-    let refused = late.expect("error");
-    assert_eq!(
-        (refused["code"].as_str(), refused["topic"].as_str()),
-        (Some("patterns_off"), Some("prices/*"))
-    );
     let s = late.subscribe(
         2,
         json!([{"topic": topic, "since": {"epoch": epoch, "seq": 3 * PER - 2}}]),

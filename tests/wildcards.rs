@@ -375,16 +375,19 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
         Server::start_node(&brokers, &history),
         Server::start_node(&brokers, &history),
     );
-    // Topics with subscribers on node two before the pattern (joined through Redis), and
-    // topics node two has never heard of (found through PSUBSCRIBE on both instances).
+    // Topics with subscribers on node two before the pattern (joined through Redis), topics
+    // that exist in Redis but that node two has never heard of (found by its scan), and
+    // topics created after the pattern (announced by the publish script's notice), on both
+    // instances.
     let old: Vec<String> = (0..4).map(|i| format!("px/old{i}")).collect();
+    let idle: Vec<String> = (0..4).map(|i| format!("px/idle{i}")).collect();
     let new: Vec<String> = (0..6).map(|i| format!("px/new{i}")).collect();
     let mut holder = V1::connect(two.addr);
     for (i, t) in old.iter().enumerate() {
         holder.subscribe(i as u64, json!([t]));
     }
     let mut publisher = V1::connect(one.addr);
-    for (i, t) in old.iter().enumerate() {
+    for (i, t) in old.iter().chain(&idle).enumerate() {
         publish(&mut publisher, 1000 + i as u64, t, "before");
     }
     let mut sub = V1::connect(two.addr);
@@ -392,7 +395,7 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     subscribe_pattern(&mut sub, 1, "px/*", &mut seen);
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     let mut id = 2000;
-    let mut all: Vec<String> = old.iter().chain(&new).cloned().collect();
+    let mut all: Vec<String> = old.iter().chain(&idle).chain(&new).cloned().collect();
     all.push("px/a/deep".into());
     all.push("other/x".into());
     for round in 0..15 {
@@ -404,7 +407,8 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     }
     publish(&mut publisher, 1, "px/end", "end");
     read_until(&mut sub, &mut seen, "px/end", "end");
-    for t in old.iter().chain(&new) {
+    let followed = old.iter().chain(&idle).chain(&new);
+    for t in followed.clone() {
         let start = seen.start[t];
         let got = seen.messages.get(t).cloned().unwrap_or_default();
         assert_eq!(
@@ -413,7 +417,7 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
             "{t} from {start}"
         );
     }
-    for t in &old {
+    for t in old.iter().chain(&idle) {
         assert_eq!(
             seen.start[t], 1,
             "{t}: joined after its one earlier message"
@@ -424,16 +428,37 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     }
     assert!(!seen.start.contains_key("px/a/deep"));
     assert!(!seen.start.contains_key("other/x"));
+    // No fan-in: in Redis, node two listens to each matching topic (and node one to none),
+    // and nobody to the topics no pattern matches, `px/a/deep` included (a glob `px/*`
+    // would have brought its traffic in).
+    let listeners = |topic: &str| -> u64 {
+        [&a, &b]
+            .iter()
+            .map(|r| {
+                let (_, n): (String, u64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(format!("herald:{{{topic}}}"))
+                    .query(&mut r.client())
+                    .unwrap();
+                n
+            })
+            .sum()
+    };
+    for t in followed.clone() {
+        assert_eq!(listeners(t), 1, "{t}");
+    }
+    assert_eq!(listeners("px/a/deep"), 0);
+    assert_eq!(listeners("other/x"), 0);
 
     // Reconnect on the other node with a since map: exactly the missed messages.
     let mut since = serde_json::Map::new();
     let epochs = seen.epochs.clone();
-    for t in old.iter().chain(&new) {
+    for t in followed.clone() {
         let seq = *seen.messages[t].last().unwrap();
         since.insert(t.clone(), json!({"epoch": epochs[t], "seq": seq}));
     }
     drop(sub);
-    for t in old.iter().chain(&new) {
+    for t in followed.clone() {
         id += 1;
         let seq = publish(&mut publisher, id, t, "missed").expect("numbered");
         last.insert(t.clone(), seq);
@@ -443,7 +468,8 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     let mut resumed = Seen::default();
     let mut live = false;
     let mut replayed = 0;
-    while !live || resumed.start.len() < old.len() + new.len() {
+    let count = old.len() + idle.len() + new.len();
+    while !live || resumed.start.len() < count {
         let v = again.recv();
         if v["type"] == "subscribed" && v.get("topic").is_none() {
             live = true;
@@ -456,29 +482,26 @@ fn across_nodes_and_redis_instances_a_pattern_hears_every_matching_topic_and_res
     }
     publish(&mut publisher, 2, "px/end", "end2");
     read_until(&mut again, &mut resumed, "px/end", "end2");
-    assert_eq!(replayed, (old.len() + new.len()) as u64);
-    for t in old.iter().chain(&new) {
+    assert_eq!(replayed, count as u64);
+    for t in followed {
         let got = resumed.messages.get(t).cloned().unwrap_or_default();
         assert_eq!(got, vec![last[t]], "{t}: the one missed message, once");
     }
 
-    // When the subscribers go, so do the nodes' pattern and topic subscriptions in Redis.
+    // When the subscribers go, so do the nodes' topic subscriptions in Redis, and their
+    // hearing of the topic notices.
     drop((again, holder));
     let quiet = |r: &redis_server::Redis| {
-        let numpat: u64 = redis::cmd("PUBSUB")
-            .arg("NUMPAT")
-            .query(&mut r.client())
-            .unwrap();
         let channels: Vec<String> = redis::cmd("PUBSUB")
             .arg("CHANNELS")
-            .arg("herald:{px/*")
+            .arg("herald:*")
             .query(&mut r.client())
             .unwrap();
-        numpat == 0 && channels.is_empty()
+        channels.is_empty()
     };
     assert!(
         wait_until(Duration::from_secs(20), || quiet(&a) && quiet(&b)),
-        "patterns or topics still subscribed in Redis"
+        "topics or notices still subscribed in Redis"
     );
 }
 
@@ -693,15 +716,15 @@ fn churn(seed: u64) {
 }
 
 #[test]
-fn a_node_hearing_a_topic_twice_through_a_pattern_delivers_each_event_and_message_once() {
+fn a_topic_both_subscribed_and_matched_by_a_pattern_delivers_each_event_and_message_once() {
     let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
         return;
     };
     let presence = ["--presence", "room/*"];
     let one = Server::start_node(&redis.url(), &presence);
     let two = Server::start_node(&redis.url(), &presence);
-    // Node one hears room/1 through its SUBSCRIBE (the watcher) and its PSUBSCRIBE (the
-    // pattern subscriber): two copies of everything on its pub/sub connection.
+    // Node one follows room/1 for the watcher and for the pattern subscriber: one
+    // subscription in Redis, each message and event forwarded once to both.
     let mut watcher = V1::connect(one.addr);
     let s = watcher.subscribe(1, json!([{"topic": "room/1", "presence": true}]));
     assert_eq!(s["topic"], "room/1");
@@ -748,4 +771,157 @@ fn a_node_hearing_a_topic_twice_through_a_pattern_delivers_each_event_and_messag
     read_until(&mut pattern, &mut seen, "room/1", "m3");
     let start = seen.start["room/1"];
     assert_eq!(seen.messages["room/1"], (start + 1..=3).collect::<Vec<_>>());
+}
+
+#[test]
+fn on_a_redis_cluster_a_pattern_follows_existing_and_new_topics_on_every_shard() {
+    let Some(cluster) = redis_cluster::RedisCluster::start_or_skip("wildcards on a Redis Cluster")
+    else {
+        return;
+    };
+    let url = cluster.url();
+    let (one, two) = (Server::start_node(&url, &[]), Server::start_node(&url, &[]));
+    // Topics on every master: some existing before the pattern (found by the scan of every
+    // master), some created after it (announced by the notice, which a Redis Cluster
+    // hears on every node).
+    let mut by_master: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for i in 0..200 {
+        let topic = format!("pc/t{i}");
+        let master = cluster.master_of_slot(cluster.keyslot(&topic));
+        let on = by_master.entry(master).or_default();
+        if on.len() < 4 {
+            on.push(topic);
+        }
+    }
+    assert_eq!(by_master.len(), 3, "{by_master:?}");
+    let (mut existing, mut later) = (Vec::new(), Vec::new());
+    for topics in by_master.values() {
+        existing.extend_from_slice(&topics[..2]);
+        later.extend_from_slice(&topics[2..]);
+    }
+    let mut publisher = V1::connect(one.addr);
+    let mut id = 0;
+    for t in &existing {
+        id += 1;
+        assert_eq!(publish(&mut publisher, id, t, "before"), Some(1));
+    }
+    let mut sub = V1::connect(two.addr);
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut sub, 1, "pc/*", &mut seen);
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..5 {
+        for t in existing
+            .iter()
+            .chain(&later)
+            .chain([&"pc/t0/deep".to_string()])
+        {
+            id += 1;
+            let seq = publish(&mut publisher, id, t, &format!("m{round}")).expect("numbered");
+            last.insert(t.clone(), seq);
+        }
+    }
+    publish(&mut publisher, 1, "pc/end", "end");
+    read_until(&mut sub, &mut seen, "pc/end", "end");
+    for t in existing.iter().chain(&later) {
+        let start = seen.start[t];
+        let got = seen.messages.get(t).cloned().unwrap_or_default();
+        assert_eq!(got, (start + 1..=last[t]).collect::<Vec<_>>(), "{t}");
+    }
+    for t in &existing {
+        assert_eq!(seen.start[t], 1, "{t}: found, from its number");
+    }
+    for t in &later {
+        assert_eq!(seen.start[t], 0, "{t}: every message");
+    }
+    assert!(!seen.start.contains_key("pc/t0/deep"));
+    // Each matching topic is heard through sharded pub/sub on its own master; the deeper
+    // topic no pattern matches is heard by nobody.
+    let shard_listeners = |topic: &str| -> u64 {
+        let master = cluster.master_of_slot(cluster.keyslot(topic));
+        let mut c = redis_cluster::try_client(master).expect("the master");
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(format!("herald:{{{topic}}}"))
+            .query(&mut c)
+            .unwrap();
+        n
+    };
+    for t in existing.iter().chain(&later) {
+        assert_eq!(shard_listeners(t), 1, "{t}");
+    }
+    assert_eq!(shard_listeners("pc/t0/deep"), 0);
+    drop(sub);
+    let quiet = || {
+        existing
+            .iter()
+            .chain(&later)
+            .all(|t| shard_listeners(t) == 0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), quiet),
+        "topics still subscribed after the pattern's subscriber left"
+    );
+}
+
+#[test]
+fn a_topic_begun_while_a_node_could_not_hear_the_notices_is_followed_from_its_first_message() {
+    let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+        return;
+    };
+    let mut one = Server::start_node(&redis.url(), &[]);
+    let two = Server::start_node(&redis.url(), &[]);
+    let mut sub = V1::connect(one.addr);
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut sub, 1, "r/*", &mut seen);
+    let mut publisher = V1::connect(two.addr);
+    assert_eq!(publish(&mut publisher, 1, "r/warm", "x"), Some(1));
+    read_until(&mut sub, &mut seen, "r/warm", "x");
+    // Node one loses its pub/sub connection and cannot reconnect (Redis takes no new
+    // clients) while node two, on its open connection, begins a topic: its notice is lost
+    // to node one.
+    let mut admin = redis.client();
+    let clients: u64 = redis::cmd("INFO")
+        .arg("clients")
+        .query::<String>(&mut admin)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(clients)
+        .query(&mut admin)
+        .unwrap();
+    let _: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut admin)
+        .unwrap();
+    assert!(one
+        .wait_prefix("broker: down", Duration::from_secs(5))
+        .is_some());
+    for k in 1..=3 {
+        assert_eq!(publish(&mut publisher, 10 + k, "r/begun", "b"), Some(k));
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(10_000)
+        .query(&mut admin)
+        .unwrap();
+    assert!(one
+        .wait_prefix("broker: up again", Duration::from_secs(15))
+        .is_some());
+    // Found by the scan after the reconnect: every message of its life, from the log.
+    for _ in 0..3 {
+        read_until(&mut sub, &mut seen, "r/begun", "b");
+    }
+    assert_eq!(seen.start["r/begun"], 0);
+    assert_eq!(seen.messages["r/begun"], vec![1, 2, 3]);
+    assert_eq!(publish(&mut publisher, 20, "r/begun", "live"), Some(4));
+    read_until(&mut sub, &mut seen, "r/begun", "live");
+    assert_eq!(seen.messages["r/begun"], vec![1, 2, 3, 4]);
 }

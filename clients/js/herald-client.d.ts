@@ -68,7 +68,7 @@ export interface SubscriptionHandlers {
   /** Messages were lost; reload the application's state for this topic. Never silent. */
   onGap?(info: GapInfo): void;
   /**
-   * The server refused the topic (`forbidden`, `bad_topic`, `too_many_topics`, `patterns_off`, ...);
+   * The server refused the topic (`forbidden`, `bad_topic`, `too_many_topics`, ...);
    * the subscription ended. For a pattern, an error with `error.topic` set refuses only that
    * topic (`too_many_topics`, `forbidden`: it is not followed) and the pattern goes on.
    */

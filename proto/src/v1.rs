@@ -72,10 +72,6 @@ pub enum Refusal {
     /// reaches a connection once, so the second is refused (code `already_subscribed`).
     #[error("overlaps this connection's subscription {0}: a topic would arrive twice")]
     Overlaps(String),
-    /// Pattern subscriptions with a Redis Cluster broker, whose sharded pub/sub has no
-    /// pattern form (code `patterns_off`).
-    #[error("pattern subscriptions are not available with a Redis Cluster broker (redis+cluster://); use redis:// instances")]
-    PatternsOffInCluster,
     #[error("at most {0} topics per connection")]
     TooManyTopics(usize),
     #[error("already subscribed")]
@@ -110,7 +106,6 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::BadTopic(_) | Refusal::BadPattern(_) => "bad_topic",
             Refusal::Overlaps(_) => "already_subscribed",
-            Refusal::PatternsOffInCluster => "patterns_off",
             Refusal::TooManyTopics(_) => "too_many_topics",
             Refusal::AlreadySubscribed => "already_subscribed",
             Refusal::NotSubscribed => "not_subscribed",

@@ -137,19 +137,20 @@ impl Feed {
         self.request(verb, channel, timeout)
     }
 
-    /// Subscribe to every channel matching the glob `pattern` (plain pub/sub only: Redis
-    /// Cluster's sharded channels have no pattern form); returns once confirmed. Messages
-    /// heard through it come from `next` like any others, with their own channel.
-    pub fn psubscribe(&mut self, pattern: &str, timeout: Duration) -> Result<(), RedisError> {
-        if self.kind == Kind::Sharded {
-            return Err(fault("sharded pub/sub has no pattern subscriptions"));
-        }
-        self.request("PSUBSCRIBE", pattern, timeout)
+    /// Subscribe to `channel` with plain `SUBSCRIBE`, on a Redis Cluster node too (where a
+    /// plain channel is heard on every node: the topic notices, `script::NOTICES`); returns
+    /// once confirmed.
+    pub fn subscribe_plain(&mut self, channel: &str, timeout: Duration) -> Result<(), RedisError> {
+        self.request("SUBSCRIBE", channel, timeout)
     }
 
-    /// Undo a [`Feed::psubscribe`]; returns once confirmed.
-    pub fn punsubscribe(&mut self, pattern: &str, timeout: Duration) -> Result<(), RedisError> {
-        self.request("PUNSUBSCRIBE", pattern, timeout)
+    /// Undo a [`Feed::subscribe_plain`]; returns once confirmed.
+    pub fn unsubscribe_plain(
+        &mut self,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<(), RedisError> {
+        self.request("UNSUBSCRIBE", channel, timeout)
     }
 
     /// Unsubscribe from `channel`; returns once Redis confirmed it.
@@ -220,21 +221,9 @@ impl Feed {
                 let payload = parts.get(skip + 1).and_then(text).unwrap_or_default();
                 Ok(Event::Message((channel, payload.to_vec())))
             }
-            // `pmessage PATTERN CHANNEL PAYLOAD`: what matters is the channel.
-            b"pmessage" => {
-                let channel = parts
-                    .get(skip + 1)
-                    .and_then(text)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .unwrap_or_default();
-                let payload = parts.get(skip + 2).and_then(text).unwrap_or_default();
-                Ok(Event::Message((channel, payload.to_vec())))
-            }
-            b"subscribe" | b"ssubscribe" | b"unsubscribe" | b"sunsubscribe" | b"psubscribe"
-            | b"punsubscribe" => Ok(Event::Confirmed(
-                String::from_utf8_lossy(&kind).into_owned(),
-                channel,
-            )),
+            b"subscribe" | b"ssubscribe" | b"unsubscribe" | b"sunsubscribe" => Ok(
+                Event::Confirmed(String::from_utf8_lossy(&kind).into_owned(), channel),
+            ),
             _ => Err(fault(format!("unexpected pub/sub value {value:?}"))),
         }
     }

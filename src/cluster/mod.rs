@@ -82,9 +82,9 @@ pub enum SubReq {
         joined: bool,
         member: Member,
     },
-    /// A pattern subscriber arrived on this node: hear every topic the pattern matches
-    /// (PSUBSCRIBE), then answer the subscriber's worker (`BusMsg::PatternJoined`). Sent to
-    /// every instance's listener (`ToShards::send_all`).
+    /// A pattern subscriber arrived on this node: follow every topic the pattern matches,
+    /// now and later (`bridge/listener/patterns.rs`), then answer the subscriber's worker
+    /// (`BusMsg::PatternJoined`). Sent to every instance's listener (`ToShards::send_all`).
     PatternJoin(PatternRequest),
     /// One subscriber of `pattern` on this node went.
     PatternLeave(Pattern),
@@ -127,6 +127,9 @@ pub struct BrokerStats {
     /// Presence events lost: not placed (queue full, Redis unreachable) or heard out of
     /// place (after this node had to take later messages from the log), so not delivered.
     pub events_dropped: AtomicU64,
+    /// Topics matching a pattern held here that were not followed: past
+    /// `bridge::MAX_PATTERN_TOPICS` (a pattern refused for it counts its topics too).
+    pub pattern_topics_refused: AtomicU64,
 }
 
 impl BrokerStats {
@@ -160,7 +163,7 @@ impl BrokerStats {
             n => format!(" broker_shards_up={}/{n}", self.shards_up()),
         };
         format!(
-            "broker={}{shards} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={} broker_events={} broker_events_dropped={}",
+            "broker={}{shards} broker_topics={} broker_heard={} broker_published={} broker_outages={} broker_recovered={} broker_gaps={} broker_unavailable={} broker_malformed={} broker_events={} broker_events_dropped={} broker_pattern_topics_refused={}",
             if self.up() { "up" } else { "down" },
             self.topics(),
             self.heard.load(Relaxed),
@@ -172,13 +175,14 @@ impl BrokerStats {
             self.malformed.load(Relaxed),
             self.events.load(Relaxed),
             self.events_dropped.load(Relaxed),
+            self.pattern_topics_refused.load(Relaxed),
         )
     }
 
     /// The cluster metrics in the Prometheus text format, appended to `GET /metrics`.
     pub fn prometheus(&self) -> String {
         let up = u64::from(self.up());
-        let rows: [(&str, &str, &str, u64); 13] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             (
                 "herald_broker_up",
                 "gauge",
@@ -256,6 +260,12 @@ impl BrokerStats {
                 "counter",
                 "Presence join/leave events not placed in Redis or heard out of place (not delivered).",
                 self.events_dropped.load(Relaxed),
+            ),
+            (
+                "herald_broker_pattern_topics_refused_total",
+                "counter",
+                "Topics matching a pattern held here not followed: too many followed for patterns alone.",
+                self.pattern_topics_refused.load(Relaxed),
             ),
         ];
         let mut out = String::new();
@@ -382,9 +392,6 @@ pub struct ClusterLink {
     /// Reports and queries for the `herald-presence` thread (bounded: `presence::QUEUE`;
     /// workers only `try_send`).
     pub presence: Sender<presence::PresenceReq>,
-    /// Pattern subscriptions are possible (independent Redis instances: PSUBSCRIBE on each;
-    /// a Redis Cluster's sharded pub/sub has no pattern form).
-    pub patterns: bool,
 }
 
 /// Cluster settings taken from the command line.
@@ -478,7 +485,6 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         config.presence_cap,
     )?;
     Ok(ClusterLink {
-        patterns: matches!(broker, shard::Broker::Instances(_)),
         presence: to_presence,
         publish: ToShards {
             route: route.clone(),

@@ -11,6 +11,7 @@
 //! | `herald:{T}:log` | stream | the last `--broker-history` messages, entry id `0-<seq>` |
 //! | `herald:{T}:events` | string | how many `join`/`leave` events were placed on the topic |
 //! | channel `herald:{T}` | pub/sub | every message as it is numbered, and every event |
+//! | channel `herald:new-topics` | pub/sub | the first message of every topic life ([`NOTICES`]) |
 //!
 //! A missing `seq` key means a new life: Redis never had the topic, or lost it (restarted
 //! without persistence, flushed, evicted). Both scripts then start a new epoch and drop any
@@ -81,6 +82,20 @@ end"
     };
 }
 
+/// The channel of [`NOTICES`], as a literal the scripts can be built with.
+macro_rules! notices {
+    () => {
+        "herald:new-topics"
+    };
+}
+
+/// The channel on which the publish script announces every topic life's first message
+/// (the payload is the topic's channel, `herald:{T}`): how a node with pattern subscribers learns of a
+/// matching topic created after it looked ([`seq_key_glob`]), so it can SUBSCRIBE to that
+/// one topic instead of hearing a whole glob of channels. Plain `PUBLISH` even on a Redis
+/// Cluster: one notice per topic life, heard on any node of the cluster.
+pub const NOTICES: &str = notices!();
+
 /// The publish script, with the pub/sub command to announce the message with.
 macro_rules! publish_with {
     ($command:literal) => {
@@ -93,6 +108,11 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. seq, 'b', ARGV[4])
 redis.call('",
             $command,
             r"', ARGV[5], epoch .. ' ' .. seq .. ' ' .. ARGV[3] .. '\n' .. ARGV[4])
+if seq == 1 then
+  redis.call('PUBLISH', '",
+            notices!(),
+            r"', ARGV[5])
+end
 return seq
 "
         )
@@ -199,11 +219,12 @@ pub fn channel_of(topic: &str) -> String {
     format!("herald:{{{topic}}}")
 }
 
-/// A Redis glob covering the channels of every topic `pattern` matches. Topic names have no
-/// glob character (`*?[]\\` are not allowed in them), and a glob `*` matches across `/`, so
-/// the glob is wider than the pattern (`prices/*` also hears `prices/a/b`): the listener
-/// checks each heard topic against the pattern itself.
-pub fn glob_of(pattern: &Pattern) -> String {
+/// A Redis glob (for `SCAN … MATCH`) covering the `seq` key of every topic `pattern`
+/// matches: every topic Redis numbers has one. Topic names have no glob character
+/// (`*?[]\\` are not allowed in them), and a glob `*` matches across `/`, so the glob is
+/// wider than the pattern (`prices/*` also covers `prices/a/b`): the caller checks each
+/// topic against the pattern itself.
+pub fn seq_key_glob(pattern: &Pattern) -> String {
     let mut glob = String::from("herald:{");
     for (i, seg) in pattern.segments().iter().enumerate() {
         if i > 0 {
@@ -214,8 +235,15 @@ pub fn glob_of(pattern: &Pattern) -> String {
             Segment::One | Segment::Rest => glob.push('*'),
         }
     }
-    glob.push('}');
+    glob.push_str("}:seq");
     glob
+}
+
+/// The topic whose `seq` key this is, if it is one ([`Keys::seq`]).
+pub fn topic_of_seq_key(key: &str) -> Option<TopicName> {
+    let name = key.strip_prefix("herald:{")?.strip_suffix("}:seq")?;
+    topic::validate(name).ok()?;
+    Some(name.into())
 }
 
 /// The topic a channel name belongs to, if it is a valid Herald channel.
@@ -424,6 +452,18 @@ mod tests {
         assert_eq!(topic_of_channel(&k.channel).as_deref(), Some("prices/BTC"));
         assert_eq!(topic_of_channel("other:{x}"), None);
         assert_eq!(topic_of_channel("herald:{bad topic}"), None);
+    }
+
+    #[test]
+    fn pattern_globs_cover_the_seq_keys_of_matching_topics() {
+        let glob = |p: &str| seq_key_glob(&Pattern::parse(p).unwrap());
+        assert_eq!(glob("prices/*"), "herald:{prices/*}:seq");
+        assert_eq!(glob("a/**"), "herald:{a/*}:seq");
+        assert_eq!(glob("*/x/*"), "herald:{*/x/*}:seq");
+        let seq = Keys::of("prices/BTC").seq;
+        assert_eq!(topic_of_seq_key(&seq).as_deref(), Some("prices/BTC"));
+        assert_eq!(topic_of_seq_key("herald:{prices/BTC}:log"), None);
+        assert_eq!(topic_of_seq_key("herald:{bad topic}:seq"), None);
     }
 
     #[test]

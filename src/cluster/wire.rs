@@ -27,7 +27,6 @@ use redis::{Connection, RedisError, Value};
 
 use super::feed::{Feed, Heard, Kind};
 use super::shard::{self, ClusterSeeds, SlotMap};
-use crate::proto::pattern::Pattern;
 use crate::proto::topic::TopicName;
 
 /// Connecting, and any single command, may take this long before the connection counts as
@@ -36,6 +35,9 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redirections followed for one command before giving up (a layout still settling).
 const REDIRECTS: usize = 5;
+
+/// Keys a `SCAN` call looks at per round trip.
+const SCAN_COUNT: usize = 1000;
 
 /// Pause before retrying a `TRYAGAIN` answer.
 const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
@@ -126,6 +128,8 @@ pub struct Wire {
     polled: Vec<String>,
     /// Where each topic's channel is subscribed.
     subscribed: HashMap<TopicName, String>,
+    /// The node whose feed hears the topic notices, if they are heard.
+    notices: Option<String>,
     /// Nodes that refused a connection: not before, and the next pause.
     down: HashMap<String, (Instant, Duration)>,
     /// The slot layout must be relearnt before the next use (a node failed).
@@ -148,6 +152,7 @@ impl Wire {
             feeds: HashMap::new(),
             polled: Vec::new(),
             subscribed: HashMap::new(),
+            notices: None,
             down: HashMap::new(),
             turn: 0,
         }
@@ -607,26 +612,64 @@ impl Wire {
         Err(last.unwrap_or_else(|| error(format!("topic {topic}: too many redirections"))))
     }
 
-    /// Subscribe to the channels of every topic matching `pattern` (one Redis only: a Redis
-    /// Cluster has no pattern form of sharded pub/sub); returns once confirmed.
-    pub fn psubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
-        let Layout::One(url) = &self.layout else {
-            return Err(error("pattern subscriptions need plain pub/sub".into()));
-        };
-        let url = url.clone();
-        let glob = super::script::glob_of(pattern);
-        self.feed(&url)?.psubscribe(&glob, COMMAND_TIMEOUT)
+    /// Hear the topic notices (`script::NOTICES`), on one node (a Redis Cluster hears plain
+    /// channels on every node); returns once confirmed. No-op if already heard.
+    pub fn listen_notices(&mut self) -> Result<(), RedisError> {
+        if self.notices.is_some() {
+            return Ok(());
+        }
+        let node = (self.nodes().into_iter().next())
+            .ok_or_else(|| error("no Redis node to hear topic notices on".into()))?;
+        (self.feed(&node)?).subscribe_plain(super::script::NOTICES, COMMAND_TIMEOUT)?;
+        self.notices = Some(node);
+        Ok(())
     }
 
-    /// Undo a [`Wire::psubscribe`]; returns once confirmed.
-    pub fn punsubscribe(&mut self, pattern: &Pattern) -> Result<(), RedisError> {
-        let Layout::One(url) = &self.layout else {
+    /// Undo [`Wire::listen_notices`]; returns once confirmed.
+    pub fn unlisten_notices(&mut self) -> Result<(), RedisError> {
+        let Some(node) = self.notices.take() else {
             return Ok(());
         };
-        match self.feeds.get_mut(url) {
-            Some(feed) => feed.punsubscribe(&super::script::glob_of(pattern), COMMAND_TIMEOUT),
+        match self.feeds.get_mut(&node) {
+            Some(feed) => feed.unsubscribe_plain(super::script::NOTICES, COMMAND_TIMEOUT),
             None => Ok(()),
         }
+    }
+
+    /// Every topic whose `seq` key matches `glob` (`script::seq_key_glob`), on every node
+    /// (`SCAN`, which walks the whole keyspace: O(keys), once per distinct pattern a node
+    /// starts to hold). Stops early past `max` topics.
+    pub fn topics_matching(
+        &mut self,
+        glob: &str,
+        max: usize,
+    ) -> Result<HashSet<TopicName>, RedisError> {
+        let mut found = HashSet::new();
+        for node in self.nodes() {
+            let conn = self.conn(&node)?;
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(glob)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .query(conn)?;
+                found.extend(
+                    keys.iter()
+                        .filter_map(|k| super::script::topic_of_seq_key(k)),
+                );
+                if found.len() > max {
+                    return Ok(found);
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Unsubscribe from `topic`'s channel; returns once confirmed.

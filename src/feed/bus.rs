@@ -192,7 +192,7 @@ pub enum BusMsg {
     /// owner stops routing the topic there on the pattern's account.
     Decline { topic: TopicName, worker: u16 },
     /// Cluster mode, from the listening bridge to a topic's owner: a topic no subscriber
-    /// here had, heard through a pattern subscription; its stream is forwarded from message
+    /// here had, now followed for a pattern subscription; its stream is forwarded from message
     /// `last + 1` of `epoch` on (the owner attaches the pattern subscribers from there).
     Discovered {
         topic: TopicName,

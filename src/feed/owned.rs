@@ -151,7 +151,7 @@ impl Owned {
         self.numbered_elsewhere = true;
     }
 
-    /// Cluster mode: the listener heard `topic`, unknown here, through a pattern; its
+    /// Cluster mode: the listener follows `topic`, unknown here, for a pattern; its
     /// stream goes on after `last` of `epoch`. The topic is created (matched against the
     /// patterns once, as any new topic) and its `Attach` notices carry that position.
     /// Nothing if the topic is known already (a subscriber got there first).

@@ -19,6 +19,10 @@ pub enum IndexError {
     /// The index already holds its maximum number of (pattern, key) entries.
     #[error("pattern index full ({0} entries)")]
     Full(usize),
+    /// Cluster mode: the broker could not follow the pattern's topics (Redis unreachable,
+    /// or too many topics followed for patterns already).
+    #[error("the broker cannot follow the pattern now")]
+    Unavailable,
 }
 
 /// One trie node: the pattern prefix spelled by the path from the root.

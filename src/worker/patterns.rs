@@ -109,7 +109,6 @@ impl Worker {
             return;
         };
         let max = self.config.max_topics_per_conn;
-        let no_patterns = self.cluster.as_ref().is_some_and(|c| !c.patterns);
         let Some(feed) = self.v1_feed(key) else {
             return;
         };
@@ -124,9 +123,7 @@ impl Worker {
                 let topic = direct.map(|s| &s.topic).find(|t| pattern.matches(t))?;
                 Some(topic.to_string())
             });
-        let refusal = if no_patterns {
-            Some(Refusal::PatternsOffInCluster)
-        } else if let Some(other) = clash {
+        let refusal = if let Some(other) = clash {
             Some(Refusal::Overlaps(other))
         } else if feed.subs.len() + feed.patterns.len() + wanted.since_each.len() >= max {
             Some(Refusal::TooManyTopics(max))
@@ -444,7 +441,7 @@ impl Worker {
         }
     }
 
-    /// Owner side, cluster mode: the listener heard `topic` through a pattern; attach the
+    /// Owner side, cluster mode: the listener follows `topic` for a pattern; attach the
     /// pattern subscribers from its position (or, if none wants it after all, let go).
     pub(super) fn on_discovered(&mut self, topic: &TopicName, epoch: &str, last: u64) {
         self.topics.owned.discover(topic, epoch, last);

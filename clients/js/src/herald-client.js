@@ -682,7 +682,7 @@ export class Herald {
     // A topic's duplicate subscribe: the first goes on. (Overlaps with patterns are refused
     // by subscribe() before they reach the server.)
     if (m.code === "already_subscribed" && !(sub instanceof PatternSubscription)) return;
-    // forbidden, bad_topic, too_many_topics, patterns_off, ...: this subscription ends.
+    // forbidden, bad_topic, too_many_topics, ...: this subscription ends.
     sub.active = false;
     this._subs.delete(sub.topic);
     this._unfollow(sub);

@@ -1,7 +1,11 @@
 //! The listening bridge thread: hears the topics this node's subscribers want, in their
 //! numbering order, and answers joins consistently with that stream (see the parent module).
 
-use std::collections::HashMap;
+mod patterns;
+
+pub use patterns::MAX_PATTERN_TOPICS;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +17,7 @@ use super::{Backoff, EpochNames, Outbound, BACKOFF_MIN, FOREIGN};
 use crate::cluster::script::{self, Keys};
 use crate::cluster::wire::{Layout, Served, Wire};
 use crate::cluster::{BrokerConfig, BrokerStats, ShardHealth, SubReq};
-use crate::feed::bus::{
-    BusMsg, JoinError, JoinRequest, Origin, PatternRequest, PeerLink, Publication,
-};
+use crate::feed::bus::{BusMsg, JoinError, JoinRequest, Origin, PeerLink, Publication};
 use crate::feed::history::{self, Kept, Need, Unrecoverable};
 use crate::feed::owned::{owner_of, Joined};
 use crate::feed::patterns::PatternIndex;
@@ -45,10 +47,6 @@ struct Position {
     /// How many presence events Redis had placed on the topic at the last catch-up (a
     /// joiner answered now starts after them).
     events: u64,
-    /// The number of the last presence event forwarded: a topic both subscribed and
-    /// matched by a pattern subscription (PSUBSCRIBE) is heard twice, and an event, unlike
-    /// a message, has no `seq` to drop the copy by.
-    heard_events: u64,
     /// The epoch this node left behind at its last catch-up: messages of it still on their
     /// way are stale, not a new life.
     retired: Option<String>,
@@ -84,16 +82,23 @@ pub struct Listener {
     out: Outbound,
     stats: Arc<BrokerStats>,
     epochs: EpochNames,
-    /// Topics with subscribers on this node; the position is unknown (`None`) until Redis
-    /// has been asked (a topic that gained interest while Redis was down).
+    /// Topics this node follows (SUBSCRIBEd): those it wants, and those a pattern held
+    /// here matches. The position is unknown (`None`) until Redis has been asked (a topic
+    /// that gained interest while Redis was down).
     topics: HashMap<TopicName, Option<Position>>,
+    /// The followed topics the node wants for their own sake: told by an `Interest`, a
+    /// join, or handed to the owner for a pattern (until the owner says it has no
+    /// interest). Always a subset of `topics`.
+    interest: HashSet<TopicName>,
     /// Which process served which slots in the last session (Redis Cluster).
     served: Served,
-    /// Patterns this node's subscribers hold (PSUBSCRIBEd), with how many hold each.
-    patterns: HashMap<Pattern, u32>,
-    /// The same patterns, to check a heard topic against them in one walk.
+    /// Patterns this node's subscribers hold (`patterns.rs`).
+    patterns: HashMap<Pattern, patterns::Held>,
+    /// The scanned ones, to check a topic against them in one walk.
     pattern_index: PatternIndex<()>,
     scratch: Vec<()>,
+    /// When topics refused at `patterns::MAX_PATTERN_TOPICS` were last logged.
+    refused_logged: Option<Instant>,
 }
 
 impl Listener {
@@ -122,54 +127,13 @@ impl Listener {
             stats,
             epochs: EpochNames::new(config.node, 's'),
             topics: HashMap::new(),
+            interest: HashSet::new(),
             served: Served::default(),
             patterns: HashMap::new(),
             pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
             scratch: Vec::new(),
+            refused_logged: None,
         }
-    }
-
-    /// Count one more (`true`) or one fewer holder of `pattern`; whether it is the first
-    /// or the last (the moment to PSUBSCRIBE or PUNSUBSCRIBE).
-    fn count_pattern(&mut self, pattern: &Pattern, more: bool) -> bool {
-        if more {
-            let holders = self.patterns.entry(pattern.clone()).or_insert(0);
-            *holders += 1;
-            if *holders == 1 {
-                // Never full: one entry per distinct pattern, bounded by the workers' own.
-                let _ = self.pattern_index.insert(pattern, ());
-                return true;
-            }
-            return false;
-        }
-        match self.patterns.get_mut(pattern) {
-            Some(holders) if *holders > 1 => {
-                *holders -= 1;
-                false
-            }
-            Some(_) => {
-                self.patterns.remove(pattern);
-                self.pattern_index.remove(pattern, ());
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Tell a pattern subscriber's worker that this listener hears its pattern now.
-    fn pattern_heard(&mut self, request: PatternRequest) {
-        let worker = request.worker as usize;
-        let answer = BusMsg::PatternJoined {
-            request,
-            result: Ok(Vec::new()),
-        };
-        self.out.send(worker, answer);
-    }
-
-    /// Whether a pattern held here matches `topic` (the PSUBSCRIBE glob is wider).
-    fn pattern_wants(&mut self, topic: &str) -> bool {
-        self.pattern_index.matching(topic, &mut self.scratch);
-        !self.scratch.is_empty()
     }
 
     /// Listen until every worker has gone, reconnecting after each fault.
@@ -211,9 +175,13 @@ impl Listener {
             match requests.recv_timeout(left) {
                 Ok(SubReq::Interest { topic, active }) => {
                     if active {
+                        self.interest.insert(topic.clone());
                         self.topics.entry(topic).or_insert(None);
                     } else {
-                        self.topics.remove(&topic);
+                        self.interest.remove(&topic);
+                        if !self.pattern_wants(&topic) {
+                            self.topics.remove(&topic);
+                        }
                     }
                 }
                 Ok(SubReq::Join(request)) => {
@@ -221,13 +189,10 @@ impl Listener {
                     self.answer(request, Err(JoinError::Unavailable));
                 }
                 Ok(SubReq::Event { .. }) => BrokerStats::count(&self.stats.events_dropped, 1),
-                // Kept, and PSUBSCRIBEd when the connection is back (`serve`).
-                Ok(SubReq::PatternJoin(request)) => {
-                    self.count_pattern(&request.pattern, true);
-                    self.pattern_heard(request);
-                }
+                Ok(SubReq::PatternJoin(request)) => self.refuse_pattern(request),
                 Ok(SubReq::PatternLeave(pattern)) => {
-                    self.count_pattern(&pattern, false);
+                    // Nothing to say to Redis while it is away.
+                    let _ = self.leave_pattern(&pattern, None);
                 }
                 Err(RecvTimeoutError::Timeout) => return true,
                 Err(RecvTimeoutError::Disconnected) => return false,
@@ -292,10 +257,7 @@ impl Listener {
         for topic in &topics {
             wire.subscribe(topic)?;
         }
-        let patterns: Vec<Pattern> = self.patterns.keys().cloned().collect();
-        for pattern in &patterns {
-            wire.psubscribe(pattern)?;
-        }
+        self.rescan(wire)?;
         let (gaps, recovered) = (
             self.stats.gaps.load(Relaxed),
             self.stats.recovered.load(Relaxed),
@@ -370,30 +332,15 @@ impl Listener {
                 topic,
                 active: false,
             } => {
-                if self.topics.remove(&topic).is_some() {
+                self.interest.remove(&topic);
+                if !self.pattern_wants(&topic) && self.topics.remove(&topic).is_some() {
                     wire.unsubscribe(&topic)?;
-                    self.health()
-                        .topics
-                        .store(self.topics.len() as u64, Relaxed);
+                    self.count_topics();
                 }
                 Ok(())
             }
-            SubReq::PatternJoin(request) => {
-                // Answered either way: after a fault, the next session PSUBSCRIBEs it.
-                let heard = if self.count_pattern(&request.pattern, true) {
-                    wire.psubscribe(&request.pattern)
-                } else {
-                    Ok(())
-                };
-                self.pattern_heard(request);
-                Ok(heard?)
-            }
-            SubReq::PatternLeave(pattern) => {
-                if self.count_pattern(&pattern, false) {
-                    wire.punsubscribe(&pattern)?;
-                }
-                Ok(())
-            }
+            SubReq::PatternJoin(request) => self.join_pattern(request, wire),
+            SubReq::PatternLeave(pattern) => self.leave_pattern(&pattern, Some(wire)),
             SubReq::Join(request) => {
                 let answered = self
                     .listen_to(&request.topic, wire)
@@ -477,15 +424,21 @@ impl Listener {
     /// SUBSCRIBE to `topic` (if not yet) and learn where it stands. The subscription is
     /// confirmed before the position is read, so nothing numbered after it can be missed.
     fn listen_to(&mut self, topic: &TopicName, wire: &mut Wire) -> Result<(), Stop> {
+        self.interest.insert(topic.clone());
         if self.topics.contains_key(topic) {
             return Ok(());
         }
         wire.subscribe(topic)?;
         self.topics.insert(topic.clone(), None);
+        self.count_topics();
+        self.catch_up(wire, topic)
+    }
+
+    /// Report how many topics this bridge follows.
+    fn count_topics(&self) {
         self.health()
             .topics
             .store(self.topics.len() as u64, Relaxed);
-        self.catch_up(wire, topic)
     }
 
     /// Bring this node's position on `topic` up to Redis's current number: forward what was
@@ -511,10 +464,6 @@ impl Listener {
             Some(p) => p.retired.clone(),
             None => None,
         };
-        let heard_events = match &known {
-            Some(p) if p.epoch == epoch => p.heard_events,
-            _ => 0,
-        };
         match known {
             Some(p) if p.epoch != epoch || current < p.last => {
                 let refusal = Unrecoverable::EpochChanged {
@@ -534,7 +483,6 @@ impl Listener {
                 epoch,
                 last: current,
                 events,
-                heard_events,
                 retired,
             }),
         );
@@ -647,12 +595,14 @@ impl Listener {
 
     /// A message heard on a channel: forward it in order, filling a hole first.
     fn on_heard(&mut self, channel: &str, payload: &[u8], wire: &mut Wire) -> Result<(), Stop> {
+        if channel == script::NOTICES {
+            return self.on_notice(payload, wire);
+        }
         let Some(topic) = script::topic_of_channel(channel) else {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
         if script::is_event(payload) {
-            // Only for topics this node subscribes to (a pattern subscription gets no events).
             let Some(Some(known)) = self.topics.get(&topic).cloned() else {
                 return Ok(());
             };
@@ -665,8 +615,7 @@ impl Listener {
         let known = match self.topics.get(&topic).cloned() {
             Some(Some(known)) => known,
             Some(None) => return Ok(()), // not yet positioned
-            None if self.pattern_wants(&topic) => self.discover(wire, &topic, &heard)?,
-            None => return Ok(()), // unsubscribed meanwhile
+            None => return Ok(()),       // unsubscribed meanwhile
         };
         if known.retired.as_ref() == Some(&heard.epoch) {
             return Ok(()); // sent before this node's catch-up moved on to a new epoch
@@ -683,7 +632,6 @@ impl Listener {
                     epoch: heard.epoch,
                     last: heard.seq.saturating_sub(1),
                     events: known.events,
-                    heard_events: 0,
                     retired: Some(known.epoch),
                 }),
             );
@@ -720,9 +668,6 @@ impl Listener {
             BrokerStats::count(&self.stats.malformed, 1);
             return Ok(());
         };
-        if event.epoch == known.epoch && event.number <= known.heard_events {
-            return Ok(()); // the copy heard through a pattern subscription (or the other way)
-        }
         if event.epoch != known.epoch || event.after < known.last {
             BrokerStats::count(&self.stats.events_dropped, 1);
             return Ok(());
@@ -730,9 +675,6 @@ impl Listener {
         if event.after > known.last {
             // Messages before the event were missed live: they go first, from the log.
             self.fill(wire, topic, known.last + 1, event.after)?;
-        }
-        if let Some(Some(p)) = self.topics.get_mut(topic) {
-            p.heard_events = event.number;
         }
         let frame = presence::event(event.joined, topic, event.after, &event.member);
         let owner = owner_of(topic, self.workers);
@@ -743,38 +685,6 @@ impl Listener {
         };
         self.out.send(owner, event);
         Ok(())
-    }
-
-    /// A topic no subscriber here has, heard through a pattern: SUBSCRIBE to it (so it stays
-    /// heard if the pattern goes while subscribers remain), take this message's number as
-    /// the position, and tell the owner, which attaches the pattern subscribers from there.
-    fn discover(
-        &mut self,
-        wire: &mut Wire,
-        topic: &TopicName,
-        heard: &script::Heard,
-    ) -> Result<Position, Stop> {
-        wire.subscribe(topic)?;
-        let last = heard.seq.saturating_sub(1);
-        let position = Position {
-            epoch: heard.epoch.clone(),
-            last,
-            events: 0,
-            heard_events: 0,
-            retired: None,
-        };
-        self.topics.insert(topic.clone(), Some(position.clone()));
-        self.health()
-            .topics
-            .store(self.topics.len() as u64, Relaxed);
-        let owner = owner_of(topic, self.workers);
-        let discovered = BusMsg::Discovered {
-            topic: topic.clone(),
-            epoch: heard.epoch.clone(),
-            last,
-        };
-        self.out.send(owner, discovered);
-        Ok(position)
     }
 
     /// Hand a numbered message to the topic's owner worker on this node.

@@ -21,7 +21,7 @@
 mod listener;
 mod publisher;
 
-pub use listener::Listener;
+pub use listener::{Listener, MAX_PATTERN_TOPICS};
 pub use publisher::Publisher;
 
 use std::time::Duration;
