@@ -933,3 +933,64 @@ fn a_topic_begun_while_a_node_could_not_hear_the_notices_is_followed_from_its_fi
     read_until(&mut sub, &mut seen, "r/begun", "live");
     assert_eq!(seen.messages["r/begun"], vec![1, 2, 3, 4]);
 }
+
+#[test]
+fn in_cluster_mode_a_topic_one_subscriber_may_not_have_reaches_a_later_one_who_may() {
+    let Some(redis) = redis_server::Redis::start_or_skip("wildcards in cluster mode") else {
+        return;
+    };
+    let jwt = ["--jwt-secret", SECRET];
+    let (one, two) = (
+        Server::start_node(&redis.url(), &jwt),
+        Server::start_node(&redis.url(), &jwt),
+    );
+    let mut publisher = V1::connect_with_token(two.addr, &token(&["*"]));
+    for (id, t) in ["room/open", "room/secret"].iter().enumerate() {
+        assert_eq!(publish(&mut publisher, id as u64, t, "before"), Some(1));
+    }
+    // Node one follows both for the first subscriber, whose token grants only one: the
+    // other is declined, and its owner may forget it while the node keeps following it.
+    let mut limited = V1::connect_with_token(one.addr, &token(&["room/open"]));
+    let mut seen = Seen::default();
+    subscribe_pattern(&mut limited, 1, "room/*", &mut seen);
+    let mut last = BTreeMap::new();
+    for (k, t) in ["room/open", "room/secret"].iter().enumerate() {
+        let seq = publish(&mut publisher, 10 + k as u64, t, "m").unwrap();
+        last.insert(t.to_string(), seq);
+    }
+    let open_only: BTreeMap<String, u64> = last
+        .iter()
+        .filter(|(t, _)| *t == "room/open")
+        .map(|(t, n)| (t.clone(), *n))
+        .collect();
+    read_until_last(&mut limited, &mut seen, &open_only);
+    // A later subscriber who may read both gets both, every message after its subscribe.
+    let mut full = V1::connect_with_token(one.addr, &token(&["*"]));
+    let mut all = Seen::default();
+    subscribe_pattern(&mut full, 2, "room/*", &mut all);
+    for round in 0..3 {
+        for (k, t) in ["room/open", "room/secret"].iter().enumerate() {
+            let id = 100 + 10 * round + k as u64;
+            let seq = publish(&mut publisher, id, t, &format!("r{round}")).unwrap();
+            last.insert(t.to_string(), seq);
+        }
+    }
+    read_until_last(&mut full, &mut all, &last);
+    for t in ["room/open", "room/secret"] {
+        let start = all.start[t];
+        assert_eq!(
+            all.messages[t],
+            (start + 1..=last[t]).collect::<Vec<_>>(),
+            "{t}"
+        );
+        assert!(start <= 2, "{t} from {start}");
+    }
+    // The first subscriber still never gets the topic it may not read.
+    let open_only: BTreeMap<String, u64> = last
+        .iter()
+        .filter(|(t, _)| *t == "room/open")
+        .map(|(t, n)| (t.clone(), *n))
+        .collect();
+    read_until_last(&mut limited, &mut seen, &open_only);
+    assert!(!seen.start.contains_key("room/secret"), "{seen:?}");
+}

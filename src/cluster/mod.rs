@@ -127,8 +127,8 @@ pub struct BrokerStats {
     /// Presence events lost: not placed (queue full, Redis unreachable) or heard out of
     /// place (after this node had to take later messages from the log), so not delivered.
     pub events_dropped: AtomicU64,
-    /// Topics matching a pattern held here that were not followed: past
-    /// `bridge::MAX_PATTERN_TOPICS` (a pattern refused for it counts its topics too).
+    /// Topics matching a pattern held here that were not followed: the node already
+    /// followed `bridge::MAX_PATTERN_TOPICS` topics.
     pub pattern_topics_refused: AtomicU64,
 }
 
@@ -264,7 +264,7 @@ impl BrokerStats {
             (
                 "herald_broker_pattern_topics_refused_total",
                 "counter",
-                "Topics matching a pattern held here not followed: too many followed for patterns alone.",
+                "Topics matching a pattern held here not followed: the node already follows its maximum of topics.",
                 self.pattern_topics_refused.load(Relaxed),
             ),
         ];

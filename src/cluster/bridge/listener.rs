@@ -86,10 +86,10 @@ pub struct Listener {
     /// here matches. The position is unknown (`None`) until Redis has been asked (a topic
     /// that gained interest while Redis was down).
     topics: HashMap<TopicName, Option<Position>>,
-    /// The followed topics the node wants for their own sake: told by an `Interest`, a
-    /// join, or handed to the owner for a pattern (until the owner says it has no
-    /// interest). Always a subset of `topics`.
-    interest: HashSet<TopicName>,
+    /// The followed topics the node does not want for their own sake, kept only because a
+    /// pattern held here matches them: the owner said it has no interest (`Interest`
+    /// off) after they were handed to it. A subset of `topics`.
+    pattern_only: HashSet<TopicName>,
     /// Which process served which slots in the last session (Redis Cluster).
     served: Served,
     /// Patterns this node's subscribers hold (`patterns.rs`).
@@ -127,7 +127,7 @@ impl Listener {
             stats,
             epochs: EpochNames::new(config.node, 's'),
             topics: HashMap::new(),
-            interest: HashSet::new(),
+            pattern_only: HashSet::new(),
             served: Served::default(),
             patterns: HashMap::new(),
             pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
@@ -175,13 +175,10 @@ impl Listener {
             match requests.recv_timeout(left) {
                 Ok(SubReq::Interest { topic, active }) => {
                     if active {
-                        self.interest.insert(topic.clone());
+                        self.pattern_only.remove(&topic);
                         self.topics.entry(topic).or_insert(None);
                     } else {
-                        self.interest.remove(&topic);
-                        if !self.pattern_wants(&topic) {
-                            self.topics.remove(&topic);
-                        }
+                        self.lose_interest(&topic);
                     }
                 }
                 Ok(SubReq::Join(request)) => {
@@ -332,8 +329,7 @@ impl Listener {
                 topic,
                 active: false,
             } => {
-                self.interest.remove(&topic);
-                if !self.pattern_wants(&topic) && self.topics.remove(&topic).is_some() {
+                if self.lose_interest(&topic) {
                     wire.unsubscribe(&topic)?;
                     self.count_topics();
                 }
@@ -424,7 +420,7 @@ impl Listener {
     /// SUBSCRIBE to `topic` (if not yet) and learn where it stands. The subscription is
     /// confirmed before the position is read, so nothing numbered after it can be missed.
     fn listen_to(&mut self, topic: &TopicName, wire: &mut Wire) -> Result<(), Stop> {
-        self.interest.insert(topic.clone());
+        self.pattern_only.remove(topic);
         if self.topics.contains_key(topic) {
             return Ok(());
         }
@@ -432,6 +428,22 @@ impl Listener {
         self.topics.insert(topic.clone(), None);
         self.count_topics();
         self.catch_up(wire, topic)
+    }
+
+    /// The node no longer wants `topic` for its own sake (`Interest` off): it stays
+    /// followed while a pattern held here matches it. True if it was let go (the caller
+    /// unsubscribes).
+    fn lose_interest(&mut self, topic: &TopicName) -> bool {
+        if !self.topics.contains_key(topic) {
+            return false;
+        }
+        if self.pattern_wants(topic) {
+            self.pattern_only.insert(topic.clone());
+            return false;
+        }
+        self.pattern_only.remove(topic);
+        self.topics.remove(topic);
+        true
     }
 
     /// Report how many topics this bridge follows.

@@ -16,8 +16,10 @@
 //! - After a reconnect notices may have been missed, so every pattern is scanned again: a
 //!   matching topic not followed yet began meanwhile (followed from its first message).
 //!
-//! A topic stays followed while the node wants it (`interest`) or a pattern held here
-//! matches it.
+//! A topic stays followed while the node wants it or a pattern held here matches it. One
+//! the owner let go of while a pattern still matches it (its subscribers here declined it:
+//! not granted, or over their topic limit) is handed to the owner again when another
+//! subscriber of a matching pattern arrives, since the owner may have forgotten it.
 
 use std::time::{Duration, Instant};
 
@@ -31,8 +33,9 @@ use crate::feed::patterns::IndexError;
 use crate::proto::pattern::Pattern;
 use crate::proto::topic::TopicName;
 
-/// Topics a node follows on its patterns' account alone, at most (a bound on its Redis
-/// subscriptions and their memory). A pattern whose scan would pass it is refused
+/// Topics a listener follows in Redis, at most, where patterns would bring in more (a
+/// bound on its subscriptions and their memory; topics its subscribers name are bounded by
+/// the connections' own limits). A pattern whose scan would pass it is refused
 /// `unavailable`; a new matching topic past it is not followed (counted in
 /// `herald_broker_pattern_topics_refused_total`, and logged).
 pub const MAX_PATTERN_TOPICS: usize = 1 << 20;
@@ -70,6 +73,7 @@ impl Listener {
         wire: &mut Wire,
     ) -> Result<(), Stop> {
         if self.hold(&request.pattern) {
+            self.offer_again(&request.pattern);
             self.answer_pattern(request, true);
             return Ok(());
         }
@@ -131,14 +135,15 @@ impl Listener {
             return Ok(());
         }
         self.pattern_index.remove(pattern, ());
-        let candidates: Vec<TopicName> = (self.topics.keys())
-            .filter(|t| pattern.matches(t) && !self.interest.contains(*t))
+        let candidates: Vec<TopicName> = (self.pattern_only.iter())
+            .filter(|t| pattern.matches(t))
             .cloned()
             .collect();
         let mut gone = Vec::new();
         for topic in candidates {
             if !self.pattern_wants(&topic) {
                 self.topics.remove(&topic);
+                self.pattern_only.remove(&topic);
                 gone.push(topic);
             }
         }
@@ -184,7 +189,7 @@ impl Listener {
         if self.topics.contains_key(&topic) || !self.pattern_wants(&topic) {
             return Ok(());
         }
-        if self.pattern_topics() >= MAX_PATTERN_TOPICS {
+        if self.topics.len() >= MAX_PATTERN_TOPICS {
             self.refused_topics(1);
             return Ok(());
         }
@@ -208,7 +213,7 @@ impl Listener {
         from: FollowFrom,
     ) -> Result<usize, Stop> {
         wire.listen_notices()?;
-        let room = MAX_PATTERN_TOPICS.saturating_sub(self.pattern_topics());
+        let room = MAX_PATTERN_TOPICS.saturating_sub(self.topics.len());
         let glob = script::seq_key_glob(pattern);
         let found = wire.topics_matching(&glob, room + self.topics.len())?;
         let new: Vec<TopicName> = (found.into_iter())
@@ -243,8 +248,6 @@ impl Listener {
             retired: None,
         };
         self.topics.insert(topic.clone(), Some(position));
-        // The owner now holds the topic's interest, or tells that it has none.
-        self.interest.insert(topic.clone());
         self.count_topics();
         let discovered = BusMsg::Discovered {
             topic: topic.clone(),
@@ -258,9 +261,26 @@ impl Listener {
         Ok(())
     }
 
-    /// Topics followed for patterns alone.
-    fn pattern_topics(&self) -> usize {
-        self.topics.len().saturating_sub(self.interest.len())
+    /// Hand the topics followed for patterns alone that `pattern` matches to their owners
+    /// again, from where this node stands: a new subscriber of `pattern` may want what the
+    /// earlier ones declined, and the owner may have forgotten the topic.
+    fn offer_again(&mut self, pattern: &Pattern) {
+        let offered: Vec<TopicName> = (self.pattern_only.iter())
+            .filter(|t| pattern.matches(t))
+            .cloned()
+            .collect();
+        for topic in offered {
+            let Some(Some(position)) = self.topics.get(&topic) else {
+                continue;
+            };
+            let discovered = BusMsg::Discovered {
+                topic: topic.clone(),
+                epoch: position.epoch.clone(),
+                last: position.last,
+            };
+            self.out.send(owner_of(&topic, self.workers), discovered);
+            self.pattern_only.remove(&topic);
+        }
     }
 
     fn refused_topics(&mut self, n: u64) {
@@ -268,7 +288,7 @@ impl Listener {
         if (self.refused_logged).is_none_or(|at| at.elapsed() >= REFUSED_LOG_EVERY) {
             self.refused_logged = Some(Instant::now());
             log::warn!(
-                "broker: more than {MAX_PATTERN_TOPICS} topics followed for patterns alone; new matching topics are not followed"
+                "broker: {MAX_PATTERN_TOPICS} topics followed in Redis; new topics matching a pattern are not followed"
             );
         }
     }
