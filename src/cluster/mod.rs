@@ -8,14 +8,16 @@
 //!   PUBLISHes it (`script.rs`). Every node therefore hears the same messages with the same
 //!   numbers in the same order, and `since` recovery works on any node.
 //! - **The worker loops stay runtime-free.** Redis is spoken to by two bridge threads
-//!   (`bridge/`: `publisher.rs`, `listener.rs`) with the `redis` crate's blocking API. Workers hand them work over
-//!   crossbeam channels (never blocking: a full publish queue is answered "unavailable"), and
-//!   the bridge feeds the workers through their existing bus inboxes and wakers.
+//!   (`bridge/`: `publisher.rs`, `listener.rs`) with the `redis` crate's blocking API.
+//!   Workers hand them work over crossbeam channels (never blocking: a full publish queue
+//!   is answered "unavailable"), and the bridge feeds the workers through their existing
+//!   bus inboxes and wakers.
 //! - **One order per topic on a node.** Everything heard from Redis for a topic goes to that
 //!   topic's owner worker on this node, which hands it to its interested workers exactly as
 //!   it does with locally numbered messages.
 //! - **No fan-in.** A node SUBSCRIBEs to a topic's channel only while it has subscribers of
-//!   that topic, and UNSUBSCRIBEs when the last one leaves.
+//!   that topic (or of a pattern matching it: one SUBSCRIBE per matching topic, never a
+//!   glob), and UNSUBSCRIBEs when the last one leaves.
 //! - **No silent hole.** The listening bridge thread checks every topic's numbers; a hole
 //!   (a reconnect, a dropped pub/sub client) is filled from the log, or, if the log no longer
 //!   has the messages or Redis lost the topic, every affected subscriber is told explicitly.

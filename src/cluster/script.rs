@@ -90,10 +90,10 @@ macro_rules! notices {
 }
 
 /// The channel on which the publish script announces every topic life's first message
-/// (the payload is the topic's channel, `herald:{T}`): how a node with pattern subscribers learns of a
-/// matching topic created after it looked ([`seq_key_glob`]), so it can SUBSCRIBE to that
-/// one topic instead of hearing a whole glob of channels. Plain `PUBLISH` even on a Redis
-/// Cluster: one notice per topic life, heard on any node of the cluster.
+/// (the payload is the topic's channel, `herald:{T}`): how a node with pattern subscribers
+/// learns of a matching topic created after it looked ([`seq_key_glob`]), so it can
+/// SUBSCRIBE to that one topic instead of hearing a whole glob of channels. Plain `PUBLISH`
+/// even on a Redis Cluster: one notice per topic life, heard on any node of the cluster.
 pub const NOTICES: &str = notices!();
 
 /// The publish script, with the pub/sub command to announce the message with.
