@@ -12,6 +12,7 @@
 //! * [`v1`]: a `herald.v1` subprotocol client.
 //! * [`jwt`]: HS256 tokens for the access-control tests.
 //! * [`metrics`]: `GET /metrics` scraped and parsed as Prometheus would.
+//! * [`presence`]: a presence subscriber's messages and events read as one list, in order.
 //! * [`sse`]: a raw-socket Server-Sent Events client ([`SseClient`]), like `curl -N`.
 //! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
 //! * [`temp`]: temporary directories removed on drop.
@@ -28,6 +29,7 @@ pub mod browser;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
+pub mod presence;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
