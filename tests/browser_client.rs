@@ -9,7 +9,6 @@
 //! loudly and passes locally, and fails with `CI=true` (like tests/cluster.rs).
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
 
 use serde_json::Value;
 use testkit::browser::{js_string, Chrome};
@@ -25,27 +24,7 @@ fn free_port() -> u16 {
 
 /// A cluster node on a fixed port (so that it can be restarted where the page looks for it).
 fn node(port: u16, redis: &Redis) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    let url = redis.url();
-    let mut server = Server::start_exact(&[
-        "--listen",
-        &listen,
-        "--stats-interval",
-        "0",
-        "--threads",
-        "2",
-        "--broker",
-        &url,
-    ]);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node {port} did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
+    Server::start_node_on(port, &redis.url(), &[])
 }
 
 /// HTTP publish of a text body; the status.

@@ -25,29 +25,7 @@ fn free_port() -> u16 {
 
 /// A cluster node on a fixed port (so that it can be restarted where the page looks for it).
 fn node(port: u16, redis: &Redis) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    let url = redis.url();
-    let mut server = Server::start_exact(&[
-        "--listen",
-        &listen,
-        "--stats-interval",
-        "0",
-        "--threads",
-        "2",
-        "--drain-timeout",
-        "2s",
-        "--broker",
-        &url,
-    ]);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node {port} did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
+    Server::start_node_on(port, &redis.url(), &["--drain-timeout", "2s"])
 }
 
 /// HTTP publish of a text body; the status.
