@@ -8,19 +8,12 @@
 //! Without Chromium the test fails saying how to install it; without `redis-server` it says so
 //! loudly and passes locally, and fails with `CI=true` (like tests/cluster.rs).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use serde_json::Value;
 use testkit::browser::{js_string, Chrome};
 use testkit::redis_server::Redis;
-use testkit::Server;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use testkit::{free_port, Server};
 
 /// A cluster node on a fixed port (so that it can be restarted where the page looks for it).
 fn node(port: u16, redis: &Redis) -> Server {
