@@ -7,47 +7,18 @@
 //! Without Chromium the test fails saying how to install it; without `redis-server` it says so
 //! loudly and passes locally, and fails with `CI=true` (like tests/cluster.rs).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use testkit::browser::Chrome;
 use testkit::redis_server::Redis;
-use testkit::Server;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use testkit::{free_port, Server};
 
 /// A cluster node on a fixed port (so that it can be restarted where the page looks for it).
 fn node(port: u16, redis: &Redis) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    let url = redis.url();
-    let mut server = Server::start_exact(&[
-        "--listen",
-        &listen,
-        "--stats-interval",
-        "0",
-        "--threads",
-        "2",
-        "--drain-timeout",
-        "2s",
-        "--broker",
-        &url,
-    ]);
-    assert!(
-        server
-            .wait_prefix("broker: up", Duration::from_secs(10))
-            .is_some(),
-        "node {port} did not reach Redis; stdout {:?} stderr {}",
-        server.stdout(),
-        server.stderr_text()
-    );
-    server
+    Server::start_node_on(port, &redis.url(), &["--drain-timeout", "2s"])
 }
 
 /// HTTP publish of a text body; the status.

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use testkit::presence::{read_in_order, Expected, Member};
 use testkit::v1::V1;
 use testkit::*;
 
@@ -256,23 +257,6 @@ fn get_topics_counts_under_the_publish_rules() {
     drop(subs);
 }
 
-/// What a presence subscriber saw: messages and events as one list of (kind, seq-or-after, text).
-fn seen_item(v: &Value) -> (String, u64, String) {
-    match v["type"].as_str().unwrap() {
-        "message" => (
-            "message".into(),
-            v["seq"].as_u64().unwrap(),
-            v["data"].as_str().unwrap().into(),
-        ),
-        kind @ ("join" | "leave") => (
-            kind.into(),
-            v["after"].as_u64().unwrap(),
-            v["member"]["conn"].as_str().unwrap_or_default().into(),
-        ),
-        other => panic!("unexpected {other}: {v}"),
-    }
-}
-
 #[test]
 fn joins_and_leaves_come_in_the_topics_order_on_every_worker() {
     let server = Server::start(&["--threads", "2", "--presence", "room/*"]);
@@ -331,33 +315,14 @@ fn joins_and_leaves_come_in_the_topics_order_on_every_worker() {
 
     // Every watcher sees the same list: every message, 10 joins, 10 leaves; each event
     // right where its `after` says (after the message it names).
+    let expected = Expected {
+        messages: MESSAGES as u64,
+        joins: 10,
+        leaves: 10,
+    };
     let mut lists = Vec::new();
     for (w, start) in &mut watchers {
-        let mut list = Vec::new();
-        let (mut messages, mut joins, mut leaves) = (0, 0, 0);
-        let mut last = *start;
-        while messages < MESSAGES || joins < 10 || leaves < 10 {
-            let item = seen_item(&w.recv());
-            match item.0.as_str() {
-                "message" => {
-                    assert_eq!(item.1, last + 1, "messages in order");
-                    last = item.1;
-                    messages += 1;
-                }
-                "join" | "leave" => {
-                    assert_eq!(item.1, last, "event placed after message {last}: {item:?}");
-                    if item.0 == "join" {
-                        joins += 1;
-                    } else {
-                        leaves += 1;
-                    }
-                }
-                _ => unreachable!(),
-            }
-            list.push(item);
-        }
-        assert_eq!((messages, joins, leaves), (MESSAGES, 10, 10));
-        lists.push(list);
+        lists.push(read_in_order(w, *start, expected, Member::AnyId));
     }
     for list in &lists[1..] {
         assert_eq!(list, &lists[0], "two workers' watchers saw one order");

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use testkit::presence::{read_in_order, seen_item, Expected, Member, Seen};
 use testkit::redis_cluster::RedisCluster;
 use testkit::redis_server::Redis;
 use testkit::v1::V1;
@@ -143,31 +144,14 @@ fn three_nodes_count_together_and_a_killed_nodes_members_expire() {
     drop(clients);
 }
 
-/// What a subscriber saw: (kind, seq for a message or `after` for an event, data or member).
-fn seen_item(v: &Value) -> (String, u64, String) {
-    match v["type"].as_str().unwrap() {
-        "message" => (
-            "message".into(),
-            v["seq"].as_u64().unwrap(),
-            v["data"].as_str().unwrap().into(),
-        ),
-        kind @ ("join" | "leave") => (
-            kind.into(),
-            v["after"].as_u64().unwrap(),
-            v["member"]["conn"].as_str().unwrap().into(),
-        ),
-        other => panic!("unexpected {other}: {v}"),
-    }
-}
-
 /// The node part of an anonymous member id.
 fn node_of(conn: &str) -> &str {
     conn.split('.').next().unwrap()
 }
 
-/// The next `n` items `c` receives.
-fn items(c: &mut V1, n: usize) -> Vec<(String, u64, String)> {
-    (0..n).map(|_| seen_item(&c.recv())).collect()
+/// The next `n` items `c` receives (every member here is anonymous: it has a `conn`).
+fn items(c: &mut V1, n: usize) -> Vec<Seen> {
+    (0..n).map(|_| seen_item(&c.recv(), Member::Conn)).collect()
 }
 
 fn published(c: &mut V1, id: u64, topic: &str, data: &str) -> u64 {
@@ -190,7 +174,7 @@ fn events_cross_nodes_in_order(broker: &str, topic: &str, messages: u64, churn: 
     let s = c.subscribe(1, json!([{"topic": topic, "presence": true}]));
     assert_eq!(s["seq"], 0, "{s}");
     // A hears C's join (made on node 2); C does not hear its own.
-    let c_join = seen_item(&a.expect("join"));
+    let c_join = seen_item(&a.expect("join"), Member::Conn);
     assert_eq!(c_join.1, 0, "{c_join:?}");
     let plain = V1::connect(nodes[1].addr);
     let mut plain = plain;
@@ -229,7 +213,7 @@ fn events_cross_nodes_in_order(broker: &str, topic: &str, messages: u64, churn: 
     // The joiner leaves; once A has the leave, m3 follows it everywhere.
     joiner.send(json!({"op": "unsubscribe", "id": 2, "topics": [topic]}));
     while joiner.recv()["type"] != "unsubscribed" {}
-    let leave = seen_item(&a.expect("leave"));
+    let leave = seen_item(&a.expect("leave"), Member::Conn);
     assert_eq!(leave, ("leave".into(), m2, joined.clone()), "{leave:?}");
     let m3 = published(&mut publisher, 3, topic, "m3");
     assert_eq!(
@@ -252,7 +236,7 @@ fn events_cross_nodes_in_order(broker: &str, topic: &str, messages: u64, churn: 
 
     // Busy: two nodes publish while clients come and go on all three; A and C see one
     // list, every message once in order, every event right after the message it names.
-    let churners = 3 * churn;
+    let churners = 3 * churn as u64;
     let churn: Vec<_> = (0..3)
         .map(|n| {
             let addr = nodes[n].addr;
@@ -283,34 +267,15 @@ fn events_cross_nodes_in_order(broker: &str, topic: &str, messages: u64, churn: 
     for t in churn {
         t.join().unwrap();
     }
-    let mut lists = Vec::new();
-    for w in [&mut a, &mut c] {
-        let mut list = Vec::new();
-        let (mut seen, mut joins, mut leaves) = (0, 0, 0);
-        let mut last = m3;
-        while seen < messages || joins < churners || leaves < churners {
-            let item = seen_item(&w.recv());
-            match item.0.as_str() {
-                "message" => {
-                    assert_eq!(item.1, last + 1, "messages in order, no gap");
-                    last = item.1;
-                    seen += 1;
-                }
-                "join" | "leave" => {
-                    assert_eq!(item.1, last, "event placed after message {last}: {item:?}");
-                    if item.0 == "join" {
-                        joins += 1;
-                    } else {
-                        leaves += 1;
-                    }
-                }
-                _ => unreachable!(),
-            }
-            list.push(item);
-        }
-        assert_eq!((seen, joins, leaves), (messages, churners, churners));
-        lists.push(list);
-    }
+    let expected = Expected {
+        messages,
+        joins: churners,
+        leaves: churners,
+    };
+    let lists: Vec<Vec<Seen>> = [&mut a, &mut c]
+        .into_iter()
+        .map(|w| read_in_order(w, m3, expected, Member::Conn))
+        .collect();
     assert_eq!(lists[0], lists[1], "nodes 0 and 2 saw one order");
     let plain_items = items(&mut plain, messages as usize);
     let seqs: Vec<u64> = plain_items.iter().map(|i| i.1).collect();
@@ -323,7 +288,7 @@ fn events_cross_nodes_in_order(broker: &str, topic: &str, messages: u64, churn: 
     // A, C, plain, joiner (join + leave), the churners (join + leave).
     assert_eq!(
         placed,
-        1 + 1 + 1 + 2 + 2 * churners as u64,
+        1 + 1 + 1 + 2 + 2 * churners,
         "events placed in Redis"
     );
     for n in &nodes {

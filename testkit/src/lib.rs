@@ -12,6 +12,7 @@
 //! * [`v1`]: a `herald.v1` subprotocol client.
 //! * [`jwt`]: HS256 tokens for the access-control tests.
 //! * [`metrics`]: `GET /metrics` scraped and parsed as Prometheus would.
+//! * [`presence`]: a presence subscriber's messages and events read as one list, in order.
 //! * [`sse`]: a raw-socket Server-Sent Events client ([`SseClient`]), like `curl -N`.
 //! * [`broadcast`]: a small threaded broadcast server (plain or TLS) for the loadtest's tests.
 //! * [`temp`]: temporary directories removed on drop.
@@ -20,6 +21,7 @@
 //! says `use testkit::*;`. Being a library, its public items need no `allow(dead_code)`
 //! however little of it a test uses.
 
+use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,7 @@ pub mod browser;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
+pub mod presence;
 pub mod raw;
 pub mod redis_cluster;
 pub mod redis_server;
@@ -48,6 +51,22 @@ pub use ws::*;
 /// Read/write timeout on every client socket: long enough for a loaded 2-core machine,
 /// short enough that a missing message fails the test instead of hanging it.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free port below the kernel's ephemeral range (32768 and up by default): a node that is
+/// killed and restarted must find its port free again, and a client retrying a connection
+/// to a dead ephemeral-range port can end up connected to itself on that very port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 500) as u16 * 20;
+    for _ in 0..12_000 {
+        let port = 20_000 + (start - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
+}
 
 /// Polls `cond` every 20 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -3,13 +3,12 @@
 //! with `redis-cli --cluster create`, killed on drop. Nodes can be killed (a crash),
 //! restarted (they rejoin with their saved cluster configuration, empty) and failed over.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::temp::TempDir;
-use crate::wait_until;
+use crate::{free_port, wait_until};
 
 /// One node: its process (none while killed), client port and cluster bus port.
 struct Node {
@@ -31,22 +30,6 @@ pub struct RedisCluster {
 
 /// Whose turn it is to run a Redis Cluster in this test process.
 static TURN: Mutex<()> = Mutex::new(());
-
-/// A free port below the kernel's ephemeral range (32768 and up by default): a node that is
-/// killed and restarted must find its port free again, and a client retrying a connection
-/// to a dead ephemeral-range port can end up connected to itself on that very port.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 500) as u16 * 20;
-    for _ in 0..12_000 {
-        let port = 20_000 + (start - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000")
-}
 
 /// A connection to the node on `port`, or `None` while it is down.
 pub fn try_client(port: u16) -> Option<redis::Connection> {

@@ -59,7 +59,7 @@ impl Server {
     /// set a stats interval) and waits for its `listening on ws://…` line.
     pub fn start(args: &[&str]) -> Server {
         let mut cmd = Command::new(herald_bin());
-        cmd.args(server_args(args));
+        cmd.args(server_args(ANY_PORT, args));
         Server::spawn(cmd)
     }
 
@@ -75,14 +75,24 @@ impl Server {
     /// A cluster-mode node: `--threads 2 --broker BROKER` and `extra`, returned once it
     /// printed `broker: up` (20 s at most: it failed to reach Redis otherwise).
     pub fn start_node(broker: &str, extra: &[&str]) -> Server {
+        Server::start_node_on(0, broker, extra)
+    }
+
+    /// [`Server::start_node`] listening on `127.0.0.1:PORT` (0: a port of the kernel's
+    /// choosing): for tests that kill a node and start it again where its clients (a browser
+    /// page) look for it.
+    pub fn start_node_on(port: u16, broker: &str, extra: &[&str]) -> Server {
         let mut args = vec!["--threads", "2", "--broker", broker];
         args.extend_from_slice(extra);
-        let mut server = Server::start(&args);
+        let mut cmd = Command::new(herald_bin());
+        cmd.args(server_args(&format!("127.0.0.1:{port}"), &args));
+        let mut server = Server::spawn(cmd);
         assert!(
             server
                 .wait_prefix("broker: up", Duration::from_secs(20))
                 .is_some(),
-            "node did not reach Redis; stdout {:?} stderr {}",
+            "node {} did not reach Redis; stdout {:?} stderr {}",
+            server.addr,
             server.stdout(),
             server.stderr_text()
         );
@@ -99,7 +109,7 @@ impl Server {
                 "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
             ))
             .arg(herald_bin())
-            .args(server_args(args));
+            .args(server_args(ANY_PORT, args));
         Server::spawn(cmd)
     }
 
@@ -304,8 +314,12 @@ impl Drop for Server {
     }
 }
 
-fn server_args(args: &[&str]) -> Vec<String> {
-    let mut all = vec!["--listen".to_string(), "127.0.0.1:0".to_string()];
+/// The `--listen` address of a server whose port the kernel chooses.
+const ANY_PORT: &str = "127.0.0.1:0";
+
+/// `--listen LISTEN`, `--stats-interval 0` unless `args` set one, then `args`.
+fn server_args(listen: &str, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["--listen".to_string(), listen.to_string()];
     if !args.contains(&"--stats-interval") {
         all.push("--stats-interval".into());
         all.push("0".into());
