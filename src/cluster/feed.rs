@@ -137,6 +137,74 @@ impl Feed {
         self.request(verb, channel, timeout)
     }
 
+    /// Subscribe to every one of `channels`, the requests sent together (one round trip
+    /// for all); returns once Redis answered each. A refusal (`MOVED`: that channel's slot
+    /// lives elsewhere) is returned with the channel's index; the others are in place.
+    pub fn subscribe_many(
+        &mut self,
+        channels: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(usize, RedisError)>, RedisError> {
+        let verb = self.verbs().0;
+        self.request_many(verb, channels, timeout)
+    }
+
+    /// Unsubscribe from every one of `channels` in one round trip; returns once Redis
+    /// answered each (refusals as for [`Feed::subscribe_many`]).
+    pub fn unsubscribe_many(
+        &mut self,
+        channels: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(usize, RedisError)>, RedisError> {
+        let verb = self.verbs().1;
+        self.request_many(verb, channels, timeout)
+    }
+
+    fn request_many(
+        &mut self,
+        verb: &str,
+        channels: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<(usize, RedisError)>, RedisError> {
+        let mut packed = Vec::new();
+        for channel in channels {
+            packed.extend_from_slice(&redis::cmd(verb).arg(channel).get_packed_command());
+        }
+        self.set_nonblocking(false)?;
+        self.writer.write_all(&packed)?;
+        let mut refused = Vec::new();
+        let mut next = 0;
+        while next < channels.len() {
+            let value = self
+                .read(Some(timeout))?
+                .ok_or_else(|| fault(format!("no answer to {verb} {}", channels[next])))?;
+            // An error answers the oldest request still open.
+            let value = match value.extract_error() {
+                Ok(value) => value,
+                Err(e) => {
+                    refused.push((next, e));
+                    next += 1;
+                    continue;
+                }
+            };
+            match self.classify(value)? {
+                Event::Message(heard) => self.queued.push_back(heard),
+                Event::Confirmed(kind, ch)
+                    if kind.eq_ignore_ascii_case(verb) && ch == channels[next] =>
+                {
+                    next += 1
+                }
+                Event::Confirmed(kind, ch) => {
+                    return Err(fault(format!(
+                        "unexpected {kind} {ch} while waiting for {verb} {}",
+                        channels[next]
+                    )))
+                }
+            }
+        }
+        Ok(refused)
+    }
+
     /// Subscribe to `channel` with plain `SUBSCRIBE`, on a Redis Cluster node too (where a
     /// plain channel is heard on every node: the topic notices, `script::NOTICES`); returns
     /// once confirmed.

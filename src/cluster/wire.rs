@@ -612,6 +612,60 @@ impl Wire {
         Err(last.unwrap_or_else(|| error(format!("topic {topic}: too many redirections"))))
     }
 
+    /// [`Wire::subscribe`] for many topics, each node's share requested in one round trip
+    /// (a topic whose slot turns out to live elsewhere is then subscribed alone, following
+    /// the redirection); returns once every subscription is confirmed.
+    pub fn subscribe_many(&mut self, topics: &[TopicName]) -> Result<(), RedisError> {
+        self.refresh_if_stale()?;
+        let mut by_node: BTreeMap<String, Vec<&TopicName>> = BTreeMap::new();
+        for topic in topics {
+            by_node.entry(self.node_of(topic)?).or_default().push(topic);
+        }
+        let mut alone = Vec::new();
+        for (node, topics) in by_node {
+            let channels: Vec<String> = (topics.iter())
+                .map(|t| super::script::channel_of(t))
+                .collect();
+            let refused = self
+                .feed(&node)?
+                .subscribe_many(&channels, COMMAND_TIMEOUT)?;
+            let mut refused = refused.into_iter().peekable();
+            for (i, topic) in topics.into_iter().enumerate() {
+                match refused.next_if(|(at, _)| *at == i) {
+                    Some((_, e)) if redirect_of(&e).is_some() => alone.push(topic),
+                    Some((_, e)) => return Err(e),
+                    None => {
+                        self.subscribed.insert(topic.clone(), node.clone());
+                    }
+                }
+            }
+        }
+        for topic in alone {
+            self.subscribe(topic)?;
+        }
+        Ok(())
+    }
+
+    /// [`Wire::unsubscribe`] for many topics, each node's share in one round trip; returns
+    /// once Redis answered each.
+    pub fn unsubscribe_many(&mut self, topics: &[TopicName]) -> Result<(), RedisError> {
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for topic in topics {
+            if let Some(node) = self.subscribed.remove(topic) {
+                let channel = super::script::channel_of(topic);
+                by_node.entry(node).or_default().push(channel);
+            }
+        }
+        for (node, channels) in by_node {
+            if let Some(feed) = self.feeds.get_mut(&node) {
+                if let Some((_, e)) = feed.unsubscribe_many(&channels, COMMAND_TIMEOUT)?.pop() {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Hear the topic notices (`script::NOTICES`), on one node (a Redis Cluster hears plain
     /// channels on every node); returns once confirmed. No-op if already heard.
     pub fn listen_notices(&mut self) -> Result<(), RedisError> {

@@ -529,6 +529,40 @@ impl Listener {
             .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))
     }
 
+    /// [`Listener::position_of`] for many topics (none retired), pipelined: each node's
+    /// share in one round trip. In `topics` order.
+    fn positions_of(
+        &mut self,
+        wire: &mut Wire,
+        topics: &[TopicName],
+    ) -> Result<Vec<(String, u64, u64)>, Stop> {
+        let fresh = self.epochs.fresh();
+        let sha = self.position.get_hash().to_owned();
+        let calls: Vec<(&str, redis::Cmd)> = (topics.iter())
+            .map(|topic| {
+                let keys = Keys::of(topic);
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(&sha)
+                    .arg(5)
+                    .arg(&keys.seq)
+                    .arg(&keys.log)
+                    .arg(&keys.epoch)
+                    .arg(&keys.home)
+                    .arg(&keys.events)
+                    .arg(&fresh)
+                    .arg("");
+                (&**topic, cmd)
+            })
+            .collect();
+        (wire.pipeline(&calls, script::POSITION).into_iter())
+            .map(|answer| {
+                let value = answer?;
+                script::parse_position(&value)
+                    .ok_or_else(|| Stop::Fault(format!("unexpected position answer {value:?}")))
+            })
+            .collect()
+    }
+
     /// [`Listener::catch_up`] for a join on a topic this node already follows: messages
     /// Redis numbered but this node has not heard yet are taken from the channel, not the
     /// log, for up to [`CHANNEL_LAG`], so presence events between them (which the log does

@@ -40,6 +40,10 @@ use crate::proto::topic::TopicName;
 /// `herald_broker_pattern_topics_refused_total`, and logged).
 pub const MAX_PATTERN_TOPICS: usize = 1 << 20;
 
+/// Topics subscribed to and positioned (or unsubscribed from) in one round trip per Redis
+/// node, when a pattern's scan follows them (or its last holder lets them go).
+const FOLLOW_BATCH: usize = 1000;
+
 /// At most one log line this often about topics refused at the cap.
 const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -151,8 +155,8 @@ impl Listener {
         let Some(wire) = wire else {
             return Ok(());
         };
-        for topic in &gone {
-            wire.unsubscribe(topic)?;
+        for batch in gone.chunks(FOLLOW_BATCH) {
+            wire.unsubscribe_many(batch)?;
         }
         if self.pattern_index.is_empty() {
             wire.unlisten_notices()?;
@@ -225,18 +229,34 @@ impl Listener {
             }
             return Ok(new.len());
         }
-        for topic in &new {
-            self.follow(wire, topic, from)?;
+        for batch in new.chunks(FOLLOW_BATCH) {
+            wire.subscribe_many(batch)?;
+            let positions = self.positions_of(wire, batch)?;
+            for (topic, (epoch, current, events)) in batch.iter().zip(positions) {
+                self.hand_over(wire, topic, (epoch, current, events), from)?;
+            }
         }
         Ok(0)
     }
 
-    /// SUBSCRIBE to `topic`, learn where it stands, and hand it to its owner worker from
-    /// `from` (what Redis numbered since, taken from the log, follows). The owner attaches
-    /// the pattern subscribers from there, or says it has none (`Interest` off).
+    /// SUBSCRIBE to `topic`, learn where it stands, and hand it over (below).
     fn follow(&mut self, wire: &mut Wire, topic: &TopicName, from: FollowFrom) -> Result<(), Stop> {
         wire.subscribe(topic)?;
-        let (epoch, current, events) = self.position_of(wire, topic, "")?;
+        let position = self.position_of(wire, topic, "")?;
+        self.hand_over(wire, topic, position, from)
+    }
+
+    /// A topic now subscribed, at Redis's `(epoch, current, events)`: followed from `from`
+    /// and handed to its owner worker (what Redis numbered since, taken from the log,
+    /// follows). The owner attaches the pattern subscribers from there, or says it has none
+    /// (`Interest` off).
+    fn hand_over(
+        &mut self,
+        wire: &mut Wire,
+        topic: &TopicName,
+        (epoch, current, events): (String, u64, u64),
+        from: FollowFrom,
+    ) -> Result<(), Stop> {
         let last = match from {
             FollowFrom::Now => current,
             FollowFrom::Start => 0,
