@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::feed::bus::Origin;
 use crate::feed::owned::Owned;
-use crate::feed::pace::Pace;
+use crate::feed::pace::{EchoAhead, Pace};
 use crate::proto::deflate::Frame;
 use crate::proto::topic::TopicName;
 
@@ -60,6 +60,8 @@ pub struct LocalTopic {
     pub batch: Vec<Staged>,
     /// Whether the batch is written this turn or held a little (`--batch-window`).
     pub pace: Pace,
+    /// The senders here that got part of the held batch ahead of the others (`feed::pace`).
+    pub echo: EchoAhead,
     /// Slot of the topic's per-topic counters (`--metrics-topics`), resolved once when this
     /// state is created; `None`: not counted per topic.
     pub stats: Option<u32>,

@@ -20,14 +20,25 @@
 //!   rate too low for the window), the next [`IDLE_HOLD_BACKOFF`] passes are written at once:
 //!   holding must not slow down a sender that waits for us.
 //! - **A held batch is bounded**: at [`MAX_HELD`] messages it is written at once.
+//! - **Holding never stalls a sender waiting for its own echo** ([`EchoAhead`]). While a
+//!   batch is held, a connection of this worker whose own message is in it, and that
+//!   subscribes to the topic, gets what it has not had of the batch at once; the others get it
+//!   when the hold ends. A closed-loop publisher (its echo is its acknowledgement) then sends
+//!   its next messages during the hold, and they join the held batch instead of the next one.
+//!   Not after a pass that left bytes queued on a subscriber (its socket was full): then the
+//!   echo waits with everyone's, so a fast publisher cannot outrun slow subscribers.
 
 use std::time::{Duration, Instant};
+
+use crate::feed::bus::Origin;
 
 /// Write passes that are written at once after a hold that gained no message.
 pub const IDLE_HOLD_BACKOFF: u32 = 32;
 
-/// Messages in a held batch at which it is written without waiting any longer.
-pub const MAX_HELD: usize = 4096;
+/// Messages in a held batch at which it is written without waiting any longer. At 64 messages
+/// a write's fixed cost (the syscall and the loopback or NIC path) is shared 64 ways; holding
+/// longer would add delay and gain little.
+pub const MAX_HELD: usize = 64;
 
 /// What to do with a topic's staged batch at the end of this turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,9 +99,107 @@ impl Pace {
     }
 }
 
+/// The senders on this worker that got part of a topic's held batch ahead of the others
+/// (kept in `fanout::LocalTopic`; empty unless a batch is held).
+#[derive(Debug, Default, Clone)]
+pub struct EchoAhead {
+    /// Each sender met in the held batch, once.
+    pub senders: Vec<Sender>,
+    /// Messages of the batch already looked at for senders.
+    scanned: usize,
+    /// The last write pass left bytes queued on a subscriber: no echo ahead until a pass
+    /// does not.
+    pub blocked: bool,
+}
+
+/// A connection of this worker that sent a message of the held batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// Its connection id (`Origin::conn`).
+    pub conn: u64,
+    /// Its slab key and subscriber slot, when it subscribes to the topic here (`None`: it
+    /// does not, or it left).
+    pub at: Option<(u32, u32)>,
+    /// How many messages of the batch (from its start) it has been given.
+    pub has: usize,
+}
+
+impl EchoAhead {
+    /// The senders of `origins` (the held batch's, in order) not met before: those whose
+    /// `worker` is `me`, each once. `find` tells where one subscribes (slab key, slot).
+    pub fn meet(
+        &mut self,
+        origins: impl ExactSizeIterator<Item = Origin>,
+        me: u16,
+        mut find: impl FnMut(u64) -> Option<(u32, u32)>,
+    ) {
+        let len = origins.len();
+        for origin in origins.skip(self.scanned) {
+            if origin.worker == me && !self.senders.iter().any(|s| s.conn == origin.conn) {
+                let at = find(origin.conn);
+                self.senders.push(Sender {
+                    conn: origin.conn,
+                    at,
+                    has: 0,
+                });
+            }
+        }
+        self.scanned = len;
+    }
+
+    /// How many messages of the batch the subscriber with slab key `key` was given ahead.
+    pub fn given(&self, key: u32) -> usize {
+        self.senders
+            .iter()
+            .find(|s| s.at.is_some_and(|(k, _)| k == key))
+            .map_or(0, |s| s.has)
+    }
+
+    /// The batch is being written: what was given ahead of it, leaving this empty for the
+    /// next batch (`blocked` stays until the pass decides it).
+    pub fn take(&mut self) -> EchoAhead {
+        let blocked = self.blocked;
+        let taken = std::mem::take(self);
+        self.blocked = blocked;
+        taken
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_ahead_meets_each_local_sender_once() {
+        let o = |worker, conn| Origin { worker, conn };
+        let batch = [o(0, 7), o(1, 7), o(0, 7), o(0, 9)];
+        let mut e = EchoAhead::default();
+        let mut asked = Vec::new();
+        e.meet(batch.iter().copied(), 0, |conn| {
+            asked.push(conn);
+            (conn == 7).then_some((3, 1))
+        });
+        assert_eq!(asked, vec![7, 9], "each sender of this worker, once");
+        assert_eq!(e.senders.len(), 2);
+        assert_eq!(e.senders[0].at, Some((3, 1)));
+        assert_eq!(e.senders[1].at, None, "9 does not subscribe here");
+        e.senders[0].has = 4;
+        assert_eq!(e.given(3), 4);
+        assert_eq!(e.given(5), 0);
+        // Only what was appended since is looked at.
+        let longer = [o(0, 7), o(1, 7), o(0, 7), o(0, 9), o(0, 11)];
+        e.meet(longer.iter().copied(), 0, |conn| {
+            asked.push(conn);
+            None
+        });
+        assert_eq!(asked, vec![7, 9, 11]);
+        e.blocked = true;
+        let taken = e.take();
+        assert_eq!(taken.given(3), 4);
+        assert!(e.senders.is_empty());
+        assert_eq!(e.given(3), 0);
+        assert!(e.blocked, "kept until a pass decides it");
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -23,7 +23,7 @@ use super::{Doom, Worker};
 use crate::feed::bus::{BusMsg, Origin, Publication};
 use crate::feed::fanout::{cork, Staged, Subscriber};
 use crate::feed::owned::owner_of;
-use crate::feed::pace::Decision;
+use crate::feed::pace::{Decision, MAX_HELD};
 use crate::feed::plan::{self, BatchView, Delivery};
 use crate::proto::deflate::{Agreement, BatchFrames, Codec};
 use crate::proto::topic::TopicName;
@@ -238,6 +238,9 @@ impl Worker {
     pub(super) fn flush_topics(&mut self, force: bool) {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
         let mut held: Vec<TopicName> = Vec::new();
+        // Subscribers that got part of a batch ahead (`feed::pace::EchoAhead`) get the rest
+        // after the pass, on their own.
+        let mut rest: Vec<(Subscriber, usize)> = Vec::new();
         self.held_until = None;
         let window = if force || self.serving.is_draining() {
             Duration::ZERO
@@ -266,6 +269,8 @@ impl Worker {
                 continue;
             }
             let batch = std::mem::take(&mut topic.batch);
+            let ahead = topic.echo.take();
+            let mut queued_any = false;
             let Some(view) = BatchView::new(&batch, self.config.no_echo, me) else {
                 continue;
             };
@@ -281,6 +286,13 @@ impl Worker {
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
+                if !ahead.senders.is_empty() {
+                    let given = ahead.given(sub.key);
+                    if given > 0 {
+                        rest.push((*sub, given));
+                        continue;
+                    }
+                }
                 let own = Origin {
                     worker: me,
                     conn: conn.id,
@@ -298,6 +310,7 @@ impl Worker {
                         };
                         if !conn.out.is_empty() {
                             // Earlier bytes are still queued: these go behind them.
+                            queued_any = true;
                             conn.out.push(OutChunk {
                                 data: corked.clone(),
                                 received: oldest,
@@ -312,6 +325,7 @@ impl Worker {
                                     if n == corked.len() {
                                         complete += 1;
                                     } else {
+                                        queued_any = true;
                                         conn.out.push(OutChunk {
                                             data: corked.slice(n..),
                                             received: oldest,
@@ -391,6 +405,12 @@ impl Worker {
                     }
                 }
             }
+            topic.echo.blocked = queued_any;
+            for (sub, given) in rest.drain(..) {
+                if let Some(part) = batch.get(given..) {
+                    self.write_ahead(name, part, sub, stats_slot);
+                }
+            }
             // Give the (now empty) batch vector back to the topic to reuse its allocation.
             if let Some(topic) = self.topics.local.get_mut(name) {
                 topic.pace.wrote(started, now, batch.len());
@@ -400,9 +420,140 @@ impl Worker {
             }
         }
         dirty.clear();
+        for name in &held {
+            self.echo_ahead(name);
+        }
         // Held topics stay dirty, ahead of any dirtied meanwhile (their batches are older).
         held.append(&mut self.topics.dirty);
         self.topics.dirty = if held.is_empty() { dirty } else { held };
+    }
+
+    /// A held batch's senders here get what they have not had of it now (`feed::pace`,
+    /// "holding never stalls a sender waiting for its own echo"): a closed-loop publisher
+    /// sends its next messages during the hold, and they join this batch. Not under
+    /// `--no-echo` (a sender then waits for no echo), not after a pass that left bytes queued
+    /// on a subscriber, and not once the batch is full.
+    fn echo_ahead(&mut self, name: &TopicName) {
+        if self.config.no_echo {
+            return;
+        }
+        let me = self.bus.me() as u16;
+        let Some(topic) = self.topics.local.get_mut(name) else {
+            return;
+        };
+        let len = topic.batch.len();
+        if topic.echo.blocked || len >= MAX_HELD {
+            return;
+        }
+        let conns = &self.conns;
+        let subscribers = &topic.subscribers;
+        topic
+            .echo
+            .meet(topic.batch.iter().map(|s| s.origin), me, |id| {
+                subscribers
+                    .iter()
+                    .position(|s| !s.sse && conns.get(s.key as usize).is_some_and(|c| c.id == id))
+                    .map(|slot| (subscribers[slot].key, slot as u32))
+            });
+        let mut due: Vec<(Subscriber, usize)> = Vec::new();
+        for sender in &mut topic.echo.senders {
+            let Some((key, slot)) = sender.at else {
+                continue;
+            };
+            if sender.has >= len {
+                continue;
+            }
+            // Its slot moves when another subscriber leaves; its key is its own while its
+            // connection (checked by id) lives.
+            let slot = match topic.subscribers.get(slot as usize) {
+                Some(s) if s.key == key => Some(slot as usize),
+                _ => topic.subscribers.iter().position(|s| s.key == key),
+            };
+            let alive = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.id == sender.conn);
+            let (Some(slot), true) = (slot, alive) else {
+                sender.at = None;
+                continue;
+            };
+            sender.at = Some((key, slot as u32));
+            due.push((topic.subscribers[slot], sender.has));
+            sender.has = len;
+        }
+        if due.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut topic.batch);
+        let stats = topic.stats;
+        for (sub, has) in due {
+            if let Some(part) = batch.get(has..) {
+                self.write_ahead(name, part, sub, stats);
+            }
+        }
+        if let Some(topic) = self.topics.local.get_mut(name) {
+            topic.batch = batch;
+        }
+    }
+
+    /// Queue `part` (the messages of a batch one subscriber has not had) for `sub`, as the
+    /// planner decides, to be written with the turn's queued output (`flush_queued`).
+    fn write_ahead(
+        &mut self,
+        name: &TopicName,
+        part: &[Staged],
+        sub: Subscriber,
+        stats: Option<u32>,
+    ) {
+        let me = self.bus.me() as u16;
+        let min = self.config.compress_min;
+        let key = sub.key as usize;
+        let Some(view) = BatchView::new(part, self.config.no_echo, me) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let own = Origin {
+            worker: me,
+            conn: conn.id,
+        };
+        let mut frames = TurnFrames::new(name, part, sub.envelope);
+        match plan::delivery(&view, part, &sub, own) {
+            Delivery::Nothing => return,
+            Delivery::Whole => {
+                let data = frames
+                    .whole(&mut self.deflate, sub.envelope, conn.deflate, min)
+                    .clone();
+                conn.out.push(OutChunk {
+                    data,
+                    received: part[0].received,
+                    messages: part.len() as u32,
+                    topic_stats: stats,
+                });
+            }
+            Delivery::Part(included) => {
+                for (i, staged) in part.iter().enumerate() {
+                    if included.includes(staged) {
+                        let data =
+                            frames.message(&mut self.deflate, sub.envelope, i, conn.deflate, min);
+                        conn.out.push(OutChunk {
+                            data,
+                            received: staged.received,
+                            messages: 1,
+                            topic_stats: stats,
+                        });
+                    }
+                }
+            }
+        }
+        if !conn.out.is_empty() && !conn.queued_for_flush {
+            conn.queued_for_flush = true;
+            self.to_flush.push(key);
+        }
+        if conn.out.bytes() > self.config.backlog_limit() {
+            self.doomed.push((key, conn.id, Doom::SlowConsumer));
+        }
     }
 
     /// Write the connections that have queued output (control frames, HTTP responses, what
