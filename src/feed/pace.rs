@@ -112,7 +112,7 @@ impl Pace {
         let Some(last_end) = self.last_end else {
             return Decision::Write;
         };
-        if !self.gap.is_some_and(|gap| gap < self.pass) {
+        if self.gap.is_none_or(|gap| gap >= self.pass) {
             // Not under load: messages come further apart than a pass takes, so writing
             // each at once keeps the worker writing the topic less than all of the time.
             return Decision::Write;
