@@ -137,7 +137,7 @@ pub struct Config {
     pub close_grace: Duration,
 
     /// Latency budget for batching under load (`0` or `off`: write every turn). A topic whose
-    /// messages come less than one write pass apart is written a quarter of its subscribers
+    /// messages come less than half a write pass apart is written a quarter of its subscribers
     /// at a time, the quarters spread over one more pass length, but never more than this,
     /// so that each write to a subscriber carries more messages. A topic at low load is
     /// written at once (docs/architecture.md, "Batching under load").
