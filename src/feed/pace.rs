@@ -25,11 +25,12 @@
 //!   gained no message (a closed-loop publisher waiting for its own echo that is no
 //!   subscriber here), the next [`IDLE_HOLD_BACKOFF`] writes are made at once: holding must
 //!   not slow down a sender that waits for us.
-//! - **A held batch is bounded**: at [`MAX_HELD`] messages it is written at once.
+//! - **A held batch is bounded**: when a group's batch reaches [`MAX_HELD`] messages every
+//!   group is written at once.
 //! - **Holding never stalls a sender waiting for its own echo** ([`EchoAhead`]). While a
 //!   batch is held, a connection of this worker whose own message is in it, and that
 //!   subscribes to the topic, gets what it has not had of the batch at once; the others get it
-//!   when the hold ends. A closed-loop publisher (its echo is its acknowledgement) then sends
+//!   when their group is written. A closed-loop publisher (its echo is its acknowledgement) then sends
 //!   its next messages during the hold, and they join the held batch instead of the next one.
 //!   Not after a pass that left bytes queued on a subscriber (its socket was full): then the
 //!   echo waits with everyone's, so a fast publisher cannot outrun slow subscribers.
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crate::feed::bus::Origin;
 
-/// Write passes that are written at once after a hold that gained no message.
+/// Writes made at once after a whole cycle of holds that gained no message.
 pub const IDLE_HOLD_BACKOFF: u32 = 32;
 
 /// Messages in a held batch at which it is written without waiting any longer. At 64 messages
@@ -95,10 +96,11 @@ impl Pace {
     /// longest ago) and `pending(g)` whether group `g` has messages to write; `window` is the
     /// configured bound (`Duration::ZERO`: batching off, always [`Decision::Write`]).
     ///
-    /// Under load (the topic was written less than `min(pass, window)` ago) one group is
-    /// written every `min(pass, window) / GROUPS` after the previous write ended, so a full
-    /// cycle over the groups takes a pass plus `min(pass, window)`, as a whole-topic hold of
-    /// that length would, but each message waits a quarter pass less.
+    /// Under load (messages less than half a pass apart) one group is written every
+    /// `min(pass, window) / GROUPS` after the previous write ended, so a full cycle over the
+    /// groups takes a pass plus `min(pass, window)`, as a whole-topic hold of that length
+    /// would, but each message waits for a quarter pass instead of a whole one. A worker that
+    /// comes back later than `min(pass, window)` after the last write writes every group.
     pub fn decide(
         &mut self,
         now: Instant,
