@@ -8,12 +8,12 @@ use bytes::{Bytes, BytesMut};
 
 use crate::feed::bus::Origin;
 use crate::feed::owned::Owned;
-use crate::feed::pace::Pace;
+use crate::feed::pace::{group_of, EchoAhead, Pace, GROUPS};
 use crate::proto::deflate::Frame;
 use crate::proto::topic::TopicName;
 
 /// A message waiting for the end-of-turn flush.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Staged {
     /// The topic-wide sequence number assigned by the owner (kept for history and recovery).
     pub seq: u64,
@@ -55,11 +55,18 @@ pub struct LocalTopic {
     pub subscribers: Vec<Subscriber>,
     /// How many of them are `herald.v1` (envelopes are built only if some are).
     pub envelope_subscribers: usize,
-    /// Messages delivered this turn (or held from earlier turns by `pace`), in sequence
-    /// order; written to every subscriber at once (one write per subscriber, however many).
-    pub batch: Vec<Staged>,
+    /// Per subscriber group (`pace::group_of`): the messages its subscribers have not been
+    /// written yet (this turn's, or held from earlier turns by `pace`), in sequence order;
+    /// written to each subscriber of the group at once (one write, however many). The groups
+    /// are written together unless the topic is under load; then one at a time, so each
+    /// group's batch is a suffix of the longest one. Empty for a group without subscribers.
+    pub batches: [Vec<Staged>; GROUPS],
+    /// Subscribers here in each group.
+    pub group_subs: [u32; GROUPS],
     /// Whether the batch is written this turn or held a little (`--batch-window`).
     pub pace: Pace,
+    /// The senders here that got part of the held batch ahead of the others (`feed::pace`).
+    pub echo: EchoAhead,
     /// Slot of the topic's per-topic counters (`--metrics-topics`), resolved once when this
     /// state is created; `None`: not counted per topic.
     pub stats: Option<u32>,
@@ -71,6 +78,18 @@ pub struct LocalTopic {
     /// Slot of the topic's latency buckets while it is one of this worker's busiest topics
     /// (allocated only for those, chosen once per stats interval); `None` otherwise.
     pub busy: Option<u32>,
+}
+
+impl LocalTopic {
+    /// Some group has messages to write.
+    pub fn has_staged(&self) -> bool {
+        self.batches.iter().any(|b| !b.is_empty())
+    }
+
+    /// The longest group batch (the group written longest ago).
+    pub fn longest(&self) -> usize {
+        self.batches.iter().map(Vec::len).max().unwrap_or(0)
+    }
 }
 
 /// Per-worker topic tables.
@@ -111,6 +130,7 @@ impl Topics {
     pub fn subscribe(&mut self, topic: &TopicName, subscriber: Subscriber) -> Subscribed {
         let entry = self.local.entry(topic.clone()).or_default();
         entry.envelope_subscribers += usize::from(subscriber.envelope);
+        entry.group_subs[group_of(subscriber.key)] += 1;
         entry.subscribers.push(subscriber);
         Subscribed {
             slot: (entry.subscribers.len() - 1) as u32,
@@ -138,6 +158,11 @@ impl Topics {
         if slot < entry.subscribers.len() {
             let gone = entry.subscribers.swap_remove(slot);
             entry.envelope_subscribers -= usize::from(gone.envelope);
+            let group = group_of(gone.key);
+            entry.group_subs[group] = entry.group_subs[group].saturating_sub(1);
+            if entry.group_subs[group] == 0 {
+                entry.batches[group].clear(); // nobody left in the group to write it to
+            }
         }
         let moved = entry
             .subscribers
@@ -165,10 +190,20 @@ impl Topics {
     /// are left: they all left since the owner routed it, which is not a loss).
     pub fn stage(&mut self, staged: Staged, topic: &TopicName) {
         if let Some(entry) = self.local.get_mut(topic) {
-            if entry.batch.is_empty() {
+            if !entry.has_staged() {
                 self.dirty.push(topic.clone());
             }
-            entry.batch.push(staged);
+            entry.pace.arrived(staged.received);
+            let last = entry.group_subs.iter().rposition(|&n| n > 0);
+            for g in 0..GROUPS {
+                if Some(g) == last {
+                    entry.batches[g].push(staged);
+                    break;
+                }
+                if entry.group_subs[g] > 0 {
+                    entry.batches[g].push(staged.clone());
+                }
+            }
         }
     }
 }

@@ -137,10 +137,10 @@ pub struct Config {
     pub close_grace: Duration,
 
     /// Latency budget for batching under load (`0` or `off`: write every turn). A topic whose
-    /// next message arrives within one write pass of its previous one is held until that
-    /// pass's length has passed again, but never longer than this, so that each write to a
-    /// subscriber carries more messages. A topic at low load is written at once
-    /// (docs/architecture.md, "Batching under load").
+    /// messages come less than half a write pass apart is written a quarter of its subscribers
+    /// at a time, the quarters spread over one more pass length, but never more than this,
+    /// so that each write to a subscriber carries more messages. A topic at low load is
+    /// written at once (docs/architecture.md, "Batching under load").
     #[arg(long, default_value = "5ms", value_parser = parse_batch_window, value_name = "DUR")]
     pub batch_window: Duration,
 

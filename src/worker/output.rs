@@ -23,7 +23,7 @@ use super::{Doom, Worker};
 use crate::feed::bus::{BusMsg, Origin, Publication};
 use crate::feed::fanout::{cork, Staged, Subscriber};
 use crate::feed::owned::owner_of;
-use crate::feed::pace::Decision;
+use crate::feed::pace::{group_of, Decision, GROUPS, MAX_HELD};
 use crate::feed::plan::{self, BatchView, Delivery};
 use crate::proto::deflate::{Agreement, BatchFrames, Codec};
 use crate::proto::topic::TopicName;
@@ -233,11 +233,15 @@ impl Worker {
     /// bytes (then a slice of the shared buffer is queued on that connection) or the
     /// subscriber gets only part of the batch (`--no-echo`, a `herald.v1` join).
     ///
-    /// A busy topic's batch may be held for a later turn instead (`feed::pace`,
-    /// `--batch-window`); `force` writes every batch now (the drain, before the close frames).
+    /// A busy topic's batches may be held for a later turn instead, or written one
+    /// subscriber group at a time (`feed::pace`, `--batch-window`); `force` writes every
+    /// batch now (the drain, before the close frames).
     pub(super) fn flush_topics(&mut self, force: bool) {
         let mut dirty = std::mem::take(&mut self.topics.dirty);
         let mut held: Vec<TopicName> = Vec::new();
+        // Subscribers that got part of a batch ahead (`feed::pace::EchoAhead`) get the rest
+        // after the pass, on their own.
+        let mut rest: Vec<(Subscriber, usize)> = Vec::new();
         self.held_until = None;
         let window = if force || self.serving.is_draining() {
             Duration::ZERO
@@ -251,53 +255,97 @@ impl Worker {
             let Some(topic) = self.topics.local.get_mut(name) else {
                 continue;
             };
-            if topic.batch.is_empty() {
+            if !topic.has_staged() {
                 continue; // listed twice (its topic was dropped and made again meanwhile)
             }
             let started = Instant::now();
             let was_holding = topic.pace.holding();
-            if let Decision::HoldUntil(due) = topic.pace.decide(started, topic.batch.len(), window)
-            {
-                if !was_holding {
-                    self.counters.batch_holds += 1;
+            let longest = topic.longest();
+            let batches = &topic.batches;
+            let decision = topic
+                .pace
+                .decide(started, longest, window, |g| !batches[g].is_empty());
+            let write: [bool; GROUPS] = match decision {
+                Decision::HoldUntil(due) => {
+                    if !was_holding {
+                        self.counters.batch_holds += 1;
+                    }
+                    self.held_until = Some(self.held_until.map_or(due, |t| t.min(due)));
+                    held.push(name.clone());
+                    continue;
                 }
-                self.held_until = Some(self.held_until.map_or(due, |t| t.min(due)));
-                held.push(name.clone());
-                continue;
-            }
-            let batch = std::mem::take(&mut topic.batch);
-            let Some(view) = BatchView::new(&batch, self.config.no_echo, me) else {
-                continue;
+                Decision::Write => std::array::from_fn(|g| !topic.batches[g].is_empty()),
+                Decision::WriteGroup(g) => std::array::from_fn(|i| i == g),
             };
-            let mut frames = TurnFrames::new(name, &batch, topic.envelope_subscribers > 0);
-            let mut sse = SseBatch::default();
-            let oldest = batch[0].received;
+            let taken: [Vec<Staged>; GROUPS] = std::array::from_fn(|g| {
+                if write[g] {
+                    std::mem::take(&mut topic.batches[g])
+                } else {
+                    Vec::new()
+                }
+            });
+            // Groups written together have the same batch (each is a suffix of the longest:
+            // same length, same messages): its bytes are built once, by the first of them.
+            let share: [usize; GROUPS] = std::array::from_fn(|g| {
+                (0..g)
+                    .find(|&f| write[f] && taken[f].len() == taken[g].len())
+                    .unwrap_or(g)
+            });
+            let views: [Option<BatchView>; GROUPS] = std::array::from_fn(|g| {
+                (share[g] == g)
+                    .then(|| BatchView::new(&taken[g], self.config.no_echo, me))
+                    .flatten()
+            });
+            let envelopes = topic.envelope_subscribers > 0;
+            let mut frames: [Option<TurnFrames>; GROUPS] = std::array::from_fn(|g| {
+                views[g].map(|_| TurnFrames::new(name, &taken[g], envelopes))
+            });
+            let mut sse: [SseBatch; GROUPS] = Default::default();
             let stats_slot = topic.stats;
-            let messages = batch.len() as u32;
-            let mut complete: u64 = 0;
-            let mut handed: u64 = 0;
+            let mut complete = [0u64; GROUPS];
+            let mut handed = [0u64; GROUPS];
+            let mut queued_any = false;
             for sub in &topic.subscribers {
+                let group = group_of(sub.key);
+                if !write[group] {
+                    continue;
+                }
+                let f = share[group];
+                let (Some(view), Some(frames)) = (views[f].as_ref(), frames[f].as_mut()) else {
+                    continue;
+                };
+                let batch = &taken[f];
+                let oldest = batch[0].received;
+                let messages = batch.len() as u32;
                 let key = sub.key as usize;
                 let Some(conn) = self.conns.get_mut(key) else {
                     continue;
                 };
+                if !topic.echo.senders.is_empty() {
+                    let given = topic.echo.given(sub.key);
+                    if given > 0 {
+                        rest.push((*sub, given));
+                        continue;
+                    }
+                }
                 let own = Origin {
                     worker: me,
                     conn: conn.id,
                 };
-                match plan::delivery(&view, &batch, sub, own) {
+                match plan::delivery(view, batch, sub, own) {
                     Delivery::Nothing => continue,
                     Delivery::Whole => {
-                        handed += 1;
+                        handed[f] += 1;
                         let events;
                         let corked = if sub.sse {
-                            events = sse.events(name, &batch, conn, None);
+                            events = sse[f].events(name, batch, conn, None);
                             &events
                         } else {
                             frames.whole(&mut self.deflate, sub.envelope, conn.deflate, min)
                         };
                         if !conn.out.is_empty() {
                             // Earlier bytes are still queued: these go behind them.
+                            queued_any = true;
                             conn.out.push(OutChunk {
                                 data: corked.clone(),
                                 received: oldest,
@@ -310,8 +358,9 @@ impl Worker {
                                     self.counters.socket_writes += u64::from(n > 0);
                                     self.counters.bytes_out += n as u64;
                                     if n == corked.len() {
-                                        complete += 1;
+                                        complete[f] += 1;
                                     } else {
+                                        queued_any = true;
                                         conn.out.push(OutChunk {
                                             data: corked.slice(n..),
                                             received: oldest,
@@ -325,7 +374,7 @@ impl Worker {
                         }
                     }
                     Delivery::Part(part) if sub.sse => {
-                        let events = sse.events(name, &batch, conn, Some(&part));
+                        let events = sse[f].events(name, batch, conn, Some(&part));
                         let included = batch.iter().filter(|s| part.includes(s));
                         if let Some(first) = included.clone().next() {
                             conn.out.push(OutChunk {
@@ -368,41 +417,206 @@ impl Worker {
                     self.doomed.push((key, conn.id, Doom::SlowConsumer));
                 }
             }
-            self.counters.frames_out += complete * messages as u64;
+            drop(frames);
             let now = Instant::now();
-            topic.delivered += handed * messages as u64;
             let mut busy = topic
                 .busy
                 .and_then(|s| self.busy_latency.get_mut(s as usize));
             let mut per_topic = topic.stats.and_then(|s| self.topic_tally.at(s));
-            if complete > 0 {
-                if let Some(counts) = per_topic.as_deref_mut() {
-                    counts.deliveries += complete * messages as u64;
+            for (f, batch) in taken.iter().enumerate() {
+                let messages = batch.len() as u64;
+                self.counters.frames_out += complete[f] * messages;
+                topic.delivered += handed[f] * messages;
+                if complete[f] == 0 {
+                    continue;
                 }
-                for staged in &batch {
+                if let Some(counts) = per_topic.as_deref_mut() {
+                    counts.deliveries += complete[f] * messages;
+                }
+                for staged in batch {
                     let micros = now.saturating_duration_since(staged.received).as_micros() as u64;
-                    let _ = self.latency.record_n(micros.max(1), complete);
-                    self.counters.latency.record_n(micros.max(1), complete);
+                    let _ = self.latency.record_n(micros.max(1), complete[f]);
+                    self.counters.latency.record_n(micros.max(1), complete[f]);
                     if let Some(counts) = per_topic.as_deref_mut() {
-                        counts.latency.record_n(micros.max(1), complete);
+                        counts.latency.record_n(micros.max(1), complete[f]);
                     }
                     if let Some(buckets) = busy.as_deref_mut() {
-                        buckets.record_n(micros.max(1), complete);
+                        buckets.record_n(micros.max(1), complete[f]);
                     }
                 }
             }
-            // Give the (now empty) batch vector back to the topic to reuse its allocation.
+            topic.echo.blocked = queued_any;
+            let written: u32 = (0..GROUPS)
+                .filter(|&g| write[g])
+                .map(|g| topic.group_subs[g])
+                .sum();
+            let total = topic.subscribers.len();
+            topic
+                .pace
+                .wrote(started, now, longest, written as usize, total);
+            topic.echo.written(|g| write[g]);
+            if topic.has_staged() {
+                // Other groups still wait (one group was written under load).
+                if let Some(due) = topic.pace.next_due(window) {
+                    self.held_until = Some(self.held_until.map_or(due, |t| t.min(due)));
+                }
+                held.push(name.clone());
+            } else {
+                topic.echo.clear();
+            }
+            for (sub, given) in rest.drain(..) {
+                if let Some(part) = taken[share[group_of(sub.key)]].get(given..) {
+                    self.write_ahead(name, part, sub, stats_slot);
+                }
+            }
+            // Give the (now empty) batch vectors back to the topic to reuse their allocation.
             if let Some(topic) = self.topics.local.get_mut(name) {
-                topic.pace.wrote(started, now, batch.len());
-                let mut batch = batch;
-                batch.clear();
-                topic.batch = batch;
+                for (g, mut batch) in taken.into_iter().enumerate() {
+                    if write[g] && topic.batches[g].is_empty() {
+                        batch.clear();
+                        topic.batches[g] = batch;
+                    }
+                }
             }
         }
         dirty.clear();
+        for name in &held {
+            self.echo_ahead(name);
+        }
         // Held topics stay dirty, ahead of any dirtied meanwhile (their batches are older).
         held.append(&mut self.topics.dirty);
         self.topics.dirty = if held.is_empty() { dirty } else { held };
+    }
+
+    /// A held batch's senders here get what they have not had of it now (`feed::pace`,
+    /// "holding never stalls a sender waiting for its own echo"): a closed-loop publisher
+    /// sends its next messages during the hold, and they join this batch. Not under
+    /// `--no-echo` (a sender then waits for no echo), not after a pass that left bytes queued
+    /// on a subscriber, and not once a batch is full.
+    fn echo_ahead(&mut self, name: &TopicName) {
+        if self.config.no_echo {
+            return;
+        }
+        let me = self.bus.me() as u16;
+        let Some(topic) = self.topics.local.get_mut(name) else {
+            return;
+        };
+        if topic.echo.blocked || topic.longest() >= MAX_HELD {
+            return;
+        }
+        let conns = &self.conns;
+        let subscribers = &topic.subscribers;
+        let batches = &topic.batches;
+        let longest = (0..GROUPS).max_by_key(|&g| batches[g].len()).unwrap_or(0);
+        topic
+            .echo
+            .meet(batches[longest].iter().map(|s| s.origin), me, |id| {
+                subscribers
+                    .iter()
+                    .position(|s| !s.sse && conns.get(s.key as usize).is_some_and(|c| c.id == id))
+                    .map(|slot| (subscribers[slot].key, slot as u32))
+            });
+        let mut due: Vec<(Subscriber, usize)> = Vec::new();
+        for sender in &mut topic.echo.senders {
+            let Some((key, slot)) = sender.at else {
+                continue;
+            };
+            let len = topic.batches[group_of(key)].len();
+            if sender.has >= len {
+                continue;
+            }
+            // Its slot moves when another subscriber leaves; its key is its own while its
+            // connection (checked by id) lives.
+            let slot = match topic.subscribers.get(slot as usize) {
+                Some(s) if s.key == key => Some(slot as usize),
+                _ => topic.subscribers.iter().position(|s| s.key == key),
+            };
+            let alive = self
+                .conns
+                .get(key as usize)
+                .is_some_and(|c| c.id == sender.conn);
+            let (Some(slot), true) = (slot, alive) else {
+                sender.at = None;
+                continue;
+            };
+            sender.at = Some((key, slot as u32));
+            due.push((topic.subscribers[slot], sender.has));
+            sender.has = len;
+        }
+        let stats = topic.stats;
+        for (sub, has) in due {
+            let group = group_of(sub.key);
+            let Some(topic) = self.topics.local.get_mut(name) else {
+                return;
+            };
+            let batch = std::mem::take(&mut topic.batches[group]);
+            if let Some(part) = batch.get(has..) {
+                self.write_ahead(name, part, sub, stats);
+            }
+            if let Some(topic) = self.topics.local.get_mut(name) {
+                topic.batches[group] = batch;
+            }
+        }
+    }
+
+    /// Queue `part` (the messages of a batch one subscriber has not had) for `sub`, as the
+    /// planner decides, to be written with the turn's queued output (`flush_queued`).
+    fn write_ahead(
+        &mut self,
+        name: &TopicName,
+        part: &[Staged],
+        sub: Subscriber,
+        stats: Option<u32>,
+    ) {
+        let me = self.bus.me() as u16;
+        let min = self.config.compress_min;
+        let key = sub.key as usize;
+        let Some(view) = BatchView::new(part, self.config.no_echo, me) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let own = Origin {
+            worker: me,
+            conn: conn.id,
+        };
+        let mut frames = TurnFrames::new(name, part, sub.envelope);
+        match plan::delivery(&view, part, &sub, own) {
+            Delivery::Nothing => return,
+            Delivery::Whole => {
+                let data = frames
+                    .whole(&mut self.deflate, sub.envelope, conn.deflate, min)
+                    .clone();
+                conn.out.push(OutChunk {
+                    data,
+                    received: part[0].received,
+                    messages: part.len() as u32,
+                    topic_stats: stats,
+                });
+            }
+            Delivery::Part(included) => {
+                for (i, staged) in part.iter().enumerate() {
+                    if included.includes(staged) {
+                        let data =
+                            frames.message(&mut self.deflate, sub.envelope, i, conn.deflate, min);
+                        conn.out.push(OutChunk {
+                            data,
+                            received: staged.received,
+                            messages: 1,
+                            topic_stats: stats,
+                        });
+                    }
+                }
+            }
+        }
+        if !conn.out.is_empty() && !conn.queued_for_flush {
+            conn.queued_for_flush = true;
+            self.to_flush.push(key);
+        }
+        if conn.out.bytes() > self.config.backlog_limit() {
+            self.doomed.push((key, conn.id, Doom::SlowConsumer));
+        }
     }
 
     /// Write the connections that have queued output (control frames, HTTP responses, what

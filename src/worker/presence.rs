@@ -522,12 +522,7 @@ impl Worker {
         if watchers.is_empty() {
             return;
         }
-        if self
-            .topics
-            .local
-            .get(topic)
-            .is_some_and(|t| !t.batch.is_empty())
-        {
+        if self.topics.local.get(topic).is_some_and(|t| t.has_staged()) {
             // Rare (a join or leave while the topic has messages this very turn): writing
             // every staged batch now is what keeps the event behind them.
             self.flush_topics(true);
