@@ -212,6 +212,20 @@ impl Keys {
             channel: channel_of(topic),
         }
     }
+
+    /// `EVALSHA sha 5` with the five keys the `EVENT` and `POSITION` scripts take (seq,
+    /// log, epoch, home, events); the caller adds the script's arguments.
+    pub fn evalsha_all(&self, sha: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(5)
+            .arg(&self.seq)
+            .arg(&self.log)
+            .arg(&self.epoch)
+            .arg(&self.home)
+            .arg(&self.events);
+        cmd
+    }
 }
 
 /// The pub/sub channel of `topic`.

@@ -380,15 +380,8 @@ impl Listener {
             .iter()
             .map(|(topic, joined, member)| {
                 let keys = Keys::of(topic);
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(sha)
-                    .arg(5)
-                    .arg(&keys.seq)
-                    .arg(&keys.log)
-                    .arg(&keys.epoch)
-                    .arg(&keys.home)
-                    .arg(&keys.events)
-                    .arg(&fresh)
+                let mut cmd = keys.evalsha_all(sha);
+                cmd.arg(&fresh)
                     .arg(script::event_body(*joined, member))
                     .arg(&keys.channel);
                 (&**topic, cmd)
@@ -540,17 +533,8 @@ impl Listener {
         let sha = self.position.get_hash().to_owned();
         let calls: Vec<(&str, redis::Cmd)> = (topics.iter())
             .map(|topic| {
-                let keys = Keys::of(topic);
-                let mut cmd = redis::cmd("EVALSHA");
-                cmd.arg(&sha)
-                    .arg(5)
-                    .arg(&keys.seq)
-                    .arg(&keys.log)
-                    .arg(&keys.epoch)
-                    .arg(&keys.home)
-                    .arg(&keys.events)
-                    .arg(&fresh)
-                    .arg("");
+                let mut cmd = Keys::of(topic).evalsha_all(&sha);
+                cmd.arg(&fresh).arg("");
                 (&**topic, cmd)
             })
             .collect();
