@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::conn::{Ending, Feed, OutChunk, Phase};
+use super::conn::{Conn, Ending, Feed, OutChunk, Phase};
 use super::sse::SseBatch;
 use super::{Doom, Worker};
 use crate::feed::bus::{BusMsg, Origin, Publication};
 use crate::feed::fanout::{cork, Staged, Subscriber};
 use crate::feed::owned::owner_of;
 use crate::feed::pace::{group_of, Decision, GROUPS, MAX_HELD};
-use crate::feed::plan::{self, BatchView, Delivery};
+use crate::feed::plan::{self, BatchView, Delivery, Part};
 use crate::proto::deflate::{Agreement, BatchFrames, Codec};
 use crate::proto::topic::TopicName;
 use crate::proto::v1;
@@ -390,23 +390,8 @@ impl Worker {
                         }
                     }
                     Delivery::Part(part) => {
-                        for (i, staged) in batch.iter().enumerate() {
-                            if part.includes(staged) {
-                                let data = frames.message(
-                                    &mut self.deflate,
-                                    sub.envelope,
-                                    i,
-                                    conn.deflate,
-                                    min,
-                                );
-                                conn.out.push(OutChunk {
-                                    data,
-                                    received: staged.received,
-                                    messages: 1,
-                                    topic_stats: stats_slot,
-                                });
-                            }
-                        }
+                        let (envelope, stats) = (sub.envelope, stats_slot);
+                        frames.queue_part(&mut self.deflate, conn, &part, envelope, min, stats);
                         if !conn.out.is_empty() && !conn.queued_for_flush {
                             conn.queued_for_flush = true;
                             self.to_flush.push(key);
@@ -596,18 +581,8 @@ impl Worker {
                 });
             }
             Delivery::Part(included) => {
-                for (i, staged) in part.iter().enumerate() {
-                    if included.includes(staged) {
-                        let data =
-                            frames.message(&mut self.deflate, sub.envelope, i, conn.deflate, min);
-                        conn.out.push(OutChunk {
-                            data,
-                            received: staged.received,
-                            messages: 1,
-                            topic_stats: stats,
-                        });
-                    }
-                }
+                let envelope = sub.envelope;
+                frames.queue_part(&mut self.deflate, conn, &included, envelope, min, stats);
             }
         }
         if !conn.out.is_empty() && !conn.queued_for_flush {
@@ -739,6 +714,31 @@ impl<'a> TurnFrames<'a> {
     }
 
     /// Message `i` alone, for a subscriber that gets only part of the batch.
+    /// Queue on `conn`, one frame each, the messages of the batch that `part` includes (a
+    /// subscriber that gets only part of it: `--no-echo`, a join's replay overlap).
+    fn queue_part(
+        &mut self,
+        codec: &mut Codec,
+        conn: &mut Conn,
+        part: &Part,
+        envelope: bool,
+        min: usize,
+        topic_stats: Option<u32>,
+    ) {
+        let batch = self.batch;
+        for (i, staged) in batch.iter().enumerate() {
+            if part.includes(staged) {
+                let data = self.message(codec, envelope, i, conn.deflate, min);
+                conn.out.push(OutChunk {
+                    data,
+                    received: staged.received,
+                    messages: 1,
+                    topic_stats,
+                });
+            }
+        }
+    }
+
     fn message(
         &mut self,
         codec: &mut Codec,
