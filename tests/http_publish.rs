@@ -135,6 +135,39 @@ fn pipelined_posts_are_answered_in_order_and_delivered_in_order() {
     }
 }
 
+/// Raw path mode has no `subscribed` message: the 101 is all a client learns. So a message
+/// published right after it must reach the new subscriber, also when the topic's owner is
+/// another worker than the subscriber's (its subscription reaches the owner before the 101
+/// leaves, and an owner takes in its inbox before it reads its sockets). Each round is a new
+/// topic, published at once over a kept-alive HTTP connection, while two threads keep both
+/// cores busy so that the workers are preempted at any point of their turns.
+#[test]
+fn a_post_right_after_the_101_reaches_the_new_path_subscriber() {
+    const ROUNDS: usize = 1000;
+    let server = Server::start(&["--threads", "2"]);
+    let busy = BusyCores::start(2);
+    let mut http = TcpStream::connect(server.addr).expect("connect");
+    let mut missed = Vec::new();
+    for round in 0..ROUNDS {
+        let topic = format!("fresh-{round}");
+        let mut sub = connect(server.addr, &topic);
+        http.write_all(&post_request(&topic, "text/plain", "", b"first"))
+            .expect("post");
+        let answer = read_responses(&mut http, 1);
+        if answer != vec![(202, "{\"seq\":1}\n".to_string())] {
+            missed.push((round, answer));
+            continue;
+        }
+        assert_eq!(recv_data(&mut sub), Message::text("first"), "round {round}");
+    }
+    drop(busy);
+    assert!(
+        missed.is_empty(),
+        "{} of {ROUNDS} posts found no subscriber (round, answer): {missed:?}",
+        missed.len()
+    );
+}
+
 #[test]
 fn a_post_to_a_topic_nobody_subscribes_is_accepted_unnumbered() {
     let server = Server::start(&[]);

@@ -220,6 +220,39 @@ fn one_stream_of_several_topics_resumes_every_topic() {
 
 const SECRET: &str = "test-secret-test-secret-test-secret!";
 
+/// A stream is subscribed when its head arrives (`EventSource.onopen`), like a raw path
+/// WebSocket at its 101: a message published right after reaches it, also when the topic's
+/// owner is the other worker (the stream's join reaches the owner before the head leaves,
+/// and an owner takes in its inbox before it reads its sockets). Each round is a new topic,
+/// published at once, with both cores kept busy.
+#[test]
+fn a_post_right_after_the_head_reaches_the_new_stream() {
+    const ROUNDS: usize = 400;
+    let server = Server::start(&["--threads", "2"]);
+    let busy = BusyCores::start(2);
+    let mut missed = Vec::new();
+    for round in 0..ROUNDS {
+        let topic = format!("fresh-{round}");
+        let mut sse = SseClient::connect(server.addr, &format!("/{topic}"), &[]);
+        assert_eq!(sse.status, 200, "{}", sse.head);
+        match publish_any(&server, &topic, "first") {
+            Some(1) => {}
+            other => {
+                missed.push((round, other));
+                continue;
+            }
+        }
+        let (_, _, data) = event(&mut sse);
+        assert_eq!(data, "first", "round {round}");
+    }
+    drop(busy);
+    assert!(
+        missed.is_empty(),
+        "{} of {ROUNDS} posts did not find the new stream (round, seq): {missed:?}",
+        missed.len()
+    );
+}
+
 fn token(subscribe: &[&str]) -> String {
     let claims = json!({"sub": "t", "exp": testkit::jwt::in_an_hour(), "subscribe": subscribe});
     testkit::jwt::hs256(SECRET, &claims)

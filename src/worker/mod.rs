@@ -317,6 +317,9 @@ impl Worker {
                 }
             }
             self.now = Instant::now();
+            // The inbox before the sockets: what peers sent before this poll came back (a
+            // subscription among them) is in effect before any message read now is numbered.
+            self.drain_inbox();
             self.handle_events(&events);
             if std::mem::take(&mut self.accept_pending) {
                 self.accept_all();
@@ -327,6 +330,11 @@ impl Worker {
             self.retry_reads();
             self.top_up(&mut events);
             self.run_timers();
+            // The bus before the sockets: a subscription made this turn reaches its owner
+            // before the 101 that tells the client it is open leaves, so a message published
+            // after `onopen` is routed to it. Then again for what the writes themselves sent
+            // (a slow consumer closed, its subscriptions ended).
+            self.bus.flush();
             self.flush();
             self.bus.flush();
             self.publish_counters();
@@ -374,6 +382,7 @@ impl Worker {
                 return;
             }
             self.now = Instant::now();
+            self.drain_inbox();
             self.handle_events(events);
             self.drain_inbox();
         }
