@@ -22,6 +22,8 @@
 //! however little of it a test uses.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// killed and restarted must find its port free again, and a client retrying a connection
 /// to a dead ephemeral-range port can end up connected to itself on that very port.
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::atomic::AtomicU16;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let start = 20_000 + (std::process::id() % 500) as u16 * 20;
     for _ in 0..12_000 {
@@ -72,19 +74,19 @@ pub fn free_port() -> u16 {
 /// at any point of its loop: a race between its threads then shows within a few hundred
 /// tries instead of once in many runs.
 pub struct BusyCores {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl BusyCores {
     /// Starts `n` spinning threads.
     pub fn start(n: usize) -> BusyCores {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..n)
             .map(|_| {
                 let stop = stop.clone();
                 thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed) {
                         std::hint::spin_loop();
                     }
                 })
@@ -96,7 +98,7 @@ impl BusyCores {
 
 impl Drop for BusyCores {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
