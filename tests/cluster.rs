@@ -296,6 +296,10 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
         (&json!("unavailable"), &json!("other")),
         "{refused}"
     );
+    // And a new raw path connection: a 503, not a 101 after which nothing would come.
+    let upgrade = testkit::http::upgrade_request("/other", "dGhlIHNhbXBsZSBub25jZQ==", &[]);
+    let (response, _) = testkit::http::http_request(a.addr, upgrade.as_bytes());
+    assert_eq!(response.status, 503, "{response:?}");
     let down = a
         .wait_line(Duration::from_secs(5), |l| l.contains("broker=down"))
         .expect("the stats line shows the outage");
@@ -495,4 +499,46 @@ fn a_topics_home_is_settled_before_another_process_numbers_it() {
     assert_eq!(epoch(&mut c), "e3");
     let logged: u64 = redis::cmd("XLEN").arg(&keys.log).query(&mut c).unwrap();
     assert_eq!(logged, 1);
+}
+
+/// Reads the next data message, or `None` after `wait` without one.
+fn data_within(ws: &mut Ws, wait: Duration) -> Option<tungstenite::Message> {
+    ws.get_ref().set_read_timeout(Some(wait)).expect("timeout");
+    loop {
+        match ws.read() {
+            Ok(m) if m.is_text() || m.is_binary() => return Some(m),
+            Ok(_) => continue,
+            Err(e) if is_timeout(&e) => return None,
+            Err(e) => panic!("subscriber failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_post_on_another_node_right_after_the_101_reaches_the_new_path_subscriber() {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
+        return;
+    };
+    const ROUNDS: usize = 200;
+    let a = node(&redis, &["--threads", "2"]);
+    let b = node(&redis, &[]);
+    let busy = BusyCores::start(2);
+    let mut missed = Vec::new();
+    for round in 0..ROUNDS {
+        let topic = format!("fresh-{round}");
+        let mut sub = connect(a.addr, &topic);
+        let (status, body) = testkit::http::post(b.addr, &topic, "text/plain", "", b"first");
+        assert_eq!(status, 202, "round {round}: {body}");
+        match data_within(&mut sub, Duration::from_secs(2)) {
+            Some(m) => assert_eq!(m, tungstenite::Message::text("first"), "round {round}"),
+            None => missed.push((round, body)),
+        }
+    }
+    drop(busy);
+    assert!(
+        missed.is_empty(),
+        "{} of {ROUNDS} posts on node b never reached the path subscriber that node a had \
+         answered 101 (round, answer): {missed:?}",
+        missed.len()
+    );
 }

@@ -39,6 +39,15 @@ pub enum Phase {
         since: u32,
         pending: Box<PendingOpen>,
     },
+    /// Cluster mode, raw path mode: the connection is subscribed (held back, `JOINING`) and
+    /// its join went to the broker; its `101` (`response`) is sent when the join is answered,
+    /// so that `onopen` means the node hears the topic in Redis and nothing published after
+    /// it is missed. Bytes the client sends meanwhile wait in `inbound`.
+    Joining {
+        since: u32,
+        feed: Feed,
+        response: bytes::Bytes,
+    },
     /// We sent a close frame (shutdown) and wait for the peer's (or its EOF) until the grace
     /// period ends.
     Closing { since: u32 },
@@ -50,6 +59,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The topics it is subscribed to: open, or (raw path, cluster mode) joining.
+    pub fn feed_mut(&mut self) -> Option<&mut Feed> {
+        match self {
+            Phase::Open { feed, .. } | Phase::Joining { feed, .. } => Some(feed),
+            _ => None,
+        }
+    }
+
     /// The moves the lifecycle allows (docs/architecture.md, "Connection lifecycle"); every
     /// other move is a bug, caught by [`Conn::enter`] in debug builds.
     pub fn may_enter(&self, next: &Phase) -> bool {
@@ -63,11 +80,15 @@ impl Phase {
                     | AwaitingAck { .. }
                     | AwaitingCount { .. }
                     | AwaitingHook { .. }
+                    | Joining { .. }
                     | Flushing { .. }
                     | Streaming
             )
-                // The hooks answered: opened, or refused.
-                | (AwaitingHook { .. }, Open { .. } | Flushing { .. })
+                // The hooks answered: opened (in cluster mode a raw path joins first), or
+                // refused.
+                | (AwaitingHook { .. }, Open { .. } | Joining { .. } | Flushing { .. })
+                // The broker answered the raw path's join: the 101, or a 503.
+                | (Joining { .. }, Open { .. } | Flushing { .. })
                 // The publish's 202: kept alive for the next request, or closing after it.
                 | (AwaitingAck { .. }, Handshake { .. } | Flushing { .. })
                 // The count's 200 (or 503 when the shares are late); it closes after it.
@@ -626,6 +647,14 @@ mod tests {
                     attached: None,
                 }),
             },
+            "joining" => Phase::Joining {
+                since: 0,
+                feed: Feed::Path {
+                    topic: TopicName::from("t"),
+                    slot: 0,
+                },
+                response: bytes::Bytes::new(),
+            },
             "closing" => Phase::Closing { since: 0 },
             "flushing" => Phase::Flushing { since: 0 },
             "streaming" => Phase::Streaming,
@@ -637,6 +666,10 @@ mod tests {
             ("handshake", "hook"),
             ("hook", "open"),
             ("hook", "flushing"),
+            ("handshake", "joining"),
+            ("hook", "joining"),
+            ("joining", "open"),
+            ("joining", "flushing"),
             ("handshake", "flushing"),
             ("handshake", "streaming"),
             ("ack", "handshake"),
@@ -654,6 +687,7 @@ mod tests {
             "ack",
             "count",
             "hook",
+            "joining",
             "closing",
             "flushing",
             "lingering",

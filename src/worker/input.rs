@@ -108,7 +108,7 @@ impl Worker {
     fn on_bytes(&mut self, key: usize, n: usize) -> bool {
         match self.conns[key].phase {
             Phase::Handshake { .. } => self.on_request_bytes(key, n),
-            Phase::AwaitingAck { .. } | Phase::AwaitingHook { .. } => {
+            Phase::AwaitingAck { .. } | Phase::AwaitingHook { .. } | Phase::Joining { .. } => {
                 self.hold_request_bytes(key, n)
             }
             Phase::AwaitingCount { .. } => true, // discarded: it closes after the answer
@@ -340,6 +340,10 @@ impl Worker {
             .map(|v| format!("Sec-WebSocket-Extensions: {v}\r\n"))
             .unwrap_or_default();
         let response = http::upgrade_response(accept, &mode, &extensions);
+        if let (Mode::Path(topic), Some(_)) = (&mode, &self.cluster) {
+            let name = self.shared_topic_name(topic);
+            return self.join_path(key, name, response.into());
+        }
         self.queue_output(key, response.into(), 0);
         match mode {
             Mode::Path(topic) => {

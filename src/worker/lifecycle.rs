@@ -109,7 +109,7 @@ impl Worker {
                 "disconnect"
             );
         }
-        if let Phase::Open { feed, .. } = &conn.phase {
+        if let Phase::Open { feed, .. } | Phase::Joining { feed, .. } = &conn.phase {
             self.presence_hang_up(key, &conn);
             self.leave_feed(key, feed);
             self.presence_gone();
@@ -145,7 +145,7 @@ impl Worker {
             return;
         };
         let previous = conn.enter(next);
-        if let Phase::Open { feed, .. } = previous {
+        if let Phase::Open { feed, .. } | Phase::Joining { feed, .. } = previous {
             self.leave_feed(key, &feed);
         }
     }
@@ -264,6 +264,9 @@ impl Worker {
                 Phase::AwaitingHook { since, .. } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::NoHookAnswer)
                 }
+                Phase::Joining { since, .. } if now.saturating_sub(since) >= handshake => {
+                    Some(Expired::NoAck)
+                }
                 // An SSE client never sends: only its socket tells that it is gone.
                 Phase::Open {
                     ref feed,
@@ -369,9 +372,10 @@ impl Worker {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             match self.conns[key].phase {
-                Phase::Handshake { .. } | Phase::AwaitingHook { .. } | Phase::Streaming => {
-                    self.hang_up_for(key, Ending::Shutdown)
-                }
+                Phase::Handshake { .. }
+                | Phase::AwaitingHook { .. }
+                | Phase::Joining { .. }
+                | Phase::Streaming => self.hang_up_for(key, Ending::Shutdown),
                 Phase::Open { .. } => self.go_away(key),
                 _ => {}
             }

@@ -183,8 +183,7 @@ impl Worker {
         }
         let unsubscribed = self.topics.unsubscribe(topic, slot);
         if let Some((moved, new_slot)) = unsubscribed.moved {
-            if let Some(Phase::Open { feed, .. }) = self.conns.get_mut(moved).map(|c| &mut c.phase)
-            {
+            if let Some(feed) = self.conns.get_mut(moved).and_then(|c| c.phase.feed_mut()) {
                 feed.set_slot(topic, new_slot);
             }
         }

@@ -18,9 +18,11 @@ use crate::feed::fanout::{Subscriber, JOINING};
 use crate::feed::history::Unrecoverable;
 use crate::feed::owned::{owner_of, Joined};
 use crate::proto::frame;
+use crate::proto::http::HttpError;
 use crate::proto::pattern::is_pattern;
 use crate::proto::topic::{self, Start, TopicName};
 use crate::proto::v1::{self, Refusal, Request, Wanted};
+use bytes::Bytes;
 
 /// Close code for a non-text message on a `herald.v1` connection (RFC 6455: unsupported data).
 const UNSUPPORTED_DATA: (u16, &str) = (1003, "herald.v1 takes JSON text messages");
@@ -279,6 +281,72 @@ impl Worker {
         self.queue_output(key, v1::unsubscribed(id, name), 0);
     }
 
+    /// Cluster mode: subscribe a raw path connection held back (`JOINING`) and ask the broker
+    /// where its stream starts (`Start::Now`); `response`, its 101, waits for the answer
+    /// (`on_path_joined`). Answered at once, a message numbered in Redis between the 101
+    /// and the node's subscription to the topic's channel would never reach it.
+    pub(super) fn join_path(&mut self, key: usize, topic: TopicName, response: Bytes) {
+        let subscriber = Subscriber {
+            key: key as u32,
+            envelope: false,
+            sse: false,
+            after: JOINING,
+        };
+        let slot = self.add_subscriber(&topic, subscriber);
+        let conn = &mut self.conns[key];
+        conn.enter(Phase::Joining {
+            since: self.tick,
+            feed: Feed::Path {
+                topic: topic.clone(),
+                slot,
+            },
+            response,
+        });
+        let id = conn.id;
+        self.send_join(key, id, 0, 0, topic, Start::Now);
+    }
+
+    /// The broker answered a raw path connection's join: send its 101 and let messages above
+    /// the answer's number through, frames it sent meanwhile included; or answer 503.
+    pub(super) fn on_path_joined(&mut self, key: usize, result: Result<Joined, JoinError>) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let joined = match result {
+            Ok(joined) => joined,
+            Err(_) => {
+                self.refuse(key, HttpError::Unavailable);
+                return;
+            }
+        };
+        let Phase::Joining {
+            feed: Feed::Path { topic, slot },
+            ..
+        } = &conn.phase
+        else {
+            return;
+        };
+        let (topic, slot) = (topic.clone(), *slot);
+        if let Some(subscriber) = self.topics.subscriber_mut(&topic, slot) {
+            subscriber.after = joined.last_seq;
+        }
+        let open = Phase::Open {
+            feed: Feed::Path { topic, slot },
+            last_ping: self.tick,
+        };
+        let Phase::Joining { response, .. } = self.conns[key].enter(open) else {
+            return;
+        };
+        self.queue_output(key, response, 0);
+        let held = self.conns[key]
+            .inbound
+            .as_ref()
+            .is_some_and(|i| !i.pending.is_empty());
+        if held {
+            self.on_frame_bytes(key, 0);
+        }
+    }
+
     /// Owner side: answer a join with where the stream starts and what to replay.
     pub(super) fn on_join(&mut self, request: JoinRequest) {
         let Some(request) = self.join_through_broker(request) else {
@@ -305,6 +373,9 @@ impl Worker {
         }
         if self.is_sse_stream(key) {
             return self.on_sse_joined(request, result);
+        }
+        if matches!(self.conns[key].phase, Phase::Joining { .. }) {
+            return self.on_path_joined(key, result);
         }
         let Some(feed) = self.v1_feed(key) else {
             return;
