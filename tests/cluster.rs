@@ -300,6 +300,9 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     let upgrade = testkit::http::upgrade_request("/other", "dGhlIHNhbXBsZSBub25jZQ==", &[]);
     let (response, _) = testkit::http::http_request(a.addr, upgrade.as_bytes());
     assert_eq!(response.status, 503, "{response:?}");
+    // And a new SSE stream (whose head waits for its joins in cluster mode).
+    let refused = testkit::sse::SseClient::connect(a.addr, "/other", &[]);
+    assert_eq!(refused.status, 503, "{}", refused.head);
     let down = a
         .wait_line(Duration::from_secs(5), |l| l.contains("broker=down"))
         .expect("the stats line shows the outage");
@@ -539,6 +542,59 @@ fn a_post_on_another_node_right_after_the_101_reaches_the_new_path_subscriber() 
         missed.is_empty(),
         "{} of {ROUNDS} posts on node b never reached the path subscriber that node a had \
          answered 101 (round, answer): {missed:?}",
+        missed.len()
+    );
+}
+
+#[test]
+fn a_post_on_another_node_right_after_the_head_reaches_the_new_sse_stream() {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
+        return;
+    };
+    const ROUNDS: usize = 200;
+    let a = node(&redis, &["--threads", "2"]);
+    let b = node(&redis, &[]);
+    let busy = BusyCores::start(2);
+    let mut missed = Vec::new();
+    for round in 0..ROUNDS {
+        // Every other round a stream of two topics: both must be heard when the head comes.
+        let (one, two) = (format!("fresh-{round}"), format!("other-{round}"));
+        let target = if round % 2 == 0 {
+            format!("/{one}")
+        } else {
+            format!("/sse?topic={one}&topic={two}")
+        };
+        let mut sse = testkit::sse::SseClient::connect(a.addr, &target, &[]);
+        assert_eq!(sse.status, 200, "{}", sse.head);
+        let mut wanted = vec![one.clone()];
+        if round % 2 == 1 {
+            wanted.push(two.clone());
+        }
+        for topic in &wanted {
+            let (status, body) = testkit::http::post(b.addr, topic, "text/plain", "", b"first");
+            assert_eq!(status, 202, "round {round}: {body}");
+        }
+        // One order per topic; across topics none is promised.
+        sse.set_read_timeout(Duration::from_secs(2));
+        let mut got = Vec::new();
+        while got.len() < wanted.len() {
+            match sse.poll_event() {
+                Ok(Some((_, event, data))) => {
+                    assert_eq!(data, "first", "round {round}: {event}");
+                    got.push(event);
+                }
+                _ => break,
+            }
+        }
+        for topic in wanted.iter().filter(|t| !got.contains(t)) {
+            missed.push((round, topic.clone()));
+        }
+    }
+    drop(busy);
+    assert!(
+        missed.is_empty(),
+        "{} posts on node b never reached the SSE stream that node a had answered 200 \
+         (round, topic): {missed:?}",
         missed.len()
     );
 }

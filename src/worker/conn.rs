@@ -229,6 +229,12 @@ pub struct SseFeed {
     pub subs: Vec<SseSub>,
     /// Numbers this stream's joins (as `V1Feed::next_join`).
     pub next_join: u32,
+    /// Cluster mode: the response head, held (with the replays and `gap` events of the
+    /// topics answered so far) until every topic's join is answered, so that the head means
+    /// the node hears every topic in Redis (`worker::sse`).
+    pub head: Option<Vec<u8>>,
+    /// Replayed messages among the held bytes (counted when they are written).
+    pub held_messages: u32,
 }
 
 /// One topic of an SSE stream.
@@ -569,6 +575,17 @@ impl Conn {
     /// An open Server-Sent Events stream (its input is ignored, its keep-alive is comments).
     pub fn is_sse(&self) -> bool {
         matches!(&self.phase, Phase::Open { feed, .. } if feed.is_sse())
+    }
+
+    /// An SSE stream whose response head is still held (cluster mode, joins unanswered).
+    pub fn held_head(&self) -> Option<&[u8]> {
+        match &self.phase {
+            Phase::Open {
+                feed: Feed::Sse(sse),
+                ..
+            } => sse.head.as_deref(),
+            _ => None,
+        }
     }
 
     /// Read plaintext (decrypting first on a `wss://` connection). `Ok(0)` is end of stream.

@@ -173,8 +173,13 @@ impl Worker {
     /// The last bytes of an open connection that we end: a close frame, or for an SSE stream
     /// (which has no close frame) a comment with the reason before the FIN.
     fn goodbye(&self, key: usize, code: u16, reason: &str) -> bytes::Bytes {
-        if self.conns.get(key).is_some_and(|c| c.is_sse()) {
-            sse::comment(&format!("closed ({code}): {reason}"))
+        if let Some(conn) = self.conns.get(key).filter(|c| c.is_sse()) {
+            let comment = sse::comment(&format!("closed ({code}): {reason}"));
+            match conn.held_head() {
+                // Not answered yet (cluster mode): the head first, so the client reconnects.
+                Some(head) => [head, &comment[..]].concat().into(),
+                None => comment,
+            }
         } else {
             frame::close_frame(code, reason)
         }

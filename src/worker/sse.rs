@@ -77,15 +77,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Answer `200` with `retry:` and join every topic of the stream.
+    /// Answer `200` with `retry:` and join every topic of the stream. In cluster mode the
+    /// `200` waits for every topic's join (`on_sse_joined`): sent at once, it could reach the
+    /// client before the node listens to a topic new on it in Redis, and a message published
+    /// elsewhere meanwhile would never reach the stream.
     pub(super) fn start_events(
         &mut self,
         key: usize,
         topics: Vec<String>,
         positions: Vec<Option<sse::Position>>,
     ) {
-        self.queue_output(key, sse::stream_head(RETRY_MS).into(), 0);
         let mut feed = SseFeed::default();
+        if self.cluster.is_some() {
+            feed.head = Some(sse::stream_head(RETRY_MS));
+        } else {
+            self.queue_output(key, sse::stream_head(RETRY_MS).into(), 0);
+        }
         for (topic, position) in topics.iter().zip(positions) {
             let topic = self.shared_topic_name(topic);
             let subscriber = Subscriber {
@@ -194,6 +201,9 @@ impl Worker {
         };
         let joined = match result {
             Ok(joined) => joined,
+            Err(JoinError::Unavailable) if feed.head.is_some() => {
+                return self.refuse_held_stream(key);
+            }
             Err(JoinError::Unavailable) => {
                 return self.fail(key, 1011, "the message broker is unavailable");
             }
@@ -222,19 +232,55 @@ impl Worker {
             out.put_slice(&sse::event_body(&topic, &kept.frame));
         }
         feed.subs[i].position = Some((epoch, joined.last_seq));
+        let replayed = joined.replay.len() as u32;
+        // Cluster mode, the head not sent yet: this topic stays held back (`JOINING`) with
+        // its bytes behind the head until every topic is answered. Topics answered before
+        // the last one then join again from the position they were answered with, and what
+        // was numbered meanwhile is replayed.
+        let (bytes, messages, earlier) = match feed.head.take() {
+            None => (out, replayed, Vec::new()),
+            Some(mut head) => {
+                head.extend_from_slice(&out);
+                let held = feed.held_messages + replayed;
+                if feed.subs.iter().any(|s| s.joining.is_some()) {
+                    feed.head = Some(head);
+                    feed.held_messages = held;
+                    (BytesMut::new(), 0, Vec::new())
+                } else {
+                    feed.held_messages = 0;
+                    let earlier: Vec<usize> = (0..feed.subs.len()).filter(|&j| j != i).collect();
+                    (BytesMut::from(&head[..]), held, earlier)
+                }
+            }
+        };
+        let live = feed.head.is_none();
+        self.counters.replayed += u64::from(replayed);
+        if !live {
+            return;
+        }
         if let Some(subscriber) = self.topics.subscriber_mut(&topic, slot) {
             subscriber.after = joined.last_seq;
         }
-        let replayed = joined.replay.len();
-        self.counters.replayed += replayed as u64;
-        if !out.is_empty() {
-            self.queue_output(key, out.freeze(), replayed as u32);
+        if !bytes.is_empty() {
+            self.queue_output(key, bytes.freeze(), messages);
         }
+        for j in earlier {
+            self.sse_join(key, j);
+        }
+    }
+
+    /// Cluster mode: a stream whose head is still held cannot be joined (Redis is down, or
+    /// the broker did not answer in time): `503`, and the client's `EventSource` may retry.
+    pub(super) fn refuse_held_stream(&mut self, key: usize) {
+        self.refuse(key, HttpError::Unavailable);
     }
 
     /// Keep-alive for an SSE stream: a comment, so proxies see traffic (the client never
     /// sends anything, so its silence is no sign of a dead peer).
     pub(super) fn sse_heartbeat(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.held_head().is_some()) {
+            return self.refuse_held_stream(key); // no join answer within the keep-alive period
+        }
         self.queue_output(key, Bytes::from_static(sse::HEARTBEAT), 0);
     }
 }
