@@ -39,6 +39,8 @@ pub struct Feed {
     /// when it must: a busy feed reads from its buffer without a system call).
     timeout: Option<Duration>,
     nonblocking: bool,
+    /// Registered with the listener's [`crate::cluster::alarm::Alarm`].
+    pub watched: bool,
 }
 
 fn fault(what: impl Into<String>) -> RedisError {
@@ -75,6 +77,7 @@ impl Feed {
             queued: VecDeque::new(),
             timeout: None,
             nonblocking: false,
+            watched: false,
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -89,6 +92,11 @@ impl Feed {
                 .extract_error()?;
         }
         Ok(feed)
+    }
+
+    /// The socket's descriptor, for the listener's alarm to wait on.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(self.reader.get_ref())
     }
 
     /// Blocking (both clones share the socket's mode) or not.

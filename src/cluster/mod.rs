@@ -27,6 +27,7 @@
 //!   cluster's slot layout (`wire.rs`) and uses sharded pub/sub. Every guarantee above holds
 //!   per topic, because a topic lives on exactly one Redis at a time.
 
+pub mod alarm;
 pub mod bridge;
 pub mod feed;
 pub mod interest;
@@ -338,6 +339,9 @@ impl Route {
 pub struct ToShards<T> {
     route: Route,
     queues: Vec<Sender<T>>,
+    /// Each queue's listener's bell (`alarm`), rung after every request queued; empty
+    /// where the receiving thread waits on its queue itself (the publishers).
+    bells: Vec<alarm::Bell>,
 }
 
 impl<T> Clone for ToShards<T> {
@@ -345,6 +349,7 @@ impl<T> Clone for ToShards<T> {
         ToShards {
             route: self.route.clone(),
             queues: self.queues.clone(),
+            bells: self.bells.clone(),
         }
     }
 }
@@ -355,13 +360,10 @@ impl<T: ForTopic> ToShards<T> {
         self.route.shard_of(topic).min(self.queues.len() - 1)
     }
 
-    fn queue(&self, msg: &T) -> &Sender<T> {
-        &self.queues[self.lane(msg.topic())]
-    }
-
     /// Like [`Sender::try_send`], to the owning bridge.
     pub fn try_send(&self, msg: T) -> Result<(), TrySendError<T>> {
-        self.queue(&msg).try_send(msg)
+        let lane = self.lane(msg.topic());
+        self.try_send_to(lane, msg)
     }
 
     /// How many bridges there are (one per Redis instance; one for a Redis Cluster).
@@ -377,7 +379,12 @@ impl<T: ForTopic> ToShards<T> {
     /// Like [`Sender::try_send`], to bridge `lane` (`0..len()`), for a request about every
     /// topic (a pattern) that each bridge must get.
     pub fn try_send_to(&self, lane: usize, msg: T) -> Result<(), TrySendError<T>> {
-        self.queues[lane.min(self.queues.len() - 1)].try_send(msg)
+        let lane = lane.min(self.queues.len() - 1);
+        self.queues[lane].try_send(msg)?;
+        if let Some(bell) = self.bells.get(lane) {
+            bell.ring();
+        }
+        Ok(())
     }
 }
 
@@ -460,6 +467,7 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
     };
     let mut publish = Vec::with_capacity(bridges.len());
     let mut listen = Vec::with_capacity(bridges.len());
+    let mut bells = Vec::with_capacity(bridges.len());
     for (shard, (layout, url)) in bridges.into_iter().enumerate() {
         let (to_publisher, publish_rx): (Sender<PublishReq>, Receiver<PublishReq>) =
             crossbeam_channel::bounded(PUBLISH_QUEUE);
@@ -471,7 +479,18 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         std::thread::Builder::new()
             .name(format!("herald-broker-pub{shard}"))
             .spawn(move || publisher.run(publish_rx))?;
-        let listener = bridge::Listener::new(layout, url, &config, links(), stats.clone(), shard);
+        // Without an alarm (no epoll instance to be had) the listener waits as it did
+        // before: timed reads, requests served between them.
+        let (alarm, bell) = match alarm::alarm() {
+            Ok((alarm, bell)) => (Some(alarm), Some(bell)),
+            Err(e) => {
+                log::warn!("broker: no alarm for the listener ({e}); joins wait up to 5 ms");
+                (None, None)
+            }
+        };
+        let listener =
+            bridge::Listener::new(layout, url, &config, links(), stats.clone(), shard, alarm);
+        bells.extend(bell);
         std::thread::Builder::new()
             .name(format!("herald-broker-sub{shard}"))
             .spawn(move || listener.run(listen_rx))?;
@@ -491,10 +510,12 @@ pub fn start(config: BrokerConfig, workers: Vec<PeerLink>) -> std::io::Result<Cl
         publish: ToShards {
             route: route.clone(),
             queues: publish,
+            bells: Vec::new(),
         },
         listen: ToShards {
             route: route.clone(),
             queues: listen,
+            bells,
         },
         stats,
         route,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, Value};
 
+use super::alarm::Alarm;
 use super::feed::{Feed, Heard, Kind};
 use super::shard::{self, ClusterSeeds, SlotMap};
 use crate::proto::topic::TopicName;
@@ -738,8 +739,52 @@ impl Wire {
     }
 
     /// The next message heard on any node, waiting at most about `wait` when none has
-    /// arrived.
-    pub fn next(&mut self, wait: Duration) -> Result<Option<Heard>, RedisError> {
+    /// arrived. With an `alarm`, the wait also ends as soon as its bell rings (a request
+    /// was queued for the listener) or any node's socket has input.
+    pub fn next(
+        &mut self,
+        wait: Duration,
+        alarm: Option<&mut Alarm>,
+    ) -> Result<Option<Heard>, RedisError> {
+        let Some(alarm) = alarm else {
+            return self.next_blocking(wait);
+        };
+        if let Some(heard) = self.next_arrived()? {
+            return Ok(Some(heard));
+        }
+        for feed in self.feeds.values_mut() {
+            if !feed.watched {
+                alarm.watch(feed.fd())?;
+                feed.watched = true;
+            }
+        }
+        alarm.wait(wait)?;
+        self.next_arrived()
+    }
+
+    /// What has already arrived on any node, without waiting (each node in turn first).
+    fn next_arrived(&mut self) -> Result<Option<Heard>, RedisError> {
+        let n = self.polled.len();
+        if n == 0 {
+            return Ok(None);
+        }
+        self.turn = (self.turn + 1) % n;
+        let turn = self.turn;
+        for node in self.polled.iter().cycle().skip(turn).take(n) {
+            let Some(feed) = self.feeds.get_mut(node) else {
+                continue;
+            };
+            match feed.next(None) {
+                Ok(Some(heard)) => return Ok(Some(heard)),
+                Ok(None) => {}
+                Err(e) => return Err(error(format!("{node}: {e}"))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next message heard on any node, waiting on each socket in turn (no alarm).
+    fn next_blocking(&mut self, wait: Duration) -> Result<Option<Heard>, RedisError> {
         let n = self.polled.len();
         if n == 0 {
             std::thread::sleep(wait);

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redis::{RedisError, Value};
 
 use super::{Backoff, EpochNames, Outbound, BACKOFF_MIN, FOREIGN};
+use crate::cluster::alarm::Alarm;
 use crate::cluster::script::{self, Keys};
 use crate::cluster::wire::{Layout, Served, Wire};
 use crate::cluster::{BrokerConfig, BrokerStats, ShardHealth, SubReq};
@@ -25,8 +26,9 @@ use crate::proto::pattern::Pattern;
 use crate::proto::presence::{self, Member};
 use crate::proto::topic::{Start, TopicName};
 
-/// How long the listener waits on the pub/sub socket before serving its request queue
-/// (interest changes and joins wait at most this long).
+/// How long the listener waits on the pub/sub sockets before serving its request queue
+/// (interest changes and joins wait at most this long; a queued request rings the
+/// listener's alarm and ends the wait at once).
 const POLL: Duration = Duration::from_millis(5);
 
 /// Presence events placed in Redis in one pipeline at most.
@@ -99,6 +101,9 @@ pub struct Listener {
     scratch: Vec<()>,
     /// When topics refused at `patterns::MAX_PATTERN_TOPICS` were last logged.
     refused_logged: Option<Instant>,
+    /// Ends a wait on the pub/sub sockets as soon as a request is queued (`None`: the
+    /// waits are plain timed reads, as before; only if the alarm could not be made).
+    alarm: Option<Alarm>,
 }
 
 impl Listener {
@@ -109,6 +114,7 @@ impl Listener {
         links: Vec<PeerLink>,
         stats: Arc<BrokerStats>,
         shard: usize,
+        alarm: Option<Alarm>,
     ) -> Self {
         let event = match layout {
             Layout::One(_) => script::EVENT,
@@ -133,6 +139,7 @@ impl Listener {
             pattern_index: PatternIndex::new(crate::feed::owned::MAX_PATTERNS_PER_OWNER),
             scratch: Vec::new(),
             refused_logged: None,
+            alarm,
         }
     }
 
@@ -308,7 +315,7 @@ impl Listener {
             self.place_events(wire, &mut events)?;
             self.out.wake();
             for _ in 0..HEARD_PER_ROUND {
-                match wire.next(POLL)? {
+                match wire.next(POLL, self.alarm.as_mut())? {
                     Some((channel, payload)) => {
                         self.on_heard(&channel, &payload, wire)?;
                         self.out.wake();
@@ -567,7 +574,7 @@ impl Listener {
                 Some(Some(p)) if p.epoch == epoch && p.last < current => {}
                 _ => break,
             }
-            if let Some((channel, payload)) = wire.next(POLL)? {
+            if let Some((channel, payload)) = wire.next(POLL, self.alarm.as_mut())? {
                 self.on_heard(&channel, &payload, wire)?;
                 self.out.wake();
             }
