@@ -43,11 +43,7 @@ pub enum Phase {
     /// its join went to the broker; its `101` (`response`) is sent when the join is answered,
     /// so that `onopen` means the node hears the topic in Redis and nothing published after
     /// it is missed. Bytes the client sends meanwhile wait in `inbound`.
-    Joining {
-        since: u32,
-        feed: Feed,
-        response: bytes::Bytes,
-    },
+    Joining { since: u32, join: Box<PathJoin> },
     /// We sent a close frame (shutdown) and wait for the peer's (or its EOF) until the grace
     /// period ends.
     Closing { since: u32 },
@@ -60,9 +56,19 @@ pub enum Phase {
 
 impl Phase {
     /// The topics it is subscribed to: open, or (raw path, cluster mode) joining.
+    pub fn feed(&self) -> Option<&Feed> {
+        match self {
+            Phase::Open { feed, .. } => Some(feed),
+            Phase::Joining { join, .. } => Some(&join.feed),
+            _ => None,
+        }
+    }
+
+    /// As [`Phase::feed`], to change.
     pub fn feed_mut(&mut self) -> Option<&mut Feed> {
         match self {
-            Phase::Open { feed, .. } | Phase::Joining { feed, .. } => Some(feed),
+            Phase::Open { feed, .. } => Some(feed),
+            Phase::Joining { join, .. } => Some(&mut join.feed),
             _ => None,
         }
     }
@@ -100,6 +106,16 @@ impl Phase {
                 | (Flushing { .. }, Lingering { .. })
         )
     }
+}
+
+/// A raw path connection waiting for its join (boxed: a phase stays two words and a tag,
+/// as every connection carries one).
+#[derive(Debug)]
+pub struct PathJoin {
+    /// Its subscription (`Feed::Path`), held back until the answer.
+    pub feed: Feed,
+    /// Its `101`.
+    pub response: bytes::Bytes,
 }
 
 /// A connection waiting for hook answers: what it asked to open, how many answers are still
@@ -640,6 +656,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_phase_stays_small() {
+        // Every connection carries one: a waiting state that needs more goes in a box.
+        assert!(
+            std::mem::size_of::<Phase>() <= 32,
+            "{}",
+            std::mem::size_of::<Phase>()
+        );
+    }
+
+    #[test]
     fn phases_move_only_as_the_lifecycle_draws_them() {
         let phase = |name: &str| match name {
             "handshake" => Phase::Handshake { since: 0 },
@@ -666,11 +692,13 @@ mod tests {
             },
             "joining" => Phase::Joining {
                 since: 0,
-                feed: Feed::Path {
-                    topic: TopicName::from("t"),
-                    slot: 0,
-                },
-                response: bytes::Bytes::new(),
+                join: Box::new(PathJoin {
+                    feed: Feed::Path {
+                        topic: TopicName::from("t"),
+                        slot: 0,
+                    },
+                    response: bytes::Bytes::new(),
+                }),
             },
             "closing" => Phase::Closing { since: 0 },
             "flushing" => Phase::Flushing { since: 0 },

@@ -109,7 +109,7 @@ impl Worker {
                 "disconnect"
             );
         }
-        if let Phase::Open { feed, .. } | Phase::Joining { feed, .. } = &conn.phase {
+        if let Some(feed) = conn.phase.feed() {
             self.presence_hang_up(key, &conn);
             self.leave_feed(key, feed);
             self.presence_gone();
@@ -145,8 +145,8 @@ impl Worker {
             return;
         };
         let previous = conn.enter(next);
-        if let Phase::Open { feed, .. } | Phase::Joining { feed, .. } = previous {
-            self.leave_feed(key, &feed);
+        if let Some(feed) = previous.feed() {
+            self.leave_feed(key, feed);
         }
     }
 

@@ -11,7 +11,7 @@
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::conn::{Feed, Phase, Subscription, V1Feed};
+use super::conn::{Feed, PathJoin, Phase, Subscription, V1Feed};
 use super::Worker;
 use crate::feed::bus::{AckTo, BusMsg, JoinError, JoinRequest};
 use crate::feed::fanout::{Subscriber, JOINING};
@@ -296,11 +296,13 @@ impl Worker {
         let conn = &mut self.conns[key];
         conn.enter(Phase::Joining {
             since: self.tick,
-            feed: Feed::Path {
-                topic: topic.clone(),
-                slot,
-            },
-            response,
+            join: Box::new(PathJoin {
+                feed: Feed::Path {
+                    topic: topic.clone(),
+                    slot,
+                },
+                response,
+            }),
         });
         let id = conn.id;
         self.send_join(key, id, 0, 0, topic, Start::Now);
@@ -319,11 +321,7 @@ impl Worker {
                 return;
             }
         };
-        let Phase::Joining {
-            feed: Feed::Path { topic, slot },
-            ..
-        } = &conn.phase
-        else {
+        let Some(Feed::Path { topic, slot }) = conn.phase.feed() else {
             return;
         };
         let (topic, slot) = (topic.clone(), *slot);
@@ -334,10 +332,10 @@ impl Worker {
             feed: Feed::Path { topic, slot },
             last_ping: self.tick,
         };
-        let Phase::Joining { response, .. } = self.conns[key].enter(open) else {
+        let Phase::Joining { join, .. } = self.conns[key].enter(open) else {
             return;
         };
-        self.queue_output(key, response, 0);
+        self.queue_output(key, join.response, 0);
         let held = self.conns[key]
             .inbound
             .as_ref()
