@@ -300,9 +300,19 @@ fn a_redis_restart_is_reported_and_ends_streams_explicitly() {
     let upgrade = testkit::http::upgrade_request("/other", "dGhlIHNhbXBsZSBub25jZQ==", &[]);
     let (response, _) = testkit::http::http_request(a.addr, upgrade.as_bytes());
     assert_eq!(response.status, 503, "{response:?}");
-    // And a new SSE stream (whose head waits for its joins in cluster mode).
-    let refused = testkit::sse::SseClient::connect(a.addr, "/other", &[]);
-    assert_eq!(refused.status, 503, "{}", refused.head);
+    // And a new SSE stream (whose head waits for its joins in cluster mode): it ends at
+    // once, saying why, after `retry:` (so an EventSource reconnects; a 503 would make it
+    // give up for good).
+    let mut ended = testkit::sse::SseClient::connect(a.addr, "/other", &[]);
+    assert_eq!(ended.status, 200, "{}", ended.head);
+    let mut items = Vec::new();
+    while let Some(item) = ended.next_item() {
+        items.push(item);
+    }
+    assert!(
+        matches!(items.as_slice(), [testkit::sse::SseItem::Retry(_), testkit::sse::SseItem::Comment(c)] if c.contains("broker is unavailable")),
+        "{items:?}"
+    );
     let down = a
         .wait_line(Duration::from_secs(5), |l| l.contains("broker=down"))
         .expect("the stats line shows the outage");

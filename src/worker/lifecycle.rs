@@ -176,7 +176,8 @@ impl Worker {
         if let Some(conn) = self.conns.get(key).filter(|c| c.is_sse()) {
             let comment = sse::comment(&format!("closed ({code}): {reason}"));
             match conn.held_head() {
-                // Not answered yet (cluster mode): the head first, so the client reconnects.
+                // Not joined yet (cluster mode): the head first, so that an `EventSource`
+                // reconnects after `retry:` (a 503 would make it give up for good).
                 Some(head) => [head, &comment[..]].concat().into(),
                 None => comment,
             }

@@ -201,9 +201,6 @@ impl Worker {
         };
         let joined = match result {
             Ok(joined) => joined,
-            Err(JoinError::Unavailable) if feed.head.is_some() => {
-                return self.refuse_held_stream(key);
-            }
             Err(JoinError::Unavailable) => {
                 return self.fail(key, 1011, "the message broker is unavailable");
             }
@@ -269,17 +266,13 @@ impl Worker {
         }
     }
 
-    /// Cluster mode: a stream whose head is still held cannot be joined (Redis is down, or
-    /// the broker did not answer in time): `503`, and the client's `EventSource` may retry.
-    pub(super) fn refuse_held_stream(&mut self, key: usize) {
-        self.refuse(key, HttpError::Unavailable);
-    }
-
     /// Keep-alive for an SSE stream: a comment, so proxies see traffic (the client never
     /// sends anything, so its silence is no sign of a dead peer).
     pub(super) fn sse_heartbeat(&mut self, key: usize) {
         if self.conns.get(key).is_some_and(|c| c.held_head().is_some()) {
-            return self.refuse_held_stream(key); // no join answer within the keep-alive period
+            // Cluster mode, no join answer within the keep-alive period: end the stream (its
+            // head first, so an `EventSource` reconnects; a 503 would make it give up).
+            return self.fail(key, 1011, "no answer from the message broker");
         }
         self.queue_output(key, Bytes::from_static(sse::HEARTBEAT), 0);
     }
