@@ -608,3 +608,23 @@ fn a_post_on_another_node_right_after_the_head_reaches_the_new_sse_stream() {
         missed.len()
     );
 }
+
+#[test]
+fn frames_sent_before_the_101_wait_for_the_join_and_are_published_after_it() {
+    let Some(redis) = Redis::start_or_skip("the cluster tests") else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let stream = std::net::TcpStream::connect(a.addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut raw = RawWs { stream };
+    // The upgrade and a first message in one write: the message must not be published
+    // before the connection is subscribed (its own echo proves both).
+    let mut bytes =
+        testkit::http::upgrade_request("/early", "dGhlIHNhbXBsZSBub25jZQ==", &[]).into_bytes();
+    bytes.extend_from_slice(&testkit::raw::frame(true, 0, 1, b"early"));
+    raw.send(&bytes);
+    let head = raw.read_response_head();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(raw.expect_message(), (1, b"early".to_vec()));
+}

@@ -764,23 +764,10 @@ impl Wire {
 
     /// What has already arrived on any node, without waiting (each node in turn first).
     fn next_arrived(&mut self) -> Result<Option<Heard>, RedisError> {
-        let n = self.polled.len();
-        if n == 0 {
-            return Ok(None);
+        if !self.polled.is_empty() {
+            self.turn = (self.turn + 1) % self.polled.len();
         }
-        self.turn = (self.turn + 1) % n;
-        let turn = self.turn;
-        for node in self.polled.iter().cycle().skip(turn).take(n) {
-            let Some(feed) = self.feeds.get_mut(node) else {
-                continue;
-            };
-            match feed.next(None) {
-                Ok(Some(heard)) => return Ok(Some(heard)),
-                Ok(None) => {}
-                Err(e) => return Err(error(format!("{node}: {e}"))),
-            }
-        }
-        Ok(None)
+        self.next_from_each(None)
     }
 
     /// The next message heard on any node, waiting on each socket in turn (no alarm).
@@ -791,20 +778,26 @@ impl Wire {
             return Ok(None);
         }
         let each = (wait / n as u32).max(Duration::from_millis(1));
-        self.turn = (self.turn + 1) % n;
-        let turn = self.turn;
         // First what has already arrived anywhere (no waiting on an idle node while another
         // is busy), then wait on each in turn.
-        for wait in [None, Some(each)] {
-            for node in self.polled.iter().cycle().skip(turn).take(n) {
-                let Some(feed) = self.feeds.get_mut(node) else {
-                    continue;
-                };
-                match feed.next(wait) {
-                    Ok(Some(heard)) => return Ok(Some(heard)),
-                    Ok(None) => {}
-                    Err(e) => return Err(error(format!("{node}: {e}"))),
-                }
+        if let Some(heard) = self.next_arrived()? {
+            return Ok(Some(heard));
+        }
+        self.next_from_each(Some(each))
+    }
+
+    /// One read from each node's feed, from this turn's node on, waiting up to `wait` on
+    /// each (`None`: only what has arrived); the first message heard.
+    fn next_from_each(&mut self, wait: Option<Duration>) -> Result<Option<Heard>, RedisError> {
+        let n = self.polled.len();
+        for node in self.polled.iter().cycle().skip(self.turn).take(n) {
+            let Some(feed) = self.feeds.get_mut(node) else {
+                continue;
+            };
+            match feed.next(wait) {
+                Ok(Some(heard)) => return Ok(Some(heard)),
+                Ok(None) => {}
+                Err(e) => return Err(error(format!("{node}: {e}"))),
             }
         }
         Ok(None)

@@ -243,14 +243,7 @@ impl Worker {
                 deflate,
             } => {
                 self.open(key, mode, &accept, deflate);
-                // Frames the client sent right behind its upgrade waited meanwhile.
-                let held = self.conns[key]
-                    .inbound
-                    .as_ref()
-                    .is_some_and(|i| !i.pending.is_empty());
-                if held {
-                    self.on_frame_bytes(key, 0);
-                }
+                self.read_held_frames(key);
             }
             Opening::Events { topics, positions } => self.start_events(key, topics, positions),
         }

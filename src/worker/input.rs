@@ -182,7 +182,9 @@ impl Worker {
                     return true;
                 }
                 self.open(key, mode, &accept, deflate);
-                !has_more || self.on_frame_bytes(key, 0)
+                // Frames behind the request are read now, or once a join lets it open.
+                let open = matches!(self.conns[key].phase, Phase::Open { .. });
+                !has_more || !open || self.on_frame_bytes(key, 0)
             }
             Request::Publish {
                 topic,
@@ -356,6 +358,18 @@ impl Worker {
                     last_ping: self.tick,
                 });
             }
+        }
+    }
+
+    /// Frames the client sent right behind its upgrade, held while the answer waited (for
+    /// hooks, or for the broker's join): read them now that it is open.
+    pub(super) fn read_held_frames(&mut self, key: usize) {
+        let held = self.conns.get(key).is_some_and(|c| {
+            matches!(c.phase, Phase::Open { .. })
+                && c.inbound.as_ref().is_some_and(|i| !i.pending.is_empty())
+        });
+        if held {
+            self.on_frame_bytes(key, 0);
         }
     }
 

@@ -336,13 +336,7 @@ impl Worker {
             return;
         };
         self.queue_output(key, join.response, 0);
-        let held = self.conns[key]
-            .inbound
-            .as_ref()
-            .is_some_and(|i| !i.pending.is_empty());
-        if held {
-            self.on_frame_bytes(key, 0);
-        }
+        self.read_held_frames(key);
     }
 
     /// Owner side: answer a join with where the stream starts and what to replay.
