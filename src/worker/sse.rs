@@ -234,32 +234,30 @@ impl Worker {
         // its bytes behind the head until every topic is answered. Topics answered before
         // the last one then join again from the position they were answered with, and what
         // was numbered meanwhile is replayed.
-        let (bytes, messages, earlier) = match feed.head.take() {
-            None => (out, replayed, Vec::new()),
+        let ready = match feed.head.take() {
+            None => Some((out.freeze(), replayed, Vec::new())),
             Some(mut head) => {
                 head.extend_from_slice(&out);
-                let held = feed.held_messages + replayed;
+                feed.held_messages += replayed;
                 if feed.subs.iter().any(|s| s.joining.is_some()) {
                     feed.head = Some(head);
-                    feed.held_messages = held;
-                    (BytesMut::new(), 0, Vec::new())
+                    None
                 } else {
-                    feed.held_messages = 0;
+                    let held = std::mem::take(&mut feed.held_messages);
                     let earlier: Vec<usize> = (0..feed.subs.len()).filter(|&j| j != i).collect();
-                    (BytesMut::from(&head[..]), held, earlier)
+                    Some((Bytes::from(head), held, earlier))
                 }
             }
         };
-        let live = feed.head.is_none();
         self.counters.replayed += u64::from(replayed);
-        if !live {
-            return;
-        }
+        let Some((bytes, messages, earlier)) = ready else {
+            return; // still held: other topics' answers are to come
+        };
         if let Some(subscriber) = self.topics.subscriber_mut(&topic, slot) {
             subscriber.after = joined.last_seq;
         }
         if !bytes.is_empty() {
-            self.queue_output(key, bytes.freeze(), messages);
+            self.queue_output(key, bytes, messages);
         }
         for j in earlier {
             self.sse_join(key, j);
