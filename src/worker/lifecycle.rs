@@ -248,15 +248,17 @@ impl Worker {
         conn.enter(Phase::Lingering { since: self.tick });
     }
 
-    /// Once per tick: handshake deadlines, keep-alive pings and silence limits, and the grace
-    /// period of closing connections. A linear pass over the slab: a few ns per connection.
+    /// Once per tick: handshake deadlines, keep-alive pings and silence limits, the grace
+    /// period of closing connections, and empty output queues' memory. A linear pass over the
+    /// slab: a few ns per connection.
     pub(super) fn sweep(&mut self) {
         let now = self.tick;
         let handshake = Self::ticks(self.config.handshake_timeout);
         let ping = Self::ticks(self.config.ping_interval);
         let grace = Self::ticks(self.config.close_grace);
         let mut expired = Vec::new();
-        for (key, conn) in self.conns.iter() {
+        for (key, conn) in self.conns.iter_mut() {
+            conn.out.release_if_empty();
             let verdict = match conn.phase {
                 Phase::Handshake { since } if now.saturating_sub(since) >= handshake => {
                     Some(Expired::HandshakeTimeout)
