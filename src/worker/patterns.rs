@@ -393,7 +393,7 @@ impl Worker {
         };
         let slot = self.add_subscriber(&matched.topic, subscriber);
         if let Some(feed) = self.v1_feed(key) {
-            feed.subs.push(Subscription {
+            feed.add(Subscription {
                 topic: matched.topic.clone(),
                 slot,
                 joining: None,

@@ -93,6 +93,7 @@ impl Worker {
         } else {
             self.queue_output(key, sse::stream_head(RETRY_MS).into(), 0);
         }
+        feed.subs.reserve_exact(topics.len()); // not `Vec`'s first four (384 B) for one topic
         for (topic, position) in topics.iter().zip(positions) {
             let topic = self.shared_topic_name(topic);
             let subscriber = Subscriber {

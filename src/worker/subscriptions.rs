@@ -223,7 +223,7 @@ impl Worker {
         let slot = self.add_subscriber(&topic, subscriber);
         let conn = self.conns[key].id;
         if let Some(feed) = self.v1_feed(key) {
-            feed.subs.push(Subscription {
+            feed.add(Subscription {
                 topic: topic.clone(),
                 slot,
                 joining: Some((join, id)),
